@@ -1,0 +1,8 @@
+"""Attention backends: reference (oracle), flex (FlexAttention) and triton (ours), behind one call."""
+
+from . import flex as _flex  # noqa: F401  (registers the backend)
+from . import reference as _reference  # noqa: F401
+from .api import sparse_attention
+from .registry import AttentionCall, BackendError, available_backends, get_backend, register_backend
+
+__all__ = ["AttentionCall", "BackendError", "available_backends", "get_backend", "register_backend", "sparse_attention"]

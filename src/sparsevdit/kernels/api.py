@@ -1,0 +1,97 @@
+"""``sparse_attention``: one entry point over every backend, with head fusion and token reordering."""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from typing import Sequence
+
+import torch
+
+from ..layout import TokenLayout
+from ..patterns import BlockPattern
+from .registry import AttentionCall, select_backend
+
+
+def _check_inputs(q, k, v, patterns, layout) -> list[BlockPattern]:
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor) or t.dim() != 4:
+            shape = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+            raise ValueError(f"{name} must be a 4-D tensor [B, H, N, D], got {shape}")
+    if not (q.shape == k.shape == v.shape):
+        raise ValueError(
+            f"q, k and v must have one shape [B, H, N, D]; got q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}"
+        )
+    if not (q.dtype == k.dtype == v.dtype) or not (q.device == k.device == v.device):
+        raise ValueError("q, k and v must share dtype and device")
+    if not isinstance(layout, TokenLayout):
+        raise ValueError(f"layout must be a sparsevdit.TokenLayout, got {type(layout).__name__}")
+    _, heads, n, _ = q.shape
+    if n != layout.num_tokens:
+        raise ValueError(
+            f"q has {n} tokens (dim 2) but the layout {layout} has {layout.num_tokens}: "
+            "pass the layout of this sequence (text tokens included)"
+        )
+    if isinstance(patterns, BlockPattern):
+        patterns = [patterns] * heads
+    patterns = list(patterns)
+    if len(patterns) != heads:
+        raise ValueError(f"got {len(patterns)} patterns for {heads} heads: give one pattern, or one per head")
+    for h, p in enumerate(patterns):
+        if not isinstance(p, BlockPattern):
+            raise ValueError(f"patterns[{h}] is a {type(p).__name__}, not a BlockPattern (use sparsevdit.patterns.build)")
+        if p.layout != layout:
+            raise ValueError(f"patterns[{h}] was built for layout {p.layout}, but the input's layout is {layout}")
+    return patterns
+
+
+def sparse_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    patterns: BlockPattern | Sequence[BlockPattern],
+    *,
+    layout: TokenLayout,
+    backend: str = "auto",
+    scale: float | None = None,
+    return_lse: bool = False,
+):
+    """Block-sparse attention over ``[B, H, N, D]`` tensors in the model's (frame-major) token order.
+
+    ``patterns`` is one BlockPattern for every head or a list of H. Heads whose patterns share a token
+    ordering and block size run in one backend call (head fusion); empty (``skip``) heads write zeros
+    and, with ``return_lse``, a log-sum-exp of -inf. Returns ``out`` or ``(out, lse)`` with lse float32
+    ``[B, H, N]`` (natural log).
+    """
+    patterns = _check_inputs(q, k, v, patterns, layout)
+    batch, heads, n, head_dim = q.shape
+    scale = 1.0 / math.sqrt(head_dim) if scale is None else float(scale)
+
+    out = torch.zeros_like(q)
+    lse = torch.full((batch, heads, n), float("-inf"), dtype=torch.float32, device=q.device) if return_lse else None
+
+    groups: dict[tuple, list[int]] = defaultdict(list)
+    for h, p in enumerate(patterns):
+        if not p.is_empty:
+            groups[(p.ordering, p.block_size)].append(h)
+
+    for (ordering, _), hs in groups.items():
+        call = AttentionCall(
+            device=q.device, dtype=q.dtype, batch=batch, heads=len(hs), num_tokens=n, head_dim=head_dim,
+            patterns=tuple(patterns[h] for h in hs), return_lse=return_lse,
+        )
+        impl = select_backend(backend, call)
+        index = torch.tensor(hs, device=q.device)
+        qg, kg, vg = (t.index_select(1, index) for t in (q, k, v))
+        if ordering != "frame_major":
+            perm = layout.permutation(ordering).to(q.device)
+            qg, kg, vg = (t.index_select(2, perm) for t in (qg, kg, vg))
+        og, lg = impl.run(qg.contiguous(), kg.contiguous(), vg.contiguous(), call, scale)
+        if ordering != "frame_major":
+            inv = layout.inverse_permutation(ordering).to(q.device)
+            og = og.index_select(2, inv)
+            lg = lg.index_select(2, inv) if lg is not None else None
+        out.index_copy_(1, index, og.to(q.dtype))
+        if return_lse:
+            lse.index_copy_(1, index, lg.float())
+    return (out, lse) if return_lse else out

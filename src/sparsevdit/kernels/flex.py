@@ -1,0 +1,112 @@
+"""FlexAttention backend: block masks built from our block indices, never from an N x N mask.
+
+Kept blocks are passed as *full* blocks, so FlexAttention evaluates no mask function inside them;
+the sequence-length bound of a partial last block is applied by FlexAttention itself.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .registry import AttentionCall, register_backend
+
+_MASK_CACHE: dict[tuple, object] = {}
+_MASK_CACHE_LIMIT = 64
+_COMPILED = None
+
+
+def _flex():
+    try:
+        from torch.nn.attention.flex_attention import BlockMask, flex_attention
+    except ImportError:  # pragma: no cover - torch >= 2.11 always has it
+        return None, None
+    return flex_attention, BlockMask
+
+
+def _compiled_flex():
+    # One compiled function for all shapes; dynamo recompiles per new shape and caches each.
+    global _COMPILED
+    if _COMPILED is None:
+        import torch._dynamo
+
+        torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+        flex_attention, _ = _flex()
+        _COMPILED = torch.compile(flex_attention, dynamic=False)
+    return _COMPILED
+
+
+def block_mask_for(patterns, device: torch.device):
+    """A FlexAttention BlockMask [1, h, ...] from per-head block indices, cached per patterns and device."""
+    key = (tuple(p.key for p in patterns), str(device))
+    cached = _MASK_CACHE.get(key)
+    if cached is not None:
+        return cached
+    _, BlockMask = _flex()
+    nq, nkv = patterns[0].num_q_blocks, patterns[0].num_kv_blocks
+    counts = torch.stack([p.kv_counts for p in patterns])[None]  # [1, h, QB]
+    indices = torch.zeros(1, len(patterns), nq, nkv, dtype=torch.int32)
+    for h, p in enumerate(patterns):
+        w = p.kv_indices.shape[1]
+        indices[0, h, :, :w] = p.kv_indices.clamp(min=0)
+    n, bs = patterns[0].layout.num_tokens, patterns[0].block_size
+    # The fused kernels never call mask_mod inside full blocks; FlexAttention's unfused (eager, CPU)
+    # path ignores the block lists and applies mask_mod everywhere, so it must say the same thing.
+    table = torch.stack([p.block_mask for p in patterns]).to(device)
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        return table[h, q_idx // bs, kv_idx // bs]
+
+    mask = BlockMask.from_kv_blocks(
+        torch.zeros_like(counts).to(device),
+        torch.zeros_like(indices).to(device),
+        full_kv_num_blocks=counts.to(device),
+        full_kv_indices=indices.to(device),
+        BLOCK_SIZE=patterns[0].block_size,
+        mask_mod=mask_mod,
+        seq_lengths=(n, n),
+    )
+    if len(_MASK_CACHE) >= _MASK_CACHE_LIMIT:
+        _MASK_CACHE.pop(next(iter(_MASK_CACHE)))
+    _MASK_CACHE[key] = mask
+    return mask
+
+
+class FlexBackend:
+    name = "flex"
+    priority = 10
+    # None: compile on CUDA only (on CPU compilation takes ~10 s per shape and gains little).
+    compile: bool | None = None
+
+    def unsupported(self, call: AttentionCall) -> str | None:
+        if _flex()[0] is None:
+            return "torch.nn.attention.flex_attention is not available in this torch"
+        if call.device.type not in ("cuda", "cpu"):
+            return f"FlexAttention runs on cuda and cpu, not {call.device.type}"
+        if call.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+            return f"dtype {call.dtype} is not float16, bfloat16 or float32"
+        if call.head_dim < 16 or call.head_dim & (call.head_dim - 1):
+            return f"head_dim {call.head_dim} is not a power of two >= 16"
+        return None
+
+    def unsuited(self, call: AttentionCall) -> str | None:
+        if call.device.type != "cuda":
+            return "on CPU FlexAttention runs unfused (it materialises the scores), no faster than reference"
+        return None
+
+    def run(self, q, k, v, call: AttentionCall, scale: float):
+        block_mask = block_mask_for(call.patterns, q.device)
+        if self.compile or (self.compile is None and q.device.type == "cuda"):
+            fn = _compiled_flex()
+        else:
+            fn, _ = _flex()
+            import warnings
+
+            warnings.filterwarnings("ignore", message=".*flex_attention called without torch.compile.*")
+        result = fn(q, k, v, block_mask=block_mask, scale=scale, return_lse=call.return_lse)
+        if call.return_lse:
+            out, lse = result
+            return out, lse.float()
+        return result, None
+
+
+register_backend(FlexBackend())

@@ -1,0 +1,83 @@
+"""Attention backends behind ``sparse_attention``: each says why it cannot run an input.
+
+Modelled on xformers' dispatch: ``auto`` takes the first backend, in priority order, that can run
+the input and suits it; when none does, the error lists every backend with its reason.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+from ..patterns import BlockPattern
+
+
+@dataclass(frozen=True)
+class AttentionCall:
+    """What a backend needs to know to decide whether it can run a group of heads."""
+
+    device: torch.device
+    dtype: torch.dtype
+    batch: int
+    heads: int
+    num_tokens: int
+    head_dim: int
+    patterns: tuple[BlockPattern, ...]  # one per head of the group, all in one ordering and block size
+    return_lse: bool
+
+
+class Backend(Protocol):
+    name: str
+    priority: int  # higher is tried first by auto
+
+    def unsupported(self, call: AttentionCall) -> str | None:
+        """Why this backend cannot run ``call`` at all, or None."""
+
+    def unsuited(self, call: AttentionCall) -> str | None:
+        """Why ``auto`` should not pick this backend although it can run ``call`` (e.g. slower), or None."""
+
+    def run(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, call: AttentionCall, scale: float
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Attention over [B, h, N, D] already in the patterns' ordering; returns (out, lse or None)."""
+
+
+class BackendError(RuntimeError):
+    """No backend (or not the one asked for) can run an input; the message says why."""
+
+
+_BACKENDS: dict[str, Backend] = {}
+
+
+def register_backend(backend: Backend) -> Backend:
+    _BACKENDS[backend.name] = backend
+    return backend
+
+
+def available_backends() -> list[str]:
+    return [b.name for b in sorted(_BACKENDS.values(), key=lambda b: -b.priority)]
+
+
+def get_backend(name: str) -> Backend:
+    if name not in _BACKENDS:
+        raise BackendError(f"unknown backend {name!r}; available: auto, {', '.join(available_backends())}")
+    return _BACKENDS[name]
+
+
+def select_backend(name: str, call: AttentionCall) -> Backend:
+    if name != "auto":
+        backend = get_backend(name)
+        reason = backend.unsupported(call)
+        if reason:
+            raise BackendError(f"backend {name!r} cannot run this input: {reason}")
+        return backend
+    reasons = []
+    for bname in available_backends():
+        backend = _BACKENDS[bname]
+        reason = backend.unsupported(call) or backend.unsuited(call)
+        if reason is None:
+            return backend
+        reasons.append(f"  {bname}: {reason}")
+    raise BackendError("no attention backend can run this input:\n" + "\n".join(reasons))

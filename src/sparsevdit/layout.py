@@ -1,0 +1,151 @@
+"""Token layout of a video DiT's self-attention: optional text tokens plus a T x H x W grid.
+
+Video tokens are stored frame-major (frame, row, column), the order every model we target uses.
+Orderings are permutations of the whole sequence: ``perm[new_position] = old_position``, so
+``x[..., perm, :]`` reorders and ``y[..., inverse, :]`` restores. Text tokens never move.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Callable
+
+import torch
+
+TEXT_POSITIONS = ("none", "prefix", "suffix")
+
+
+def _positive_int(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"TokenLayout.{name} must be a positive integer, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class TokenLayout:
+    """Text tokens (none, before or after the video) plus ``frames x height x width`` video tokens.
+
+    Sizes are in tokens after patchify (latent frames, latent rows / patch, ...).
+    """
+
+    frames: int
+    height: int
+    width: int
+    text_tokens: int = 0
+    text_position: str = "none"
+
+    def __post_init__(self) -> None:
+        for name in ("frames", "height", "width"):
+            _positive_int(name, getattr(self, name))
+        if isinstance(self.text_tokens, bool) or not isinstance(self.text_tokens, int) or self.text_tokens < 0:
+            raise ValueError(f"TokenLayout.text_tokens must be an integer >= 0, got {self.text_tokens!r}")
+        if self.text_position not in TEXT_POSITIONS:
+            raise ValueError(
+                f"TokenLayout.text_position must be one of {', '.join(TEXT_POSITIONS)}, got {self.text_position!r}"
+            )
+        if self.text_position == "none" and self.text_tokens:
+            raise ValueError(
+                "TokenLayout.text_tokens is "
+                f"{self.text_tokens} but text_position is 'none': use 'prefix' or 'suffix', or text_tokens=0"
+            )
+
+    # sizes -----------------------------------------------------------------------------------
+    @property
+    def tokens_per_frame(self) -> int:
+        return self.height * self.width
+
+    @property
+    def video_tokens(self) -> int:
+        return self.frames * self.tokens_per_frame
+
+    @property
+    def num_text(self) -> int:
+        return self.text_tokens if self.text_position != "none" else 0
+
+    @property
+    def num_tokens(self) -> int:
+        return self.video_tokens + self.num_text
+
+    @property
+    def video_start(self) -> int:
+        """Index of the first video token in the sequence."""
+        return self.num_text if self.text_position == "prefix" else 0
+
+    @property
+    def text_range(self) -> tuple[int, int]:
+        """[start, end) of the text tokens (empty when there are none)."""
+        if self.text_position == "prefix":
+            return (0, self.num_text)
+        if self.text_position == "suffix":
+            return (self.video_tokens, self.num_tokens)
+        return (0, 0)
+
+    def to_dict(self) -> dict:
+        return {
+            "frames": self.frames,
+            "height": self.height,
+            "width": self.width,
+            "text_tokens": self.text_tokens,
+            "text_position": self.text_position,
+        }
+
+    def __str__(self) -> str:
+        text = f" + {self.num_text} text ({self.text_position})" if self.num_text else ""
+        return f"{self.frames}x{self.height}x{self.width} video{text} = {self.num_tokens} tokens"
+
+    # orderings ------------------------------------------------------------------------------
+    def permutation(self, ordering: str) -> torch.Tensor:
+        """``perm`` (int64 [num_tokens]) with ``reordered = x[..., perm, :]``."""
+        return _permutation(self, ordering)
+
+    def inverse_permutation(self, ordering: str) -> torch.Tensor:
+        return _inverse(self, ordering)
+
+
+_ORDERINGS: dict[str, Callable[[TokenLayout], torch.Tensor]] = {}
+
+
+def register_ordering(name: str):
+    """Register ``fn(layout) -> video permutation`` (int64 [video_tokens], new -> old video index)."""
+
+    def wrap(fn):
+        _ORDERINGS[name] = fn
+        return fn
+
+    return wrap
+
+
+def available_orderings() -> list[str]:
+    return sorted(_ORDERINGS)
+
+
+@register_ordering("frame_major")
+def _frame_major(layout: TokenLayout) -> torch.Tensor:
+    return torch.arange(layout.video_tokens)
+
+
+@register_ordering("position_major")
+def _position_major(layout: TokenLayout) -> torch.Tensor:
+    # Token of frame f at in-frame position p moves to p * frames + f: the same place in every frame
+    # becomes contiguous, so "same place in nearby frames" is a band around the diagonal.
+    f, p = layout.frames, layout.tokens_per_frame
+    return torch.arange(f * p).view(f, p).t().reshape(-1)
+
+
+@lru_cache(maxsize=256)
+def _permutation(layout: TokenLayout, ordering: str) -> torch.Tensor:
+    if ordering not in _ORDERINGS:
+        raise ValueError(f"unknown token ordering {ordering!r}; available: {', '.join(available_orderings())}")
+    video = _ORDERINGS[ordering](layout) + layout.video_start
+    head = torch.arange(layout.video_start)
+    tail = torch.arange(layout.video_start + layout.video_tokens, layout.num_tokens)
+    return torch.cat([head, video, tail])
+
+
+@lru_cache(maxsize=256)
+def _inverse(layout: TokenLayout, ordering: str) -> torch.Tensor:
+    perm = _permutation(layout, ordering)
+    inv = torch.empty_like(perm)
+    inv[perm] = torch.arange(perm.numel())
+    return inv

@@ -1,0 +1,19 @@
+"""Block-sparse attention patterns over a video token layout, in a string-keyed registry."""
+
+from . import builtin as _builtin  # noqa: F401  (registers the built-in patterns)
+from .base import BlockPattern, block_lengths, num_blocks
+from .registry import ParamDoc, PatternError, available, build, check_params, parameters, register, summary
+
+__all__ = [
+    "BlockPattern",
+    "ParamDoc",
+    "PatternError",
+    "available",
+    "block_lengths",
+    "build",
+    "check_params",
+    "num_blocks",
+    "parameters",
+    "register",
+    "summary",
+]
