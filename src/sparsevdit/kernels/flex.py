@@ -10,6 +10,11 @@ import torch
 
 from .registry import AttentionCall, register_backend
 
+try:  # torch >= 2.9 asks for the log-sum-exp through return_aux; older ones through return_lse
+    from torch.nn.attention.flex_attention import AuxRequest as _AuxRequest
+except ImportError:  # pragma: no cover
+    _AuxRequest = None
+
 _MASK_CACHE: dict[tuple, object] = {}
 _MASK_CACHE_LIMIT = 64
 _COMPILED = None
@@ -86,6 +91,8 @@ class FlexBackend:
             return f"dtype {call.dtype} is not float16, bfloat16 or float32"
         if call.head_dim < 16 or call.head_dim & (call.head_dim - 1):
             return f"head_dim {call.head_dim} is not a power of two >= 16"
+        if call.return_lse and self.compile and call.device.type == "cpu":
+            return "compiled FlexAttention on CPU cannot return the log-sum-exp (torch limitation)"
         return None
 
     def unsuited(self, call: AttentionCall) -> str | None:
@@ -102,11 +109,13 @@ class FlexBackend:
             import warnings
 
             warnings.filterwarnings("ignore", message=".*flex_attention called without torch.compile.*")
-        result = fn(q, k, v, block_mask=block_mask, scale=scale, return_lse=call.return_lse)
-        if call.return_lse:
-            out, lse = result
-            return out, lse.float()
-        return result, None
+        if not call.return_lse:
+            return fn(q, k, v, block_mask=block_mask, scale=scale), None
+        if _AuxRequest is not None:
+            out, aux = fn(q, k, v, block_mask=block_mask, scale=scale, return_aux=_AuxRequest(lse=True))
+            return out, aux.lse.float()
+        out, lse = fn(q, k, v, block_mask=block_mask, scale=scale, return_lse=True)
+        return out, lse.float()
 
 
 register_backend(FlexBackend())

@@ -92,6 +92,8 @@ def vertical_stripe(
     if isinstance(sink_frames, bool) or not isinstance(sink_frames, int) or not 0 <= sink_frames <= layout.frames:
         raise PatternError(f"vertical_stripe: sink_frames must be an integer in 0..{layout.frames}, got {sink_frames!r}")
     nb = num_blocks(layout.num_tokens, block_size)
+    if blocks is not None and not isinstance(blocks, (list, tuple)):
+        raise PatternError(f"vertical_stripe: blocks must be a list of key block indices in 0..{nb - 1}, got {blocks!r}")
     blocks = list(blocks or [])
     bad = [b for b in blocks if isinstance(b, bool) or not isinstance(b, int) or not 0 <= b < nb]
     if bad:
@@ -117,8 +119,11 @@ def union(layout: TokenLayout, *, block_size: int, patterns: list | None = None)
     patterns: list of {"name": ..., "params": {...}} (or bare names); all must share one token
         ordering, except dense and skip, which fit any
     """
-    if not patterns:
-        raise PatternError('union needs patterns=[{"name": ..., "params": {...}}, ...] with at least one entry')
+    if not patterns or not isinstance(patterns, (list, tuple)):
+        raise PatternError(
+            'union needs patterns=[{"name": ..., "params": {...}}, ...] with at least one entry, '
+            f"got {patterns!r}"
+        )
     parts = []
     for item in patterns:
         if isinstance(item, str):
@@ -127,7 +132,10 @@ def union(layout: TokenLayout, *, block_size: int, patterns: list | None = None)
             raise PatternError(f"union: each entry must be a name or {{'name': ..., 'params': {{...}}}}, got {item!r}")
         if item["name"] == "union":
             raise PatternError("union: nest no union inside a union; list its parts instead")
-        parts.append(build(item["name"], layout, block_size=block_size, **item.get("params", {})))
+        params = item.get("params", {})
+        if not isinstance(params, dict):
+            raise PatternError(f"union: params of {item['name']!r} must be an object of parameters, got {params!r}")
+        parts.append(build(item["name"], layout, block_size=block_size, **params))
     orderings = {p.ordering for p in parts if p.name not in ("dense", "skip")}
     if len(orderings) > 1:
         names = ", ".join(f"{p.name} ({p.ordering})" for p in parts)

@@ -1,0 +1,169 @@
+"""Kernel benchmark: dense cuDNN SDPA against our sparse backends at several densities (GPU).
+
+Every sparse row is timed in the same run as the cuDNN dense baseline of its shape, so
+``efficiency = cudnn_dense_ms * density / ms`` (1.0 = as fast per kept block as dense cuDNN) is a
+ratio measured side by side. Times are kernel times on inputs already in the pattern's token
+ordering (the permutation of multi_diagonal is a separate, shared cost).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from dataclasses import dataclass
+
+import torch
+
+from .. import patterns as P
+from ..kernels.registry import AttentionCall, get_backend
+from ..layout import TokenLayout
+from .common import environment, gpu_slug, median_ms, write_json
+
+
+@dataclass(frozen=True)
+class Shape:
+    name: str
+    heads: int
+    head_dim: int
+    layout: TokenLayout
+
+
+SHAPES = {
+    "wan1.3b": Shape("wan1.3b", 12, 128, TokenLayout(21, 30, 52)),
+    "wan14b": Shape("wan14b", 40, 128, TokenLayout(21, 45, 80)),
+    "hunyuan": Shape("hunyuan", 24, 128, TokenLayout(33, 45, 80, text_tokens=256, text_position="suffix")),
+}
+KINDS = ("random", "diagonal", "multi_diagonal", "diag+stripes")
+
+
+def _with_width(build, layout: TokenLayout, target: float) -> P.BlockPattern:
+    """The band pattern whose density is closest to ``target`` (bisection on its width)."""
+    lo, hi = 1, 2 * layout.num_tokens
+    best = build(hi)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        pat = build(mid)
+        if pat.density < target:
+            lo = mid + 1
+        else:
+            hi, best = mid, pat
+    below = build(max(1, lo - 1))
+    return below if abs(below.density - target) < abs(best.density - target) else best
+
+
+def patterns_at(kind: str, shape: Shape, density: float, block_size: int = 128) -> list[P.BlockPattern]:
+    """One pattern per head of ``kind`` at about ``density``."""
+    lay = shape.layout
+    if density >= 1.0:
+        return [P.build("dense", lay, block_size=block_size)] * shape.heads
+    if kind == "random":  # a different mask per head: exercises head fusion
+        return [P.build("random_blocks", lay, block_size=block_size, density=density, seed=h) for h in range(shape.heads)]
+    if kind == "diagonal":
+        pat = _with_width(lambda w: P.build("diagonal", lay, block_size=block_size, width=w), lay, density)
+    elif kind == "multi_diagonal":
+        pat = _with_width(lambda w: P.build("multi_diagonal", lay, block_size=block_size, width=w), lay, density)
+    elif kind == "diag+stripes":
+        def build(w):
+            parts = [{"name": "diagonal", "params": {"width": w}}, {"name": "vertical_stripe", "params": {"sink_frames": 1}}]
+            return P.build("union", lay, block_size=block_size, patterns=parts)
+
+        pat = _with_width(build, lay, density)
+    else:
+        raise ValueError(f"unknown pattern kind {kind!r}; choose from {', '.join(KINDS)}")
+    return [pat] * shape.heads
+
+
+def spot_check(out: torch.Tensor, q, k, v, patterns, scale: float, query_blocks=(0, -1)) -> float:
+    """Max relative error of ``out`` against exact float32 attention on a few query blocks of every head."""
+    worst = 0.0
+    for h, pat in enumerate(patterns):
+        n, bs = pat.layout.num_tokens, pat.block_size
+        for qb in query_blocks:
+            qb = qb % pat.num_q_blocks
+            rows = slice(qb * bs, min(n, (qb + 1) * bs))
+            kept = pat.kv_indices[qb, : int(pat.kv_counts[qb])].long()
+            if kept.numel() == 0:
+                continue
+            cols = (kept[:, None] * bs + torch.arange(bs)[None, :]).reshape(-1)
+            cols = cols[cols < n].to(q.device)
+            s = (q[0, h, rows].float() @ k[0, h, cols].float().T) * scale
+            ref = torch.softmax(s, -1) @ v[0, h, cols].float()
+            err = (out[0, h, rows].float() - ref).norm() / ref.norm()
+            worst = max(worst, float(err))
+    return worst
+
+
+def run(shapes, densities, kinds, backends, dtype=torch.bfloat16, check=True, log=print) -> list[dict]:
+    rows = []
+    for shape_name in shapes:
+        shape = SHAPES[shape_name]
+        n, h, d = shape.layout.num_tokens, shape.heads, shape.head_dim
+        gen = torch.Generator(device="cuda").manual_seed(0)
+        q, k, v = (torch.randn(1, h, n, d, device="cuda", dtype=dtype, generator=gen) for _ in range(3))
+        scale = 1.0 / math.sqrt(d)
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
+            cudnn_ms = median_ms(lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v))
+        shape_str = f"1x{h}x{n}x{d}" + (f" (+{shape.layout.num_text} text {shape.layout.text_position})" if shape.layout.num_text else "")
+        log(f"{shape_name} {shape_str}: cuDNN dense {cudnn_ms:.2f} ms")
+        rows.append(dict(backend="cudnn", shape=shape_name, shape_str=shape_str, pattern="dense", density=1.0,
+                         ms=cudnn_ms, cudnn_dense_ms=cudnn_ms, efficiency=1.0))
+        cases = [("dense", 1.0)] + [(kind, dens) for kind in kinds for dens in densities if dens < 1.0]
+        for kind, dens in cases:
+            pats = patterns_at(kind, shape, dens)
+            density = sum(p.density for p in pats) / len(pats)
+            call = AttentionCall(torch.device("cuda"), dtype, 1, h, n, d, tuple(pats), False)
+            for bname in backends:
+                backend = get_backend(bname)
+                reason = backend.unsupported(call)
+                if reason:
+                    log(f"  skip {bname}: {reason}")
+                    continue
+                out, _ = backend.run(q, k, v, call, scale)  # warm-up: compile, caches
+                err = spot_check(out, q, k, v, pats, scale) if check else None
+                ms = median_ms(lambda: backend.run(q, k, v, call, scale))
+                eff = cudnn_ms * density / ms
+                rows.append(dict(backend=bname, shape=shape_name, shape_str=shape_str, pattern=kind, density=density,
+                                 target_density=dens, ms=ms, cudnn_dense_ms=cudnn_ms, efficiency=eff, spot_rel_err=err))
+                log(f"  {bname:9s} {kind:15s} density {density:6.1%}  {ms:8.3f} ms  efficiency {eff:5.2f}  err {err:.1e}")
+        del q, k, v
+        torch.cuda.empty_cache()
+    return rows
+
+
+def print_table(rows: list[dict]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="sparse attention kernels vs cuDNN dense (efficiency = cudnn_ms x density / ms)")
+    for col in ("shape", "pattern", "density", "backend", "ms", "cuDNN dense ms", "efficiency", "speedup vs dense"):
+        table.add_column(col, justify="right" if col not in ("shape", "pattern", "backend") else "left")
+    for r in rows:
+        table.add_row(r["shape"], r["pattern"], f"{r['density']:.1%}", r["backend"], f"{r['ms']:.3f}",
+                      f"{r['cudnn_dense_ms']:.3f}", f"{r['efficiency']:.2f}", f"{r['cudnn_dense_ms'] / r['ms']:.2f}x")
+    Console(width=140).print(table)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shapes", default="wan1.3b,hunyuan", help=f"comma list of {', '.join(SHAPES)}")
+    parser.add_argument("--densities", default="0.05,0.1,0.25,0.5", help="comma list of target densities in (0, 1]")
+    parser.add_argument("--patterns", default=",".join(KINDS), help=f"comma list of {', '.join(KINDS)}")
+    parser.add_argument("--backends", default="flex", help="comma list of sparse backends to time (cudnn dense is always timed)")
+    parser.add_argument("--out", default=None, help="result JSON (default bench/results/kernels-<gpu>.json)")
+    parser.add_argument("--no-check", action="store_true", help="skip the float32 spot check of each output")
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        parser.error("this benchmark needs a CUDA GPU")
+    shapes = [s for s in args.shapes.split(",") if s]
+    unknown = [s for s in shapes if s not in SHAPES]
+    if unknown:
+        parser.error(f"unknown shape(s) {unknown}; choose from {', '.join(SHAPES)}")
+    rows = run(shapes, [float(x) for x in args.densities.split(",")], args.patterns.split(","), args.backends.split(","),
+               check=not args.no_check)
+    print_table(rows)
+    out = args.out or f"bench/results/kernels-{gpu_slug()}.json"
+    path = write_json(out, {**environment(), "rows": rows})
+    print(f"wrote {path}")
+    return 0

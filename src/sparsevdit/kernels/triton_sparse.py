@@ -1,0 +1,475 @@
+"""Block-sparse flash-attention forward in Triton, tuned for Hopper (H100).
+
+Each program computes one query tile (``BLOCK_M`` rows of one query block of one (batch, head))
+and walks that head's list of kept key blocks for the query block: no mask tensor, no work for
+skipped blocks. All heads of a call share one launch (head fusion), each with its own index list.
+
+Two code paths, chosen by the constexpr ``USE_DESC``:
+
+* Hopper (sm_90+, CUDA): K/V/Q/O through tensor descriptors (TMA), the key loop under
+  ``tl.range(..., warp_specialize=...)``; block shapes, warps and stages autotuned per head_dim.
+* Fallback: plain pointer loads with bounds masks; runs under ``TRITON_INTERPRET=1`` on the CPU
+  and on CUDA GPUs without TMA.
+
+Launch order: query blocks are scheduled longest-list-first (``schedule="head"``: head by head,
+longest first inside each head, so the K/V of one head stay hot in L2 while its tiles run;
+``"lpt"``: longest first across all heads). A partial last key block is always the last entry of
+an ascending list, so the key loop runs unmasked over the full blocks and one masked step at the end.
+
+Optional logit transform keyed on token distance (``distance_window``/``alpha``): for
+``|q_idx - k_idx| > window`` and a positive logit, the logit is multiplied by ``alpha``. It is a
+constexpr flag: off, the kernel carries no extra instruction.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import os
+from dataclasses import dataclass, field
+
+import torch
+
+# Triton is optional, and imported only at the first launch: ``triton.jit`` (Triton's own library
+# functions too) picks compiled or interpreted code at import, from TRITON_INTERPRET, so importing
+# sparsevdit must not fix that choice before a test sets the variable.
+HAS_TRITON = importlib.util.find_spec("triton") is not None
+triton = None  # bound by _load_triton()
+tl = None
+_KERNEL_FNS: dict = {}
+
+
+def _kernel_fn(fn):
+    """Mark a module-level function as Triton code; _load_triton() rebinds its name to triton.jit(fn)."""
+    _KERNEL_FNS[fn.__name__] = fn
+    return fn
+
+
+def _load_triton() -> None:
+    """Import triton and jit the kernel functions in the mode in force now (compiled or interpreted)."""
+    global triton, tl, _KERNEL_INTERPRETED
+    interp = interpret_mode()
+    if triton is not None and _KERNEL_INTERPRETED == interp:
+        return
+    import triton as _triton
+    import triton.language as _tl
+
+    triton, tl = _triton, _tl
+    g = globals()
+    for name, fn in _KERNEL_FNS.items():  # helpers first: the kernel body finds them by global name
+        g[name] = triton.jit(fn)
+    _KERNEL_INTERPRETED = interp
+    _AUTOTUNED.clear()
+
+LOG2E = 1.4426950408889634
+LN2 = 0.6931471805599453
+SUPPORTED_DTYPES = (torch.float16, torch.bfloat16)
+SUPPORTED_HEAD_DIMS = (64, 128)
+SUPPORTED_BLOCK_SIZES = (64, 128)
+
+
+def interpret_mode() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def hopper_features(device: torch.device) -> bool:
+    """TMA tensor descriptors + warp specialisation: CUDA sm_90 or newer, not in the interpreter."""
+    if device.type != "cuda" or interpret_mode() or not HAS_TRITON:
+        return False
+    if torch.cuda.get_device_capability(device)[0] < 9:
+        return False
+    _load_triton()
+    return hasattr(tl, "make_tensor_descriptor")
+
+
+# ----------------------------------------------------------------------------------------------
+# kernel
+# ----------------------------------------------------------------------------------------------
+@_kernel_fn
+def _tile_step(acc, l_i, m_i, q, k, v, offs_m, start_n, N, qk_scale, window, alpha,
+               BLOCK_N: tl.constexpr, MASK_N: tl.constexpr, USE_DIST: tl.constexpr, DOT_F32: tl.constexpr):
+    if DOT_F32:  # interpreter: its dot multiplies bf16 as raw uint16 bits, so upcast first
+        qk = tl.dot(q.to(tl.float32), tl.trans(k.to(tl.float32)))
+    else:
+        qk = tl.dot(q, tl.trans(k))
+    if USE_DIST or MASK_N:
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+    if USE_DIST:
+        dist = offs_m[:, None] - offs_n[None, :]
+        far = (dist > window) | (dist < -window)
+        qk = tl.where(far & (qk > 0), qk * alpha, qk)
+    if MASK_N:
+        qk = tl.where(offs_n[None, :] < N, qk, float("-inf"))
+    m_ij = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
+    p = tl.math.exp2(qk * qk_scale - m_ij[:, None])
+    corr = tl.math.exp2(m_i - m_ij)
+    l_i = l_i * corr + tl.sum(p, 1)
+    acc = acc * corr[:, None]
+    if DOT_F32:
+        acc = tl.dot(p.to(v.dtype).to(tl.float32), v.to(tl.float32), acc)
+    else:
+        acc = tl.dot(p.to(v.dtype), v, acc)
+    return acc, l_i, m_ij
+
+@_kernel_fn
+def _key_loop(acc, l_i, m_i, q, K, V, desc_k, desc_v, kv_base, idx_ptr, lo, hi, offs_m, N,
+              qk_scale, window, alpha,
+              HEAD_DIM: tl.constexpr, BLOCK: tl.constexpr, BLOCK_N: tl.constexpr,
+              MASK_N: tl.constexpr, USE_DIST: tl.constexpr, USE_DESC: tl.constexpr,
+              WARP_SPEC: tl.constexpr, DOT_F32: tl.constexpr):
+    KSUB: tl.constexpr = BLOCK // BLOCK_N
+    offs_d = tl.arange(0, HEAD_DIM)
+    for j in tl.range(lo, hi, warp_specialize=WARP_SPEC):
+        if KSUB == 1:
+            start_n = tl.load(idx_ptr + j) * BLOCK
+        else:
+            start_n = tl.load(idx_ptr + j // KSUB) * BLOCK + (j % KSUB) * BLOCK_N
+        start_n = tl.multiple_of(start_n, BLOCK_N)
+        if USE_DESC:
+            k = desc_k.load([start_n, 0])
+            v = desc_v.load([start_n, 0])
+        else:
+            offs_n = start_n + tl.arange(0, BLOCK_N)
+            ptrs = kv_base + offs_n[:, None].to(tl.int64) * HEAD_DIM + offs_d[None, :]
+            if MASK_N:
+                k = tl.load(K + ptrs, mask=offs_n[:, None] < N, other=0.0)
+                v = tl.load(V + ptrs, mask=offs_n[:, None] < N, other=0.0)
+            else:
+                k = tl.load(K + ptrs)
+                v = tl.load(V + ptrs)
+        acc, l_i, m_i = _tile_step(acc, l_i, m_i, q, k, v, offs_m, start_n, N, qk_scale, window, alpha,
+                                   BLOCK_N, MASK_N, USE_DIST, DOT_F32)
+    return acc, l_i, m_i
+
+@_kernel_fn
+def _block_sparse_fwd(
+    Q, K, V, O, LSE, KV_IDX, KV_CNT, SCHED,
+    qk_scale, window, alpha,
+    N, H, B, NQB, MAXW,
+    HEAD_DIM: tl.constexpr, BLOCK: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    EVEN_N: tl.constexpr, USE_DIST: tl.constexpr, STORE_LSE: tl.constexpr,
+    USE_DESC: tl.constexpr, WARP_SPEC: tl.constexpr, DOT_F32: tl.constexpr = False,
+):
+    QSUB: tl.constexpr = BLOCK // BLOCK_M
+    KSUB: tl.constexpr = BLOCK // BLOCK_N
+    pid = tl.program_id(0)
+    qsub = pid % QSUB
+    rest = pid // QSUB
+    b = rest % B
+    item = tl.load(SCHED + rest // B)  # head * NQB + query block, longest lists first
+    head = item // NQB
+    qb = item % NQB
+    bh = b * H + head
+    cnt = tl.load(KV_CNT + item)
+    idx_ptr = KV_IDX + item.to(tl.int64) * MAXW
+
+    start_m = qb * BLOCK + qsub * BLOCK_M
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, HEAD_DIM)
+    kv_base = bh.to(tl.int64) * N * HEAD_DIM
+
+    if USE_DESC:
+        desc_q = tl.make_tensor_descriptor(Q + kv_base, shape=[N, HEAD_DIM], strides=[HEAD_DIM, 1],
+                                           block_shape=[BLOCK_M, HEAD_DIM])
+        desc_k = tl.make_tensor_descriptor(K + kv_base, shape=[N, HEAD_DIM], strides=[HEAD_DIM, 1],
+                                           block_shape=[BLOCK_N, HEAD_DIM])
+        desc_v = tl.make_tensor_descriptor(V + kv_base, shape=[N, HEAD_DIM], strides=[HEAD_DIM, 1],
+                                           block_shape=[BLOCK_N, HEAD_DIM])
+        desc_o = tl.make_tensor_descriptor(O + kv_base, shape=[N, HEAD_DIM], strides=[HEAD_DIM, 1],
+                                           block_shape=[BLOCK_M, HEAD_DIM])
+        q = desc_q.load([start_m, 0])
+    else:
+        desc_k = 0
+        desc_v = 0
+        q_ptrs = Q + kv_base + offs_m[:, None].to(tl.int64) * HEAD_DIM + offs_d[None, :]
+        q = tl.load(q_ptrs, mask=offs_m[:, None] < N, other=0.0)
+
+    m_i = tl.zeros([BLOCK_M], dtype=tl.float32) - float("inf")
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+
+    n_iter = cnt * KSUB
+    if EVEN_N:
+        acc, l_i, m_i = _key_loop(acc, l_i, m_i, q, K, V, desc_k, desc_v, kv_base, idx_ptr, 0, n_iter,
+                                  offs_m, N, qk_scale, window, alpha,
+                                  HEAD_DIM, BLOCK, BLOCK_N, False, USE_DIST, USE_DESC, WARP_SPEC, DOT_F32)
+    else:
+        # Lists are ascending: the partial last key block, when kept, is the last entry.
+        last = tl.load(idx_ptr + tl.maximum(cnt - 1, 0))
+        has_tail = (cnt > 0) & (last == NQB - 1)
+        n_full = n_iter - has_tail.to(tl.int32) * KSUB
+        acc, l_i, m_i = _key_loop(acc, l_i, m_i, q, K, V, desc_k, desc_v, kv_base, idx_ptr, 0, n_full,
+                                  offs_m, N, qk_scale, window, alpha,
+                                  HEAD_DIM, BLOCK, BLOCK_N, False, USE_DIST, USE_DESC, WARP_SPEC, DOT_F32)
+        acc, l_i, m_i = _key_loop(acc, l_i, m_i, q, K, V, desc_k, desc_v, kv_base, idx_ptr, n_full, n_iter,
+                                  offs_m, N, qk_scale, window, alpha,
+                                  HEAD_DIM, BLOCK, BLOCK_N, True, USE_DIST, False, False, DOT_F32)
+
+    # epilogue: rows with no kept key (l == 0) give 0 and lse = -inf
+    empty = l_i == 0.0
+    l_safe = tl.where(empty, 1.0, l_i)
+    out = acc / l_safe[:, None]
+    if USE_DESC:
+        desc_o.store([start_m, 0], out.to(O.dtype.element_ty))
+    else:
+        o_ptrs = O + kv_base + offs_m[:, None].to(tl.int64) * HEAD_DIM + offs_d[None, :]
+        tl.store(o_ptrs, out.to(O.dtype.element_ty), mask=offs_m[:, None] < N)
+    if STORE_LSE:
+        lse = tl.where(empty, float("-inf"), (m_i + tl.math.log2(l_safe)) * 0.6931471805599453)
+        tl.store(LSE + bh.to(tl.int64) * N + offs_m, lse, mask=offs_m < N)
+
+
+# ----------------------------------------------------------------------------------------------
+# configs
+# ----------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class KernelConfig:
+    block_m: int
+    block_n: int
+    num_warps: int
+    num_stages: int
+    warp_spec: bool
+    use_desc: bool = True
+
+    def label(self) -> str:
+        return (f"M{self.block_m}N{self.block_n}w{self.num_warps}s{self.num_stages}"
+                f"{'-ws' if self.warp_spec else ''}{'' if self.use_desc else '-ptr'}")
+
+
+# Hopper autotune space per head_dim, narrowed by bench/triton_tune.py on an H100 (see docs/kernel.md).
+HOPPER_CONFIGS: dict[int, list[KernelConfig]] = {
+    64: [
+        KernelConfig(128, 128, 4, 3, True),
+        KernelConfig(128, 128, 8, 3, False),
+        KernelConfig(128, 64, 4, 3, True),
+        KernelConfig(128, 128, 4, 2, True),
+    ],
+    128: [
+        KernelConfig(128, 128, 4, 2, True),
+        KernelConfig(128, 128, 8, 2, False),
+        KernelConfig(128, 64, 4, 3, True),
+        KernelConfig(128, 128, 8, 3, True),
+    ],
+}
+
+
+def fallback_config(block_size: int, device: torch.device) -> KernelConfig:
+    if device.type != "cuda":  # interpreter: one tile per block, fewest Python-level steps
+        return KernelConfig(block_size, block_size, 4, 1, False, False)
+    return KernelConfig(min(block_size, 128), 64, 4, 2, False, False)
+
+
+# ----------------------------------------------------------------------------------------------
+# index data, cached per (patterns, device)
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class BlockIndex:
+    """Per-call index tensors: kv_indices [h, QB, W] int32 (-1 padding replaced by 0, never read),
+    kv_counts [h, QB] int32, and launch orders (flat head * QB + query block) per schedule."""
+
+    kv_indices: torch.Tensor
+    kv_counts: torch.Tensor
+    block_size: int
+    num_tokens: int
+    _counts_cpu: torch.Tensor
+    _schedules: dict = field(default_factory=dict)
+
+    @property
+    def heads(self) -> int:
+        return self.kv_counts.shape[0]
+
+    @property
+    def num_q_blocks(self) -> int:
+        return self.kv_counts.shape[1]
+
+    def schedule(self, kind: str = "head") -> torch.Tensor:
+        if kind not in self._schedules:
+            self._schedules[kind] = make_schedule(self._counts_cpu, kind).to(self.kv_counts.device)
+        return self._schedules[kind]
+
+
+def make_schedule(counts: torch.Tensor, kind: str = "head") -> torch.Tensor:
+    """Launch order of the (head, query block) items, int32 [h * QB] of flat indices.
+
+    ``head``: heads in order, each head's query blocks longest list first (K/V of a head stay in L2).
+    ``lpt``: longest list first over all heads (ties head-major). ``natural``: head-major, in order.
+    """
+    h, nq = counts.shape
+    flat = counts.reshape(-1).long()
+    if kind == "natural":
+        order = torch.arange(h * nq)
+    elif kind == "lpt":
+        order = torch.sort(-flat, stable=True).indices
+    elif kind == "head":
+        heads = torch.arange(h * nq) // nq
+        key = heads * (int(flat.max()) + 1) + (int(flat.max()) - flat)
+        order = torch.sort(key, stable=True).indices
+    else:
+        raise ValueError(f"unknown schedule {kind!r}: use head, lpt or natural")
+    return order.to(torch.int32).contiguous()
+
+
+def index_from_tensors(kv_indices: torch.Tensor, kv_counts: torch.Tensor, block_size: int, num_tokens: int) -> BlockIndex:
+    counts_cpu = kv_counts.to("cpu", torch.int32).contiguous()
+    idx = kv_indices.to(torch.int32).clamp(min=0).contiguous()
+    return BlockIndex(idx, kv_counts.to(torch.int32).contiguous(), block_size, num_tokens, counts_cpu)
+
+
+_INDEX_CACHE: dict[tuple, BlockIndex] = {}
+_INDEX_CACHE_LIMIT = 128
+
+
+def block_index_for(patterns, device: torch.device) -> BlockIndex:
+    """Index tensors of one call's patterns (one per head), built once per (pattern keys, device)."""
+    key = (tuple(p.key for p in patterns), str(device))
+    cached = _INDEX_CACHE.get(key)
+    if cached is not None:
+        return cached
+    nq = patterns[0].num_q_blocks
+    width = max(1, max(int(p.kv_indices.shape[1]) for p in patterns))
+    indices = torch.zeros(len(patterns), nq, width, dtype=torch.int32)
+    for h, p in enumerate(patterns):
+        indices[h, :, : p.kv_indices.shape[1]] = p.kv_indices.clamp(min=0)
+    counts = torch.stack([p.kv_counts.to(torch.int32) for p in patterns])
+    index = BlockIndex(indices.to(device), counts.to(device), patterns[0].block_size,
+                       patterns[0].layout.num_tokens, counts)
+    if len(_INDEX_CACHE) >= _INDEX_CACHE_LIMIT:
+        _INDEX_CACHE.pop(next(iter(_INDEX_CACHE)))
+    _INDEX_CACHE[key] = index
+    return index
+
+
+# ----------------------------------------------------------------------------------------------
+# launcher
+# ----------------------------------------------------------------------------------------------
+def _ensure_allocator() -> None:
+    from triton.runtime import _allocation
+
+    if isinstance(_allocation._allocator.get(), _allocation.NullAllocator):
+        def alloc(size: int, alignment: int, stream):
+            return torch.empty(size, dtype=torch.int8, device="cuda")
+
+        triton.set_allocator(alloc)
+
+
+def _interpreter_compat() -> None:
+    """Triton 3.6's interpreter turns a scalar tensor into a loop bound with ``int(array)``, which NumPy
+    >= 2.4 refuses for its 1-element arrays ("only 0-dimensional arrays can be converted"): loops with
+    run-time bounds then fail under TRITON_INTERPRET=1. Patch that one conversion (interpreter only)."""
+    from triton.runtime import interpreter
+
+    if getattr(interpreter, "_sparsevdit_index_fix", False):
+        return
+    original = interpreter._patch_lang_tensor
+
+    def patched(tensor, scope):
+        original(tensor, scope)
+        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.reshape(-1)[0]))
+
+    interpreter._patch_lang_tensor = patched
+    interpreter._sparsevdit_index_fix = True
+
+
+_KERNEL_INTERPRETED: bool | None = None
+_AUTOTUNED: dict = {}
+_TUNE_KEY = ["HEAD_DIM", "BLOCK", "EVEN_N", "USE_DIST", "STORE_LSE"]
+
+
+def _autotuned_kernel(head_dim: int):
+    if head_dim not in _AUTOTUNED:
+        configs = [
+            triton.Config({"BLOCK_M": c.block_m, "BLOCK_N": c.block_n, "WARP_SPEC": c.warp_spec},
+                          num_warps=c.num_warps, num_stages=c.num_stages)
+            for c in HOPPER_CONFIGS.get(head_dim, HOPPER_CONFIGS[128])
+        ]
+        _AUTOTUNED[head_dim] = triton.autotune(configs, key=_TUNE_KEY, cache_results=True)(_block_sparse_fwd)
+    return _AUTOTUNED[head_dim]
+
+
+def check_inputs(q: torch.Tensor, block_size: int) -> str | None:
+    """Why the kernel cannot run these inputs, or None."""
+    if not HAS_TRITON:
+        return "triton is not importable (pip install 'sparsevdit[triton]')"
+    if q.device.type != "cuda" and not interpret_mode():
+        return f"the Triton kernel needs a CUDA device (or TRITON_INTERPRET=1 for the CPU interpreter), got {q.device.type}"
+    if q.dtype not in SUPPORTED_DTYPES:
+        return f"dtype {q.dtype} is not float16 or bfloat16"
+    if q.shape[-1] not in SUPPORTED_HEAD_DIMS:
+        return f"head_dim {q.shape[-1]} is not 64 or 128"
+    if block_size not in SUPPORTED_BLOCK_SIZES:
+        return (f"block_size {block_size} is not 64 or 128 (the query tile equals the block or is half of it, "
+                "and 128 x 128 tiles is what the tensor cores and the shared memory of one SM suit)")
+    return None
+
+
+def block_sparse_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    index: BlockIndex,
+    scale: float | None = None,
+    *,
+    return_lse: bool = False,
+    distance_window: int | None = None,
+    alpha: float = 1.0,
+    schedule: str = "head",
+    config: KernelConfig | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Block-sparse attention forward over ``[B, h, N, D]`` tensors.
+
+    ``index`` gives each of the h heads its kept key blocks per query block (see ``block_index_for``
+    / ``index_from_tensors``). Returns ``(out [B, h, N, D], lse float32 [B, h, N] natural log or None)``;
+    rows that keep no key get 0 and lse -inf. ``distance_window``/``alpha``: multiply positive logits
+    of pairs with ``|q_idx - k_idx| > distance_window`` by ``alpha`` (off when None). ``config``
+    forces one kernel configuration (else autotuned on Hopper, a fixed fallback elsewhere).
+    """
+    if q.dim() != 4 or q.shape != k.shape or q.shape != v.shape:
+        raise ValueError(f"q, k, v must share one shape [B, h, N, D]; got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+    batch, heads, n, head_dim = q.shape
+    reason = check_inputs(q, index.block_size)
+    if reason:
+        raise ValueError(reason)
+    if heads != index.heads:
+        raise ValueError(f"q has {heads} heads but the index has {index.heads}")
+    if n != index.num_tokens or index.num_q_blocks != -(-n // index.block_size):
+        raise ValueError(f"q has {n} tokens but the index was built for {index.num_tokens}")
+    q, k, v = (t.contiguous() for t in (q, k, v))
+    _load_triton()
+    scale = 1.0 / math.sqrt(head_dim) if scale is None else float(scale)
+    out = torch.empty_like(q)
+    lse = torch.empty((batch, heads, n), dtype=torch.float32, device=q.device) if return_lse else out
+    sched = index.schedule(schedule)
+    use_dist = distance_window is not None
+    window = int(distance_window) if use_dist else 0
+    bs = index.block_size
+    common = dict(
+        qk_scale=scale * LOG2E, window=window, alpha=float(alpha),
+        N=n, H=heads, B=batch, NQB=index.num_q_blocks, MAXW=index.kv_indices.shape[-1],
+        HEAD_DIM=head_dim, BLOCK=bs, EVEN_N=(n % bs == 0), USE_DIST=use_dist, STORE_LSE=return_lse,
+    )
+    args = (q, k, v, out, lse, index.kv_indices, index.kv_counts, sched)
+    n_items = sched.numel() * batch
+
+    hopper = hopper_features(q.device)
+    if config is None and hopper and bs == 128:
+        _ensure_allocator()
+        kernel = _autotuned_kernel(head_dim)
+        grid = lambda meta: (n_items * (bs // meta["BLOCK_M"]),)  # noqa: E731
+        kernel[grid](*args, **common, USE_DESC=True)
+    else:
+        cfg = config or fallback_config(bs, q.device)
+        if cfg.block_m > bs or bs % cfg.block_m or cfg.block_n > bs or bs % cfg.block_n:
+            raise ValueError(f"config {cfg.label()} does not tile block_size {bs}")
+        # An explicit descriptor config also runs under the interpreter (tests of the TMA path's indexing).
+        use_desc = cfg.use_desc and (hopper or interpret_mode())
+        if interpret_mode():
+            _interpreter_compat()
+        elif use_desc:
+            _ensure_allocator()
+        _block_sparse_fwd[(n_items * (bs // cfg.block_m),)](
+            *args, **common, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, USE_DESC=use_desc,
+            WARP_SPEC=cfg.warp_spec and hopper, DOT_F32=interpret_mode() and q.dtype == torch.bfloat16,
+            num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        )
+    return out, (lse if return_lse else None)
