@@ -624,3 +624,10 @@ def test_equal_recipes_equal_masks(lay, bs, width):
     b = patterns.build("diagonal", lay, block_size=bs, width=width)
     assert a == b and hash(a) == hash(b)
     assert torch.equal(a.kv_indices, b.kv_indices) and torch.equal(a.kv_counts, b.kv_counts)
+
+
+@pytest.mark.parametrize("value", ["false", 0, 1, None])
+def test_bool_params_must_be_bool(value):
+    layout = TokenLayout(2, 3, 4, text_tokens=5, text_position="prefix")
+    with pytest.raises(PatternError, match="text_rows must be true or false"):
+        patterns.build("diagonal", layout, block_size=8, text_rows=value)

@@ -437,14 +437,14 @@ def test_error_layout_not_an_object(layout):
 def test_error_bad_layout_field(tmp_path, key, value):
     data = valid_dict()
     data["layout"][key] = value
-    err = check(data, "layout", data["layout"], key, "valid token layout", tmp_path=tmp_path)
+    err = check(data, f"layout.{key}", value, "valid value", tmp_path=tmp_path)
     assert repr(value) in str(err)
 
 
 def test_error_layout_text_without_position():
     data = valid_dict()
     data["layout"]["text_position"] = "none"
-    check(data, "layout", data["layout"], "text_tokens", "text_position")
+    check(data, "layout.text_tokens", data["layout"]["text_tokens"], "text_position")
 
 
 def test_error_layout_missing_field():

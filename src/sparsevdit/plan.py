@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -181,10 +182,12 @@ class SparsityPlan:
         if fmt != PLAN_FORMAT:
             raise PlanError("format", fmt, repr(PLAN_FORMAT))
         version = data.get("version")
-        if version != PLAN_VERSION:
+        if not _is_int(version) or version != PLAN_VERSION:
             raise PlanError("version", version, f"{PLAN_VERSION} (the plan version this sparsevdit reads)")
 
         m = _require(data, "model", "", "an object with class_name, num_layers, num_heads, head_dim")
+        if not isinstance(m, dict):
+            raise PlanError("model", m, "an object with class_name, num_layers, num_heads, head_dim")
         class_name = _require(m, "class_name", "model.", "a model class name")
         if not isinstance(class_name, str) or not class_name:
             raise PlanError("model.class_name", class_name, "a model class name")
@@ -199,6 +202,9 @@ class SparsityPlan:
         try:
             token_layout = TokenLayout(**lay)
         except (TypeError, ValueError) as exc:
+            named = re.match(r"TokenLayout\.(\w+)", str(exc))
+            if named and named.group(1) in lay:
+                raise PlanError(f"layout.{named.group(1)}", lay[named.group(1)], f"a valid value ({exc})") from None
             raise PlanError("layout", lay, f"a valid token layout ({exc})") from None
 
         block_size = _positive_int(data, "block_size", "")

@@ -112,6 +112,9 @@ def check_params(name: str, params: dict) -> dict:
         valid = ", ".join(known) or "none"
         raise PatternError(f"pattern {name!r} has no parameter {', '.join(unknown)}; its parameters: {valid}")
     full = {**known, **params}
+    for key, value in params.items():
+        if isinstance(known[key], bool) and not isinstance(value, bool):
+            raise PatternError(f"pattern {name!r}: {key} must be true or false, got {value!r}")
     try:
         json.dumps(full)
     except TypeError as exc:

@@ -1,0 +1,77 @@
+"""The command line: listing, drawing, errors, demo."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from sparsevdit import patterns as P
+from sparsevdit.cli import app
+
+runner = CliRunner()
+
+SHOW_PARAMS = {
+    "dense": [],
+    "skip": [],
+    "diagonal": ["-p", "width=512"],
+    "multi_diagonal": ["-p", "width=256"],
+    "vertical_stripe": ["-p", "sink_frames=1"],
+    "union": ["-p", 'patterns=["diagonal", {"name": "vertical_stripe", "params": {"sink_frames": 1}}]'],
+    "random_blocks": ["-p", "density=0.3"],
+}
+
+
+def test_patterns_lists_every_pattern_with_parameters():
+    result = runner.invoke(app, ["patterns"], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    for name in ("dense", "skip", "diagonal", "multi_diagonal", "vertical_stripe", "union"):
+        assert name in result.output
+    assert "sink_frames" in result.output and "width" in result.output
+
+
+@pytest.mark.parametrize("name", P.available())
+def test_patterns_show_writes_png(tmp_path, name):
+    png = tmp_path / f"{name}.png"
+    args = ["patterns", "show", name, "--frames", "5", "--height", "12", "--width", "13", "--text", "40",
+            "--text-position", "suffix", "--block-size", "64", "--png", str(png)] + SHOW_PARAMS[name]
+    result = runner.invoke(app, args, terminal_width=200)
+    assert result.exit_code == 0, result.output
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "density" in result.output
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["patterns", "show", "nope", "--frames", "2", "--height", "2", "--width", "2"], "unknown pattern 'nope'"),
+        (["patterns", "show", "diagonal", "--frames", "0", "--height", "2", "--width", "2"], "frames"),
+        (["patterns", "show", "diagonal", "--frames", "2", "--height", "2", "--width", "2", "-p", "size=3"], "no parameter size"),
+        (["patterns", "show", "diagonal", "--frames", "2", "--height", "2", "--width", "2", "-p", "width"], "key=value"),
+        (["patterns", "show", "diagonal", "--frames", "2", "--height", "2", "--width", "2", "--text", "3", "--text-position", "middle"], "text_position"),
+    ],
+)
+def test_patterns_show_errors_are_clear(args, message):
+    result = runner.invoke(app, args, terminal_width=200)
+    assert result.exit_code == 2
+    assert message in result.output
+
+
+def test_every_command_has_help():
+    for args in (["--help"], ["patterns", "--help"], ["patterns", "show", "--help"], ["demo", "--help"], ["bench", "--help"]):
+        result = runner.invoke(app, args, terminal_width=200)
+        assert result.exit_code == 0, (args, result.output)
+        assert "Usage" in result.output
+
+
+def test_demo_writes_report(tmp_path):
+    result = runner.invoke(app, ["demo", "--out", str(tmp_path), "--device", "cpu"], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert (tmp_path / "report.html").exists() and (tmp_path / "attention_maps.png").exists()
+    choice = report["choice_per_head"]
+    # The synthetic heads have the structures the patterns are made for.
+    assert choice["spatial"]["pattern"].startswith(("diagonal", "multi_diagonal"))
+    assert choice["temporal"]["pattern"].startswith("multi_diagonal")
+    assert all(c["rel_error"] <= report["error_budget"] for c in choice.values())
+    for cand in report["candidates"]:
+        assert (tmp_path / cand["png"]).exists()
