@@ -172,12 +172,27 @@ def test_auto_lists_every_backend_when_none_fits(monkeypatch):
 
     monkeypatch.setattr(reference, "MAX_SCORE_ELEMENTS", 10)
     layout = LAYOUTS["plain"]
-    pat = P.build("dense", layout, block_size=16)
+    pat = P.build("diagonal", layout, block_size=16, width=12)
     q, k, v = rand_qkv(layout)
     with pytest.raises(BackendError) as err:
         sv.sparse_attention(q, k, v, pat, layout=layout, backend="auto")
     for name in sv.available_backends():
         assert f"{name}:" in str(err.value)
+
+
+def test_dense_heads_go_to_sdpa_and_match_reference():
+    layout = LAYOUTS["suffix"]
+    pat = P.build("dense", layout, block_size=16)
+    q, k, v = rand_qkv(layout)
+    from sparsevdit.kernels.registry import AttentionCall, select_backend
+
+    call = AttentionCall(q.device, q.dtype, 2, 3, layout.num_tokens, 16, (pat,) * 3, False)
+    assert select_backend("auto", call).name == "sdpa"
+    out = sv.sparse_attention(q, k, v, pat, layout=layout)
+    ref = sv.sparse_attention(q, k, v, pat, layout=layout, backend="reference")
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    with pytest.raises(BackendError, match="dense heads only"):
+        sv.sparse_attention(q, k, v, P.build("diagonal", layout, block_size=16, width=8), layout=layout, backend="sdpa")
 
 
 def test_auto_on_cpu_runs():

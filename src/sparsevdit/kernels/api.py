@@ -67,13 +67,19 @@ def sparse_attention(
     batch, heads, n, head_dim = q.shape
     scale = 1.0 / math.sqrt(head_dim) if scale is None else float(scale)
 
-    out = torch.zeros_like(q)
-    lse = torch.full((batch, heads, n), float("-inf"), dtype=torch.float32, device=q.device) if return_lse else None
-
     groups: dict[tuple, list[int]] = defaultdict(list)
     for h, p in enumerate(patterns):
         if not p.is_empty:
             groups[(p.ordering, p.block_size)].append(h)
+
+    if len(groups) == 1 and len(next(iter(groups.values()))) == heads and next(iter(groups))[0] == "frame_major":
+        # One fused group of every head in the model's own order: no gather, scatter or permutation.
+        call = AttentionCall(q.device, q.dtype, batch, heads, n, head_dim, tuple(patterns), return_lse)
+        o, lse = select_backend(backend, call).run(q.contiguous(), k.contiguous(), v.contiguous(), call, scale)
+        return (o, lse.float()) if return_lse else o
+
+    out = torch.zeros_like(q)
+    lse = torch.full((batch, heads, n), float("-inf"), dtype=torch.float32, device=q.device) if return_lse else None
 
     for (ordering, _), hs in groups.items():
         call = AttentionCall(
