@@ -63,8 +63,8 @@ def test_every_command_has_help():
         assert "Usage" in result.output
 
 
-def test_demo_writes_report(tmp_path):
-    result = runner.invoke(app, ["demo", "--out", str(tmp_path), "--device", "cpu"], terminal_width=200)
+def test_pattern_study_writes_report(tmp_path):
+    result = runner.invoke(app, ["patterns", "study", "--out", str(tmp_path), "--device", "cpu"], terminal_width=200)
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "report.json").read_text())
     assert (tmp_path / "report.html").exists() and (tmp_path / "attention_maps.png").exists()
@@ -75,3 +75,24 @@ def test_demo_writes_report(tmp_path):
     assert all(c["rel_error"] <= report["error_budget"] for c in choice.values())
     for cand in report["candidates"]:
         assert (tmp_path / cand["png"]).exists()
+
+
+def test_demo_on_bundled_model_writes_videos_and_report(tmp_path):
+    args = ["demo", "--out", str(tmp_path), "--device", "cpu", "--frames", "4", "--height", "24", "--steps", "2",
+            "--seeds", "0", "--classes", "7", "--block-size", "16"]
+    result = runner.invoke(app, args, terminal_width=200)
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "report.json").read_text())
+    for key in ("psnr", "ssim", "attention_density", "dense_seconds", "sparse_seconds", "device", "settings"):
+        assert key in report
+    assert 0 < report["attention_density"] < 1
+    for name in ("dense", "sparse", "side_by_side"):
+        for ext in ("mp4", "gif"):
+            assert (tmp_path / f"seed0_{name}.{ext}").stat().st_size > 0
+    assert (tmp_path / "frames.png").exists() and (tmp_path / "report.html").exists()
+
+
+def test_demo_refuses_bad_sizes(tmp_path):
+    result = runner.invoke(app, ["demo", "--out", str(tmp_path), "--device", "cpu", "--height", "30"], terminal_width=200)
+    assert result.exit_code == 2
+    assert "multiple" in result.output

@@ -86,14 +86,92 @@ def patterns_show(
 
 @app.command()
 def demo(
-    out: Path = typer.Option(Path("out/demo"), "--out", "-o", help="folder for the pictures and the report"),
+    out: Path = typer.Option(Path("out/demo"), "--out", "-o", help="folder for the videos and the report"),
+    device: str = typer.Option("auto", help="cpu, cuda or auto"),
+    weights: Optional[Path] = typer.Option(None, help="model folder (config.json + safetensors); default: the bundled model"),
+    frames: Optional[int] = typer.Option(None, help="frames to generate (default: 16)"),
+    height: Optional[int] = typer.Option(None, help="pixels, a multiple of 4 (default: 48 on CPU, 128 on GPU)"),
+    width: Optional[int] = typer.Option(None, help="pixels, a multiple of 4 (default: as height)"),
+    steps: Optional[int] = typer.Option(None, help="denoising steps (default: 16 on CPU, 30 on GPU)"),
+    seeds: Optional[str] = typer.Option(None, help="comma list of seeds, e.g. 0,1"),
+    classes: Optional[str] = typer.Option(None, help="comma list of scene class indices, one per seed (see `sparsevdit classes`)"),
+    block_size: Optional[int] = typer.Option(None, help="attention block size (default: 64 on CPU, 128 on GPU)"),
+    backend: str = typer.Option("auto", help="attention backend for the sparse run"),
+) -> None:
+    """Generate the same seeds with dense and sparse attention on the bundled model; write videos and a report."""
+    from dataclasses import replace
+
+    import torch
+
+    from .demo import default_settings, run_demo
+
+    dev = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+    s = default_settings(dev)
+    changes = {k: v for k, v in dict(frames=frames, height=height, width=width or height, steps=steps,
+                                     block_size=block_size).items() if v is not None}
+    if seeds:
+        changes["seeds"] = tuple(int(x) for x in seeds.split(","))
+    if classes:
+        changes["classes"] = tuple(int(x) for x in classes.split(","))
+    s = replace(s, backend=backend, **changes)
+    if len(s.classes) != len(s.seeds):
+        s = replace(s, classes=tuple(seed % 8 for seed in s.seeds) if not classes else s.classes)
+    if len(s.classes) != len(s.seeds):
+        _fail(f"give one class per seed: {len(s.seeds)} seeds, {len(s.classes)} classes")
+    try:
+        run_demo(out, device=dev, settings=s, weights=weights, console=console)
+    except (ValueError, FileNotFoundError) as exc:
+        _fail(str(exc))
+
+
+@patterns_app.command("study")
+def patterns_study(
+    out: Path = typer.Option(Path("out/pattern-study"), "--out", "-o", help="folder for the pictures and the report"),
     device: str = typer.Option("auto", help="cpu, cuda or auto"),
     seed: int = typer.Option(0, help="random seed"),
 ) -> None:
-    """Patterns and sparse-vs-dense attention error on structured random data; writes PNGs and a report."""
-    from .demo import run_demo
+    """Every pattern's attention error on synthetic heads with known structure; writes PNGs and a report."""
+    from .synthetic_study import run_demo as run_study
 
-    run_demo(out, device=device, seed=seed, console=console)
+    run_study(out, device=device, seed=seed, console=console)
+
+
+@app.command()
+def train(
+    out: Path = typer.Option(Path("out/train"), "--out", "-o", help="folder for log.jsonl, loss.png, checkpoint.pt, weights/"),
+    steps: int = typer.Option(3000, help="optimizer steps"),
+    batch: int = typer.Option(32, help="clips per step"),
+    lr: float = typer.Option(3e-4, help="peak learning rate (warm-up, then cosine to 10%)"),
+    max_minutes: Optional[float] = typer.Option(None, help="stop (and save) after this much wall time"),
+    eval_every: int = typer.Option(250, help="validation on held-out seeds every N steps"),
+    frames: int = typer.Option(16, help="training clip frames"),
+    size: int = typer.Option(64, help="training clip height = width, pixels"),
+    dim: int = typer.Option(384, help="model width"),
+    depth: int = typer.Option(8, help="transformer blocks"),
+    heads: int = typer.Option(6, help="attention heads"),
+    device: str = typer.Option("auto", help="cpu, cuda or auto"),
+    seed: int = typer.Option(0, help="random seed (data stream and initialisation)"),
+    resume: bool = typer.Option(False, help="continue from out/checkpoint.pt"),
+) -> None:
+    """Train the video DiT on procedural clips (rectified flow; bf16 on GPU; tiny sizes run on CPU)."""
+    from .models.data import CLASSES
+    from .models.train import TrainConfig, train as run_train
+    from .models.vdit import VDiTConfig
+
+    model = VDiTConfig(dim=dim, depth=depth, heads=heads, num_classes=len(CLASSES), frames=frames, height=size, width=size)
+    cfg = TrainConfig(steps=steps, batch=batch, lr=lr, max_minutes=max_minutes, eval_every=eval_every, seed=seed,
+                      checkpoint_every=max(eval_every, 100), model=model)
+    meta = run_train(cfg, out, device=device, resume=resume, log=console.print)
+    console.print(f"validation loss {meta['val_loss_untrained']:.4f} (untrained) -> {meta['val_loss_final']:.4f}; weights in {out / 'weights'}")
+
+
+@app.command("classes")
+def list_classes() -> None:
+    """The scene classes of the bundled model's training data, with their captions."""
+    from .models.data import CLASSES, caption_for
+
+    for i, name in enumerate(CLASSES):
+        console.print(f"{i}: {name} - {caption_for(i)}")
 
 
 bench_app = typer.Typer(help="GPU benchmarks.")

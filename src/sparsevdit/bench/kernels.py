@@ -147,10 +147,10 @@ def print_table(rows: list[dict]) -> None:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--shapes", default="wan1.3b,hunyuan", help=f"comma list of {', '.join(SHAPES)}")
+    parser.add_argument("--shapes", default="wan1.3b,wan14b,hunyuan", help=f"comma list of {', '.join(SHAPES)}")
     parser.add_argument("--densities", default="0.05,0.1,0.25,0.5", help="comma list of target densities in (0, 1]")
     parser.add_argument("--patterns", default=",".join(KINDS), help=f"comma list of {', '.join(KINDS)}")
-    parser.add_argument("--backends", default="flex", help="comma list of sparse backends to time (cudnn dense is always timed)")
+    parser.add_argument("--backends", default="flex,triton", help="comma list of sparse backends to time (cudnn dense is always timed)")
     parser.add_argument("--out", default=None, help="result JSON (default bench/results/kernels-<gpu>.json)")
     parser.add_argument("--no-check", action="store_true", help="skip the float32 spot check of each output")
     args = parser.parse_args(argv)

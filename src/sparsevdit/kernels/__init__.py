@@ -2,6 +2,7 @@
 
 from . import flex as _flex  # noqa: F401  (registers the backend)
 from . import reference as _reference  # noqa: F401
+from . import masked_sdpa as _masked_sdpa  # noqa: F401
 from . import sdpa as _sdpa  # noqa: F401
 from . import triton_backend as _triton  # noqa: F401
 from .api import sparse_attention

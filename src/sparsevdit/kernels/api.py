@@ -66,6 +66,7 @@ def sparse_attention(
     patterns = _check_inputs(q, k, v, patterns, layout)
     batch, heads, n, head_dim = q.shape
     scale = 1.0 / math.sqrt(head_dim) if scale is None else float(scale)
+    grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
 
     groups: dict[tuple, list[int]] = defaultdict(list)
     for h, p in enumerate(patterns):
@@ -74,7 +75,7 @@ def sparse_attention(
 
     if len(groups) == 1 and len(next(iter(groups.values()))) == heads and next(iter(groups))[0] == "frame_major":
         # One fused group of every head in the model's own order: no gather, scatter or permutation.
-        call = AttentionCall(q.device, q.dtype, batch, heads, n, head_dim, tuple(patterns), return_lse)
+        call = AttentionCall(q.device, q.dtype, batch, heads, n, head_dim, tuple(patterns), return_lse, grad)
         o, lse = select_backend(backend, call).run(q.contiguous(), k.contiguous(), v.contiguous(), call, scale)
         return (o, lse.float()) if return_lse else o
 
@@ -84,7 +85,7 @@ def sparse_attention(
     for (ordering, _), hs in groups.items():
         call = AttentionCall(
             device=q.device, dtype=q.dtype, batch=batch, heads=len(hs), num_tokens=n, head_dim=head_dim,
-            patterns=tuple(patterns[h] for h in hs), return_lse=return_lse,
+            patterns=tuple(patterns[h] for h in hs), return_lse=return_lse, requires_grad=grad,
         )
         impl = select_backend(backend, call)
         index = torch.tensor(hs, device=q.device)

@@ -91,6 +91,8 @@ class FlexBackend:
             return f"dtype {call.dtype} is not float16, bfloat16 or float32"
         if call.head_dim < 16 or call.head_dim & (call.head_dim - 1):
             return f"head_dim {call.head_dim} is not a power of two >= 16"
+        if call.requires_grad and call.device.type == "cpu":
+            return "FlexAttention has no backward on CPU (inputs require grad): use reference, or torch.no_grad()"
         if call.return_lse and self.compile and call.device.type == "cpu":
             return "compiled FlexAttention on CPU cannot return the log-sum-exp (torch limitation)"
         return None

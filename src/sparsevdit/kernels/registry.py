@@ -26,6 +26,7 @@ class AttentionCall:
     head_dim: int
     patterns: tuple[BlockPattern, ...]  # one per head of the group, all in one ordering and block size
     return_lse: bool
+    requires_grad: bool = False  # autograd will differentiate through this call
 
 
 class Backend(Protocol):

@@ -19,10 +19,12 @@ class TritonBackend:
 
     def unsupported(self, call: AttentionCall) -> str | None:
         if not ts.HAS_TRITON:
-            return "triton is not importable (pip install 'sparsevdit[triton]')"
+            return "triton is not installed (pip install 'sparsevdit[triton]')"
         if call.device.type != "cuda" and not (call.device.type == "cpu" and ts.interpret_mode()):
             return (f"the Triton kernel runs on CUDA devices (or on the CPU under TRITON_INTERPRET=1), "
                     f"not {call.device.type}")
+        if getattr(call, "requires_grad", False):
+            return "forward only: the Triton kernel has no backward pass (autograd needs another backend)"
         if call.dtype not in ts.SUPPORTED_DTYPES:
             return f"dtype {call.dtype} is not float16 or bfloat16"
         if call.head_dim not in ts.SUPPORTED_HEAD_DIMS:
@@ -31,7 +33,7 @@ class TritonBackend:
         if bs not in ts.SUPPORTED_BLOCK_SIZES:
             return (f"block_size {bs} is not 64 or 128: the query tile must equal the block (or half of it) "
                     "and 64-128 row tiles are what Hopper's tensor cores and shared memory suit")
-        return None
+        return ts.triton_missing()
 
     def unsuited(self, call: AttentionCall) -> str | None:
         if call.device.type != "cuda":

@@ -112,7 +112,7 @@ def _tile_step(acc, l_i, m_i, q, k, v, offs_m, start_n, N, qk_scale, window, alp
     return acc, l_i, m_ij
 
 @_kernel_fn
-def _key_loop(acc, l_i, m_i, q, K, V, desc_k, desc_v, kv_base, idx_ptr, lo, hi, offs_m, N,
+def _key_loop(acc, l_i, m_i, q, K, V, desc_k, desc_v, kv_base, kv_row0, idx_ptr, lo, hi, offs_m, N,
               qk_scale, window, alpha,
               HEAD_DIM: tl.constexpr, BLOCK: tl.constexpr, BLOCK_N: tl.constexpr,
               MASK_N: tl.constexpr, USE_DIST: tl.constexpr, USE_DESC: tl.constexpr,
@@ -126,8 +126,9 @@ def _key_loop(acc, l_i, m_i, q, K, V, desc_k, desc_v, kv_base, idx_ptr, lo, hi, 
             start_n = tl.load(idx_ptr + j // KSUB) * BLOCK + (j % KSUB) * BLOCK_N
         start_n = tl.multiple_of(start_n, BLOCK_N)
         if USE_DESC:
-            k = desc_k.load([start_n, 0])
-            v = desc_v.load([start_n, 0])
+            # K/V descriptors span all heads ([B*h*N, D]): only full blocks come this way.
+            k = desc_k.load([kv_row0 + start_n, 0])
+            v = desc_v.load([kv_row0 + start_n, 0])
         else:
             offs_n = start_n + tl.arange(0, BLOCK_N)
             ptrs = kv_base + offs_n[:, None].to(tl.int64) * HEAD_DIM + offs_d[None, :]
@@ -143,13 +144,14 @@ def _key_loop(acc, l_i, m_i, q, K, V, desc_k, desc_v, kv_base, idx_ptr, lo, hi, 
 
 @_kernel_fn
 def _block_sparse_fwd(
-    Q, K, V, O, LSE, KV_IDX, KV_CNT, SCHED,
+    Q, K, V, O, Qd, Kd, Vd, Od, LSE, KV_IDX, KV_CNT, SCHED,
     qk_scale, window, alpha,
     N, H, B, NQB, MAXW,
     HEAD_DIM: tl.constexpr, BLOCK: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     EVEN_N: tl.constexpr, USE_DIST: tl.constexpr, STORE_LSE: tl.constexpr,
-    USE_DESC: tl.constexpr, WARP_SPEC: tl.constexpr, DOT_F32: tl.constexpr = False,
+    USE_DESC: tl.constexpr, WARP_SPEC: tl.constexpr, HOST_DESC: tl.constexpr = True,
+    DOT_F32: tl.constexpr = False,
 ):
     QSUB: tl.constexpr = BLOCK // BLOCK_M
     KSUB: tl.constexpr = BLOCK // BLOCK_N
@@ -168,17 +170,26 @@ def _block_sparse_fwd(
     offs_m = start_m + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, HEAD_DIM)
     kv_base = bh.to(tl.int64) * N * HEAD_DIM
+    kv_row0 = bh * N
 
     if USE_DESC:
-        desc_q = tl.make_tensor_descriptor(Q + kv_base, shape=[N, HEAD_DIM], strides=[HEAD_DIM, 1],
-                                           block_shape=[BLOCK_M, HEAD_DIM])
-        desc_k = tl.make_tensor_descriptor(K + kv_base, shape=[N, HEAD_DIM], strides=[HEAD_DIM, 1],
-                                           block_shape=[BLOCK_N, HEAD_DIM])
-        desc_v = tl.make_tensor_descriptor(V + kv_base, shape=[N, HEAD_DIM], strides=[HEAD_DIM, 1],
-                                           block_shape=[BLOCK_N, HEAD_DIM])
-        desc_o = tl.make_tensor_descriptor(O + kv_base, shape=[N, HEAD_DIM], strides=[HEAD_DIM, 1],
-                                           block_shape=[BLOCK_M, HEAD_DIM])
-        q = desc_q.load([start_m, 0])
+        # Q/O: [B*h, N, D] (bounds per head: a partial last query block reads zeros, stores clip);
+        # K/V: [B*h*N, D]. Host descriptors (built once per call, passed by value) by default.
+        if HOST_DESC:
+            desc_q = Qd
+            desc_k = Kd
+            desc_v = Vd
+            desc_o = Od
+        else:
+            desc_q = tl.make_tensor_descriptor(Q, shape=[B * H, N, HEAD_DIM], strides=[N * HEAD_DIM, HEAD_DIM, 1],
+                                               block_shape=[1, BLOCK_M, HEAD_DIM])
+            desc_k = tl.make_tensor_descriptor(K, shape=[B * H * N, HEAD_DIM], strides=[HEAD_DIM, 1],
+                                               block_shape=[BLOCK_N, HEAD_DIM])
+            desc_v = tl.make_tensor_descriptor(V, shape=[B * H * N, HEAD_DIM], strides=[HEAD_DIM, 1],
+                                               block_shape=[BLOCK_N, HEAD_DIM])
+            desc_o = tl.make_tensor_descriptor(O, shape=[B * H, N, HEAD_DIM], strides=[N * HEAD_DIM, HEAD_DIM, 1],
+                                               block_shape=[1, BLOCK_M, HEAD_DIM])
+        q = desc_q.load([bh, start_m, 0]).reshape(BLOCK_M, HEAD_DIM)
     else:
         desc_k = 0
         desc_v = 0
@@ -191,7 +202,7 @@ def _block_sparse_fwd(
 
     n_iter = cnt * KSUB
     if EVEN_N:
-        acc, l_i, m_i = _key_loop(acc, l_i, m_i, q, K, V, desc_k, desc_v, kv_base, idx_ptr, 0, n_iter,
+        acc, l_i, m_i = _key_loop(acc, l_i, m_i, q, K, V, desc_k, desc_v, kv_base, kv_row0, idx_ptr, 0, n_iter,
                                   offs_m, N, qk_scale, window, alpha,
                                   HEAD_DIM, BLOCK, BLOCK_N, False, USE_DIST, USE_DESC, WARP_SPEC, DOT_F32)
     else:
@@ -199,10 +210,10 @@ def _block_sparse_fwd(
         last = tl.load(idx_ptr + tl.maximum(cnt - 1, 0))
         has_tail = (cnt > 0) & (last == NQB - 1)
         n_full = n_iter - has_tail.to(tl.int32) * KSUB
-        acc, l_i, m_i = _key_loop(acc, l_i, m_i, q, K, V, desc_k, desc_v, kv_base, idx_ptr, 0, n_full,
+        acc, l_i, m_i = _key_loop(acc, l_i, m_i, q, K, V, desc_k, desc_v, kv_base, kv_row0, idx_ptr, 0, n_full,
                                   offs_m, N, qk_scale, window, alpha,
                                   HEAD_DIM, BLOCK, BLOCK_N, False, USE_DIST, USE_DESC, WARP_SPEC, DOT_F32)
-        acc, l_i, m_i = _key_loop(acc, l_i, m_i, q, K, V, desc_k, desc_v, kv_base, idx_ptr, n_full, n_iter,
+        acc, l_i, m_i = _key_loop(acc, l_i, m_i, q, K, V, desc_k, desc_v, kv_base, kv_row0, idx_ptr, n_full, n_iter,
                                   offs_m, N, qk_scale, window, alpha,
                                   HEAD_DIM, BLOCK, BLOCK_N, True, USE_DIST, False, False, DOT_F32)
 
@@ -211,7 +222,7 @@ def _block_sparse_fwd(
     l_safe = tl.where(empty, 1.0, l_i)
     out = acc / l_safe[:, None]
     if USE_DESC:
-        desc_o.store([start_m, 0], out.to(O.dtype.element_ty))
+        desc_o.store([bh, start_m, 0], out.to(O.dtype.element_ty).reshape(1, BLOCK_M, HEAD_DIM))
     else:
         o_ptrs = O + kv_base + offs_m[:, None].to(tl.int64) * HEAD_DIM + offs_d[None, :]
         tl.store(o_ptrs, out.to(O.dtype.element_ty), mask=offs_m[:, None] < N)
@@ -229,27 +240,31 @@ class KernelConfig:
     block_n: int
     num_warps: int
     num_stages: int
-    warp_spec: bool
-    use_desc: bool = True
+    warp_spec: bool = False  # tl.range(warp_specialize=...): see HOPPER_CONFIGS for why it is off
+    use_desc: bool = True  # TMA tensor descriptors (Hopper); False: plain pointer loads
+    host_desc: bool = True  # descriptors built on the host once per call; False: in each program
 
     def label(self) -> str:
         return (f"M{self.block_m}N{self.block_n}w{self.num_warps}s{self.num_stages}"
-                f"{'-ws' if self.warp_spec else ''}{'' if self.use_desc else '-ptr'}")
+                f"{'-ws' if self.warp_spec else ''}{'' if self.use_desc else '-ptr'}"
+                f"{'-devdesc' if self.use_desc and not self.host_desc else ''}")
 
 
-# Hopper autotune space per head_dim, narrowed by bench/triton_tune.py on an H100 (see docs/kernel.md).
+# Hopper autotune space per head_dim, narrowed by bench/triton_tune.py on an H100 (docs/kernel.md).
+# No warp specialisation: in Triton 3.6 its pass crashed on this kernel with 4 warps (an MLIR
+# dominance assertion), and with 8 warps ran no faster than without it.
 HOPPER_CONFIGS: dict[int, list[KernelConfig]] = {
+    # H100, 1 x 12 x 32760 x 64 bf16, random masks 10/50/100%: the best three of a 12-config grid
     64: [
-        KernelConfig(128, 128, 4, 3, True),
-        KernelConfig(128, 128, 8, 3, False),
-        KernelConfig(128, 64, 4, 3, True),
-        KernelConfig(128, 128, 4, 2, True),
+        KernelConfig(128, 128, 4, 3),
+        KernelConfig(128, 128, 4, 2),
+        KernelConfig(128, 64, 8, 4),
     ],
+    # H100, 1 x 12 x 32760 x 128: 128 x 64 tiles, 4 warps, 2 stages (two programs per SM) won
+    # clearly over 128 x 128 with 8 warps; 3+ stages or 8 warps at 128 x 64 lost 25-40%.
     128: [
-        KernelConfig(128, 128, 4, 2, True),
-        KernelConfig(128, 128, 8, 2, False),
-        KernelConfig(128, 64, 4, 3, True),
-        KernelConfig(128, 128, 8, 3, True),
+        KernelConfig(128, 64, 4, 2),
+        KernelConfig(128, 128, 8, 3),
     ],
 }
 
@@ -376,22 +391,52 @@ _AUTOTUNED: dict = {}
 _TUNE_KEY = ["HEAD_DIM", "BLOCK", "EVEN_N", "USE_DIST", "STORE_LSE"]
 
 
+def _set_block_shapes(nargs) -> None:
+    """Autotune pre-hook: give the host descriptors the block shapes of the config being run."""
+    bm, bn, d = nargs["BLOCK_M"], nargs["BLOCK_N"], nargs["HEAD_DIM"]
+    nargs["Qd"].block_shape = [1, bm, d]
+    nargs["Od"].block_shape = [1, bm, d]
+    nargs["Kd"].block_shape = [bn, d]
+    nargs["Vd"].block_shape = [bn, d]
+
+
 def _autotuned_kernel(head_dim: int):
     if head_dim not in _AUTOTUNED:
         configs = [
             triton.Config({"BLOCK_M": c.block_m, "BLOCK_N": c.block_n, "WARP_SPEC": c.warp_spec},
-                          num_warps=c.num_warps, num_stages=c.num_stages)
+                          num_warps=c.num_warps, num_stages=c.num_stages, pre_hook=_set_block_shapes)
             for c in HOPPER_CONFIGS.get(head_dim, HOPPER_CONFIGS[128])
         ]
         _AUTOTUNED[head_dim] = triton.autotune(configs, key=_TUNE_KEY, cache_results=True)(_block_sparse_fwd)
     return _AUTOTUNED[head_dim]
 
 
+def _host_descriptors(q, k, v, out, block_m: int, block_n: int):
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    b, h, n, d = q.shape
+    return (
+        TensorDescriptor.from_tensor(q.view(b * h, n, d), [1, block_m, d]),
+        TensorDescriptor.from_tensor(k.view(b * h * n, d), [block_n, d]),
+        TensorDescriptor.from_tensor(v.view(b * h * n, d), [block_n, d]),
+        TensorDescriptor.from_tensor(out.view(b * h, n, d), [1, block_m, d]),
+    )
+
+
+def triton_missing() -> str | None:
+    """Why triton cannot be used here, or None (imports it, in the mode TRITON_INTERPRET says)."""
+    if not HAS_TRITON:
+        return "triton is not installed (pip install 'sparsevdit[triton]')"
+    try:
+        _load_triton()
+    except Exception as exc:  # pragma: no cover - a broken install
+        return f"triton is not importable: {exc!r}"
+    return None
+
+
 def check_inputs(q: torch.Tensor, block_size: int) -> str | None:
     """Why the kernel cannot run these inputs, or None."""
-    if not HAS_TRITON:
-        return "triton is not importable (pip install 'sparsevdit[triton]')"
-    if q.device.type != "cuda" and not interpret_mode():
+    if q.device.type != "cuda" and not (q.device.type == "cpu" and interpret_mode()):
         return f"the Triton kernel needs a CUDA device (or TRITON_INTERPRET=1 for the CPU interpreter), got {q.device.type}"
     if q.dtype not in SUPPORTED_DTYPES:
         return f"dtype {q.dtype} is not float16 or bfloat16"
@@ -400,7 +445,7 @@ def check_inputs(q: torch.Tensor, block_size: int) -> str | None:
     if block_size not in SUPPORTED_BLOCK_SIZES:
         return (f"block_size {block_size} is not 64 or 128 (the query tile equals the block or is half of it, "
                 "and 128 x 128 tiles is what the tensor cores and the shared memory of one SM suit)")
-    return None
+    return triton_missing()
 
 
 def block_sparse_attention(
@@ -448,28 +493,33 @@ def block_sparse_attention(
         N=n, H=heads, B=batch, NQB=index.num_q_blocks, MAXW=index.kv_indices.shape[-1],
         HEAD_DIM=head_dim, BLOCK=bs, EVEN_N=(n % bs == 0), USE_DIST=use_dist, STORE_LSE=return_lse,
     )
-    args = (q, k, v, out, lse, index.kv_indices, index.kv_counts, sched)
+    args = (lse, index.kv_indices, index.kv_counts, sched)
     n_items = sched.numel() * batch
 
     hopper = hopper_features(q.device)
     if config is None and hopper and bs == 128:
-        _ensure_allocator()
+        cfg0 = HOPPER_CONFIGS.get(head_dim, HOPPER_CONFIGS[128])[0]
+        descs = _host_descriptors(q, k, v, out, cfg0.block_m, cfg0.block_n)  # block shapes set per config
         kernel = _autotuned_kernel(head_dim)
         grid = lambda meta: (n_items * (bs // meta["BLOCK_M"]),)  # noqa: E731
-        kernel[grid](*args, **common, USE_DESC=True)
+        kernel[grid](q, k, v, out, *descs, *args, **common, USE_DESC=True, HOST_DESC=True)
     else:
         cfg = config or fallback_config(bs, q.device)
         if cfg.block_m > bs or bs % cfg.block_m or cfg.block_n > bs or bs % cfg.block_n:
             raise ValueError(f"config {cfg.label()} does not tile block_size {bs}")
         # An explicit descriptor config also runs under the interpreter (tests of the TMA path's indexing).
         use_desc = cfg.use_desc and (hopper or interpret_mode())
+        host_desc = cfg.host_desc or not use_desc
         if interpret_mode():
             _interpreter_compat()
-        elif use_desc:
+        elif use_desc and not host_desc:
             _ensure_allocator()
+        descs = (_host_descriptors(q, k, v, out, cfg.block_m, cfg.block_n) if use_desc and host_desc
+                 else (q, k, v, out))
         _block_sparse_fwd[(n_items * (bs // cfg.block_m),)](
-            *args, **common, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, USE_DESC=use_desc,
-            WARP_SPEC=cfg.warp_spec and hopper, DOT_F32=interpret_mode() and q.dtype == torch.bfloat16,
+            q, k, v, out, *descs, *args, **common, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, USE_DESC=use_desc,
+            WARP_SPEC=cfg.warp_spec and hopper, HOST_DESC=host_desc,
+            DOT_F32=interpret_mode() and q.dtype == torch.bfloat16,
             num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         )
     return out, (lse if return_lse else None)

@@ -1,0 +1,1 @@
+"""Small video models, procedural training data and the pieces that go with them."""

@@ -1,0 +1,185 @@
+"""Training the bundled video DiT on procedural clips (rectified flow), with resume and a loss curve."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from .data import CLASSES, make_batch
+from .vdit import VDiTConfig, VideoDiT, flow_matching_loss
+from .weights import save_weights
+
+VAL_SEED_BASE = 1_000_000_000  # held-out clips: training seeds stay far below this
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 3000
+    batch: int = 32
+    lr: float = 3e-4
+    warmup: int = 200
+    weight_decay: float = 0.01
+    # 0.999 averaged over almost all of a 1,000-step run (early weights included) and gave blurry samples.
+    ema: float = 0.995
+    cfg_dropout: float = 0.1
+    grad_clip: float = 1.0
+    seed: int = 0
+    eval_every: int = 250
+    val_clips: int = 64
+    checkpoint_every: int = 500
+    max_minutes: float | None = None  # stop early (and save) after this much wall time
+    model: VDiTConfig = field(default_factory=VDiTConfig)
+
+
+def _lr(step: int, cfg: TrainConfig, minutes: float = 0.0) -> float:
+    """Linear warm-up, then cosine to 10%, finishing at ``steps`` or ``max_minutes``, whichever comes first."""
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    if cfg.max_minutes:
+        progress = max(progress, minutes / cfg.max_minutes)
+    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+@torch.no_grad()
+def validation_loss(model: VideoDiT, cfg: TrainConfig, device, amp: bool) -> float:
+    """Loss on held-out seeds at fixed flow times and noise: comparable across runs and steps."""
+    model.eval()
+    m = cfg.model
+    total, count = 0.0, 0
+    ts = torch.linspace(0.05, 0.95, 8)
+    for start in range(0, cfg.val_clips, 16):
+        seeds = list(range(VAL_SEED_BASE + start, VAL_SEED_BASE + min(cfg.val_clips, start + 16)))
+        x0, classes = make_batch(seeds, m.frames, m.height, m.width, device=device)
+        gen = torch.Generator(device="cpu").manual_seed(start)
+        for t in ts:
+            noise = torch.randn(x0.shape, generator=gen).to(device)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                loss = flow_matching_loss(model, x0, classes, t=torch.full((x0.shape[0],), float(t), device=device), noise=noise)
+            total += float(loss) * x0.shape[0]
+            count += x0.shape[0]
+    model.train()
+    return total / count
+
+
+def _save_checkpoint(path: Path, model, ema, opt, step, cfg, history) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save({"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(), "step": step,
+                "train_config": asdict(cfg), "history": history}, tmp)
+    os.replace(tmp, path)
+
+
+def plot_history(history: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.6), dpi=110)
+    tr = [h for h in history if "loss" in h]
+    va = [h for h in history if "val_loss" in h]
+    if tr:
+        steps = [h["step"] for h in tr]
+        losses = torch.tensor([h["loss"] for h in tr])
+        k = max(1, len(losses) // 50)
+        smooth = torch.nn.functional.avg_pool1d(losses[None, None], k, stride=1)[0, 0] if len(losses) >= k else losses
+        ax.plot(steps, losses.tolist(), color="#bbb", lw=0.6, label="train (per step)")
+        ax.plot(steps[k - 1:], smooth.tolist(), color="#1f77b4", lw=1.2, label=f"train (mean of {k})")
+    if va:
+        ax.plot([h["step"] for h in va], [h["val_loss"] for h in va], "o-", color="#d62728", label="validation (held-out seeds)")
+    ax.set_xlabel("step")
+    ax.set_ylabel("flow-matching loss")
+    ax.set_yscale("log")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def train(cfg: TrainConfig, out: str | os.PathLike, *, device: str = "auto", resume: bool = False, log=print) -> dict:
+    """Train, writing ``out/log.jsonl``, ``out/loss.png``, ``out/checkpoint.pt`` and ``out/weights/`` (EMA, fp16)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device))
+    amp = dev.type == "cuda"
+    if amp:
+        torch.backends.cuda.matmul.allow_tf32 = True
+    torch.manual_seed(cfg.seed)
+    model = VideoDiT(cfg.model).to(dev)
+    ema = copy.deepcopy(model).eval().requires_grad_(False)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
+    step, history = 0, []
+    ckpt_path = out / "checkpoint.pt"
+    if resume and ckpt_path.exists():
+        state = torch.load(ckpt_path, map_location=dev, weights_only=False)
+        model.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
+        opt.load_state_dict(state["opt"])
+        step, history = state["step"], state["history"]
+        log(f"resumed from {ckpt_path} at step {step}")
+    n_params = sum(p.numel() for p in model.parameters())
+    log(f"VideoDiT {n_params / 1e6:.1f}M parameters, {cfg.model.layout()} tokens per clip, device {dev}")
+    if step == 0:
+        history.append({"step": 0, "val_loss": validation_loss(ema, cfg, dev, amp)})
+        log(f"step 0 validation loss (untrained) {history[-1]['val_loss']:.4f}")
+
+    started = time.time()
+    log_file = open(out / "log.jsonl", "a")
+    m = cfg.model
+    stopped_early = False
+    while step < cfg.steps:
+        seeds = torch.arange(step * cfg.batch, (step + 1) * cfg.batch) + cfg.seed * 10_000_000
+        x0, classes = make_batch(seeds.tolist(), m.frames, m.height, m.width, device=dev)
+        lr = _lr(step, cfg, (time.time() - started) / 60)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        gen = torch.Generator(device=dev).manual_seed(cfg.seed * 7919 + step)
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
+            loss = flow_matching_loss(model, x0, classes, cfg_dropout=cfg.cfg_dropout, generator=gen)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        decay = min(cfg.ema, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for pe, pm in zip(ema.parameters(), model.parameters()):
+                pe.lerp_(pm, 1 - decay)
+        step += 1
+        rec = {"step": step, "loss": float(loss.detach()), "grad_norm": float(gnorm), "lr": lr,
+               "minutes": (time.time() - started) / 60}
+        history.append(rec)
+        log_file.write(json.dumps(rec) + "\n")
+        over_time = cfg.max_minutes is not None and (time.time() - started) / 60 >= cfg.max_minutes
+        if step % cfg.eval_every == 0 or step == cfg.steps or over_time:
+            val = validation_loss(ema, cfg, dev, amp)
+            history.append({"step": step, "val_loss": val})
+            log_file.write(json.dumps(history[-1]) + "\n")
+            log_file.flush()
+            log(f"step {step}/{cfg.steps} loss {float(loss):.4f} val {val:.4f} lr {rec['lr']:.2e} {rec['minutes']:.1f} min")
+        if step % cfg.checkpoint_every == 0 or step == cfg.steps or over_time:
+            _save_checkpoint(ckpt_path, model, ema, opt, step, cfg, history)
+        if over_time:
+            stopped_early = True
+            log(f"stopping at step {step}: --max-minutes {cfg.max_minutes} reached")
+            break
+    log_file.close()
+    plot_history(history, out / "loss.png")
+    meta = {
+        "steps": step, "batch": cfg.batch, "train_config": asdict(cfg), "device": str(dev),
+        "gpu": torch.cuda.get_device_name() if dev.type == "cuda" else "cpu",
+        "train_minutes": (time.time() - started) / 60,
+        "val_loss_untrained": next(h["val_loss"] for h in history if "val_loss" in h),
+        "val_loss_final": [h["val_loss"] for h in history if "val_loss" in h][-1],
+        "stopped_early": stopped_early, "classes": CLASSES,
+    }
+    save_weights(ema, out / "weights", meta=meta)
+    (out / "summary.json").write_text(json.dumps(meta, indent=1) + "\n")
+    return meta

@@ -1,0 +1,116 @@
+"""The bundled video DiT: shapes, sparse attention plumbing, training, weights."""
+
+import json
+
+import pytest
+import torch
+
+from sparsevdit import patterns as P
+from sparsevdit.models.data import CLASSES
+from sparsevdit.models.train import TrainConfig, train
+from sparsevdit.models.vdit import SamplerConfig, VDiTConfig, VideoDiT, apply_rope, flow_matching_loss, rope_3d, sample
+from sparsevdit.models.weights import load_weights, save_weights
+
+TINY = VDiTConfig(dim=64, depth=2, heads=2, num_classes=len(CLASSES), frames=4, height=16, width=16)
+
+
+def tiny_model(seed=0):
+    torch.manual_seed(seed)
+    model = VideoDiT(TINY)
+    for p in model.parameters():  # leave adaLN-zero's zeros behind so outputs depend on everything
+        torch.nn.init.normal_(p, std=0.05)
+    return model.eval()
+
+
+def test_forward_shape_and_other_sizes():
+    model = tiny_model()
+    for shape in [(2, 3, 4, 16, 16), (1, 3, 6, 24, 20)]:
+        x = torch.randn(shape)
+        v = model(x, torch.rand(shape[0]), torch.zeros(shape[0], dtype=torch.long))
+        assert v.shape == x.shape and torch.isfinite(v).all()
+
+
+def test_bad_size_is_refused():
+    with pytest.raises(ValueError, match="multiples of the patch size"):
+        TINY.layout(4, 18, 16)
+
+
+def test_rope_is_relative():
+    """RoPE dot products depend only on the offset between positions."""
+    layout = TINY.layout()
+    cos, sin = rope_3d(layout, 32, 10000.0, "cpu")
+    q = torch.randn(32).expand(1, 1, layout.num_tokens, 32)
+    k = torch.randn(32).expand(1, 1, layout.num_tokens, 32)
+    qr, kr = apply_rope(q, cos, sin)[0, 0], apply_rope(k, cos, sin)[0, 0]
+    w = layout.width
+    # token (t, y, x) index = t*H*W + y*W + x; pairs with the same offset (0, 0, 1)
+    a = qr[0] @ kr[1]
+    b = qr[w + 2] @ kr[w + 3]
+    torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+def test_dense_patterns_equal_no_patterns_and_sparse_uses_them():
+    model = tiny_model()
+    x, t, c = torch.randn(2, 3, 4, 16, 16), torch.rand(2), torch.tensor([0, 1])
+    base = model(x, t, c)
+    layout = TINY.layout()
+    dense = P.build("dense", layout, block_size=16)
+    model.set_patterns([[dense] * 2] * 2, backend="reference")
+    torch.testing.assert_close(model(x, t, c), base, atol=1e-5, rtol=1e-5)
+    diag = P.build("diagonal", layout, block_size=16, width=16)
+    model.set_patterns([[diag, dense], [dense, P.build("skip", layout, block_size=16)]], backend="reference")
+    sparse_ref = model(x, t, c)
+    model.set_patterns([[diag, dense], [dense, P.build("skip", layout, block_size=16)]], backend="flex")
+    with torch.no_grad():
+        torch.testing.assert_close(model(x, t, c), sparse_ref, atol=1e-5, rtol=1e-5)
+    from sparsevdit.kernels import BackendError
+
+    with pytest.raises(BackendError, match="no backward on CPU"):
+        model(x, t, c)
+    assert (sparse_ref - base).abs().max() > 1e-4
+    model.clear_patterns()
+    torch.testing.assert_close(model(x, t, c), base)
+
+
+def test_sampling_is_deterministic_per_seed():
+    model = tiny_model()
+    c = torch.tensor([0, 1])
+    a = sample(model, c, frames=4, height=16, width=16, seeds=[3, 4], sampler=SamplerConfig(steps=2))
+    b = sample(model, c, frames=4, height=16, width=16, seeds=[3, 4], sampler=SamplerConfig(steps=2))
+    torch.testing.assert_close(a, b)
+    assert a.shape == (2, 3, 4, 16, 16) and a.abs().max() <= 1
+    steps = []
+    sample(model, c[:1], frames=4, height=16, width=16, seeds=[3], sampler=SamplerConfig(steps=3), on_step=steps.append)
+    assert steps == [0, 1, 2]
+
+
+def test_loss_is_finite_and_has_gradients():
+    model = tiny_model()
+    loss = flow_matching_loss(model, torch.rand(2, 3, 4, 16, 16) * 2 - 1, torch.tensor([0, 2]), cfg_dropout=0.5)
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+def test_weights_round_trip_fp16(tmp_path):
+    model = tiny_model()
+    save_weights(model, tmp_path, meta={"note": "test"})
+    loaded = load_weights(tmp_path)
+    for (n, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
+        torch.testing.assert_close(a.half().float(), b, msg=n)
+    assert json.loads((tmp_path / "config.json").read_text())["meta"]["note"] == "test"
+    with pytest.raises(FileNotFoundError, match="sparsevdit train"):
+        load_weights(tmp_path / "missing")
+
+
+def test_train_tiny_on_cpu_and_resume(tmp_path):
+    cfg = TrainConfig(steps=4, batch=2, eval_every=2, checkpoint_every=2, val_clips=2, warmup=2, model=TINY)
+    meta = train(cfg, tmp_path, device="cpu", log=lambda *a: None)
+    assert meta["steps"] == 4 and (tmp_path / "loss.png").exists() and (tmp_path / "weights" / "config.json").exists()
+    lines = [json.loads(x) for x in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines if "loss" in x] == [1, 2, 3, 4]
+    cfg.steps = 6
+    meta = train(cfg, tmp_path, device="cpu", resume=True, log=lambda *a: None)
+    assert meta["steps"] == 6
+    lines = [json.loads(x) for x in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines if "loss" in x] == [1, 2, 3, 4, 5, 6]

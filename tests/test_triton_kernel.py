@@ -1,0 +1,274 @@
+"""The Triton block-sparse kernel against float64 references and the reference backend.
+
+Without CUDA the kernel runs in Triton's CPU interpreter (TRITON_INTERPRET=1, set here before triton
+is imported) at small sizes; with CUDA the same tests run the compiled kernel, plus full-size checks
+marked ``gpu``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+HAS_CUDA = torch.cuda.is_available()
+if importlib.util.find_spec("triton") is None:
+    pytest.skip("triton is not installed", allow_module_level=True)
+# Triton chooses compiled or interpreted code when it is imported. If something imported it before
+# this module could set TRITON_INTERPRET, the interpreter tests run in a fresh process instead.
+_TRITON_PREIMPORTED = "triton" in sys.modules and os.environ.get("TRITON_INTERPRET", "0") in ("", "0")
+if not HAS_CUDA:
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import sparsevdit as sv  # noqa: E402
+from sparsevdit.kernels import get_backend  # noqa: E402
+from sparsevdit.kernels import triton_sparse as ts  # noqa: E402
+from sparsevdit.kernels.registry import AttentionCall  # noqa: E402
+from sparsevdit.patterns import BlockPattern, num_blocks  # noqa: E402
+
+RUN_HERE = HAS_CUDA or not _TRITON_PREIMPORTED
+here = pytest.mark.skipif(not RUN_HERE, reason="triton was imported before TRITON_INTERPRET could be set: see test_in_fresh_process")
+DEVICE = "cuda" if HAS_CUDA else "cpu"
+TOL = {torch.float16: 4e-3, torch.bfloat16: 1.5e-2}  # relative Frobenius error vs float64
+
+
+# --------------------------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------------------------
+def random_mask(nb: int, density: float, seed: int, empty_rows=(), dense_rows=()) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    mask = torch.rand(nb, nb, generator=gen) < density
+    for r in empty_rows:
+        mask[r] = False
+    for r in dense_rows:
+        mask[r] = True
+    return mask
+
+
+def pattern(layout, block_size, mask, tag) -> BlockPattern:
+    # The tag makes the key unique: the kernel caches index tensors per pattern key.
+    return BlockPattern.from_block_mask("test_random", {"tag": tag}, layout, block_size, mask, "frame_major")
+
+
+def layout_of(n: int) -> sv.TokenLayout:
+    return sv.TokenLayout(1, 1, n)
+
+
+def reference(q, k, v, masks, block_size, scale, window=None, alpha=1.0):
+    """float64 attention with block masks [h, nb, nb] expanded to tokens; (out, lse)."""
+    n = q.shape[2]
+    tok = masks.repeat_interleave(block_size, 1).repeat_interleave(block_size, 2)[:, :n, :n]
+    s = (q.double() @ k.double().transpose(-1, -2)) * scale
+    if window is not None:
+        idx = torch.arange(n)
+        far = (idx[:, None] - idx[None, :]).abs() > window
+        s = torch.where(far & (s > 0), s * alpha, s)
+    s = s.masked_fill(~tok.to(s.device), float("-inf"))
+    lse = torch.logsumexp(s, -1)
+    w = torch.nan_to_num(torch.exp(s - lse[..., None]))
+    return w @ v.double(), lse
+
+
+def rel_err(out, ref):
+    return float((out.double() - ref).norm() / ref.norm().clamp_min(1e-30))
+
+
+def check(out, lse, ref_out, ref_lse, dtype):
+    assert torch.isfinite(out).all(), "non-finite output"
+    assert rel_err(out, ref_out) < TOL[dtype], rel_err(out, ref_out)
+    if lse is not None:
+        assert lse.dtype == torch.float32
+        inf_ref = torch.isinf(ref_lse)
+        assert torch.equal(torch.isinf(lse).cpu(), inf_ref.cpu())
+        assert (lse.double() - ref_lse)[~inf_ref].abs().max() < 2e-2 if (~inf_ref).any() else True
+        # rows with no kept key: zero output
+        assert out.double()[inf_ref].abs().max() == 0 if inf_ref.any() else True
+
+
+def run_kernel(masks, n, dim, dtype, block_size, heads=None, batch=1, seed=0, return_lse=True, **kw):
+    heads = masks.shape[0]
+    gen = torch.Generator().manual_seed(seed)
+    q, k, v = (torch.randn(batch, heads, n, dim, generator=gen).to(DEVICE, dtype) for _ in range(3))
+    counts = masks.sum(-1).to(torch.int32)
+    width = max(1, int(counts.max()))
+    order = torch.sort((~masks).to(torch.int8), dim=-1, stable=True).indices[..., :width]
+    indices = torch.where(torch.arange(width) < counts[..., None], order, -1).to(torch.int32)
+    index = ts.index_from_tensors(indices.to(DEVICE), counts.to(DEVICE), block_size, n)
+    scale = 1.0 / math.sqrt(dim)
+    out, lse = ts.block_sparse_attention(q, k, v, index, scale, return_lse=return_lse, **kw)
+    ref_out, ref_lse = reference(q.cpu(), k.cpu(), v.cpu(), masks, block_size, scale,
+                                 kw.get("distance_window"), kw.get("alpha", 1.0))
+    return out.cpu(), (lse.cpu() if lse is not None else None), ref_out, ref_lse
+
+
+# --------------------------------------------------------------------------------------------
+# kernel vs float64 reference
+# --------------------------------------------------------------------------------------------
+@here
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("n,block_size", [(200, 64), (256, 128), (300, 128)])
+def test_random_masks_with_empty_and_dense_rows(dtype, n, block_size):
+    nb = num_blocks(n, block_size)
+    masks = torch.stack([
+        random_mask(nb, 0.5, 1, empty_rows=[1]),           # an empty query block
+        random_mask(nb, 0.2, 2, dense_rows=[0]),
+        torch.ones(nb, nb, dtype=torch.bool),               # all dense
+    ])
+    out, lse, ref_out, ref_lse = run_kernel(masks, n, 64, dtype, block_size, seed=n)
+    check(out, lse, ref_out, ref_lse, dtype)
+
+
+@here
+@pytest.mark.parametrize("density", [0.1, 0.3, 0.7])
+def test_densities_batch_two(density):
+    n, bs = 260, 64
+    nb = num_blocks(n, bs)
+    masks = torch.stack([random_mask(nb, density, 10 + h) for h in range(2)])
+    out, lse, ref_out, ref_lse = run_kernel(masks, n, 64, torch.float16, bs, batch=2, seed=3)
+    check(out, lse, ref_out, ref_lse, torch.float16)
+
+
+@here
+def test_head_dim_128():
+    n, bs = 190, 64
+    nb = num_blocks(n, bs)
+    masks = torch.stack([random_mask(nb, 0.5, 5, empty_rows=[2]), random_mask(nb, 0.9, 6)])
+    out, lse, ref_out, ref_lse = run_kernel(masks, n, 128, torch.bfloat16, bs)
+    check(out, lse, ref_out, ref_lse, torch.bfloat16)
+
+
+@here
+def test_without_lse():
+    n, bs = 140, 64
+    nb = num_blocks(n, bs)
+    out, lse, ref_out, _ = run_kernel(random_mask(nb, 0.6, 7)[None], n, 64, torch.float16, bs, return_lse=False)
+    assert lse is None
+    assert rel_err(out, ref_out) < TOL[torch.float16]
+
+
+@here
+@pytest.mark.parametrize("window,alpha", [(40, 0.5), (0, 1.7), (1000, 0.0)])
+def test_distance_hook(window, alpha):
+    n, bs = 200, 64
+    nb = num_blocks(n, bs)
+    masks = torch.stack([random_mask(nb, 0.6, 8, empty_rows=[3]), torch.ones(nb, nb, dtype=torch.bool)])
+    out, lse, ref_out, ref_lse = run_kernel(masks, n, 64, torch.float16, bs, distance_window=window, alpha=alpha)
+    check(out, lse, ref_out, ref_lse, torch.float16)
+    if window < n and alpha != 1.0:  # the hook changed something
+        plain = reference(*(torch.randn(1, 2, n, 64, generator=torch.Generator().manual_seed(0)) for _ in range(3)),
+                          masks, bs, 0.125)[0]
+        hooked = reference(*(torch.randn(1, 2, n, 64, generator=torch.Generator().manual_seed(0)) for _ in range(3)),
+                           masks, bs, 0.125, window, alpha)[0]
+        assert rel_err(hooked, plain) > 1e-3
+
+
+@here
+@pytest.mark.parametrize("cfg", [
+    ts.KernelConfig(64, 64, 4, 1, False, False),    # query tile half the block, key tile half the block
+    ts.KernelConfig(128, 64, 4, 1, False, True),    # descriptor (TMA) path; key tile half the block
+    ts.KernelConfig(128, 128, 4, 1, False, True),   # descriptor path, full tiles
+    ts.KernelConfig(128, 128, 4, 1, False, True, False),  # descriptors built inside the kernel
+], ids=lambda c: c.label())
+def test_tiles_and_descriptor_path(cfg):
+    n, bs = 300, 128
+    nb = num_blocks(n, bs)
+    masks = torch.stack([random_mask(nb, 0.5, 11, empty_rows=[0]), random_mask(nb, 0.8, 12)])
+    masks[1, :, -1] = True  # the partial last key block kept everywhere
+    out, lse, ref_out, ref_lse = run_kernel(masks, n, 64, torch.float16, bs, config=cfg)
+    check(out, lse, ref_out, ref_lse, torch.float16)
+
+
+# --------------------------------------------------------------------------------------------
+# through sparse_attention, against the reference backend
+# --------------------------------------------------------------------------------------------
+@here
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_sparse_attention_vs_reference_backend(dtype):
+    layout = sv.TokenLayout(3, 6, 10, text_tokens=20, text_position="prefix")  # 200 tokens
+    bs = 64
+    pats = [
+        sv.patterns.build("diagonal", layout, block_size=bs, width=60),
+        sv.patterns.build("vertical_stripe", layout, block_size=bs, sink_frames=1),
+        sv.patterns.build("dense", layout, block_size=bs),
+        sv.patterns.build("skip", layout, block_size=bs),
+        sv.patterns.build("multi_diagonal", layout, block_size=bs, width=30),
+    ]
+    gen = torch.Generator().manual_seed(4)
+    q, k, v = (torch.randn(1, len(pats), layout.num_tokens, 64, generator=gen).to(DEVICE, dtype) for _ in range(3))
+    out, lse = sv.sparse_attention(q, k, v, pats, layout=layout, backend="triton", return_lse=True)
+    ref, ref_lse = sv.sparse_attention(q, k, v, pats, layout=layout, backend="reference", return_lse=True)
+    assert out.dtype == dtype and lse.dtype == torch.float32
+    assert rel_err(out.cpu(), ref.cpu().double()) < TOL[dtype]
+    finite = torch.isfinite(ref_lse)
+    assert torch.equal(finite, torch.isfinite(lse))
+    assert (lse - ref_lse)[finite].abs().max() < 2e-2
+    assert out[:, 3].abs().max() == 0  # the skip head
+
+
+# --------------------------------------------------------------------------------------------
+# plumbing
+# --------------------------------------------------------------------------------------------
+def _call(dtype=torch.float16, head_dim=64, block_size=64, device="cpu"):
+    layout = layout_of(100)
+    p = sv.patterns.build("dense", layout, block_size=block_size)
+    return AttentionCall(torch.device(device), dtype, 1, 1, 100, head_dim, (p,), False)
+
+
+@here
+def test_unsupported_reasons(monkeypatch):
+    backend = get_backend("triton")
+    dev = DEVICE
+    assert backend.unsupported(_call(device=dev)) is None
+    assert "float16 or bfloat16" in backend.unsupported(_call(torch.float32, device=dev))
+    assert "head_dim 96" in backend.unsupported(_call(head_dim=96, device=dev))
+    assert "block_size 32" in backend.unsupported(_call(block_size=32, device=dev))
+    grad_call = AttentionCall(torch.device(dev), torch.float16, 1, 1, 100, 64, _call().patterns, False, True)
+    assert "backward" in backend.unsupported(grad_call)
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    assert "CUDA" in backend.unsupported(_call(device="cpu"))
+    if not HAS_CUDA:
+        assert backend.unsuited(_call(device="cpu")) is not None  # auto never picks the interpreter
+
+
+def test_schedule_orders():
+    counts = torch.tensor([[1, 5, 3], [4, 0, 6]], dtype=torch.int32)
+    assert ts.make_schedule(counts, "head").tolist() == [1, 2, 0, 5, 3, 4]
+    assert ts.make_schedule(counts, "lpt").tolist() == [5, 1, 3, 2, 0, 4]
+    assert ts.make_schedule(counts, "natural").tolist() == [0, 1, 2, 3, 4, 5]
+
+
+def test_index_cache_per_patterns():
+    layout = layout_of(300)
+    a = sv.patterns.build("diagonal", layout, block_size=64, width=100)
+    b = sv.patterns.build("dense", layout, block_size=64)
+    ia = ts.block_index_for((a, b), torch.device("cpu"))
+    assert ts.block_index_for((a, b), torch.device("cpu")) is ia
+    assert ia.kv_indices.shape == (2, 5, 5) and ia.kv_counts.tolist()[1] == [5] * 5
+    assert int(ia.kv_indices.min()) >= 0  # padding is never -1 (never read, but stays in bounds)
+
+
+@pytest.mark.skipif(RUN_HERE, reason="runs only when triton was imported before this module")
+def test_in_fresh_process():
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+
+
+# --------------------------------------------------------------------------------------------
+# GPU: full-size correctness
+# --------------------------------------------------------------------------------------------
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("dim", [64, 128])
+def test_gpu_large(dtype, dim):
+    n, bs = 4100, 128
+    nb = num_blocks(n, bs)
+    masks = torch.stack([random_mask(nb, d, 20 + i, empty_rows=[3]) for i, d in enumerate((0.1, 0.5, 1.0))])
+    out, lse, ref_out, ref_lse = run_kernel(masks, n, dim, dtype, bs)
+    check(out, lse, ref_out, ref_lse, dtype)
