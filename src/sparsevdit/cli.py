@@ -188,3 +188,10 @@ def bench_kernels(ctx: typer.Context) -> None:
 
 def main() -> None:  # pragma: no cover
     app()
+
+
+# Commands defined in their own modules register themselves on `app` when imported.
+from . import cli_generate as _cli_generate  # noqa: E402,F401
+from . import cli_search as _cli_search  # noqa: E402,F401
+
+from . import cli_report as _cli_report  # noqa: E402,F401
