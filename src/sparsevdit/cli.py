@@ -97,6 +97,7 @@ def demo(
     classes: Optional[str] = typer.Option(None, help="comma list of scene class indices, one per seed (see `sparsevdit classes`)"),
     block_size: Optional[int] = typer.Option(None, help="attention block size (default: 64 on CPU, 128 on GPU)"),
     backend: str = typer.Option("auto", help="attention backend for the sparse run"),
+    plan: Optional[Path] = typer.Option(None, "--plan", help="sparse run uses this plan file (from `sparsevdit search`); its layout must match the clip size"),
 ) -> None:
     """Generate the same seeds with dense and sparse attention on the bundled model; write videos and a report."""
     from dataclasses import replace
@@ -119,7 +120,13 @@ def demo(
     if len(s.classes) != len(s.seeds):
         _fail(f"give one class per seed: {len(s.seeds)} seeds, {len(s.classes)} classes")
     try:
-        run_demo(out, device=dev, settings=s, weights=weights, console=console)
+        loaded = None
+        if plan is not None:
+            from .plan import SparsityPlan
+
+            loaded = SparsityPlan.load(plan)
+            loaded.source = str(plan)
+        run_demo(out, device=dev, settings=s, weights=weights, plan=loaded, console=console)
     except (ValueError, FileNotFoundError) as exc:
         _fail(str(exc))
 

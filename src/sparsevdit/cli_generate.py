@@ -1,3 +1,250 @@
-"""Command-line commands of cli_generate (registered on sparsevdit.cli.app)."""
+"""``sparsevdit generate``: one video from the bundled model or a diffusers pipeline, with a plan.
+
+``--model bundled`` (default) samples our small VideoDiT (``models.vdit.sample``); any other value is
+a diffusers pipeline folder or Hugging Face Hub id loaded with ``DiffusionPipeline.from_pretrained``.
+The plan (``--plan``, from ``sparsevdit search``) is installed with ``sparsevdit.integrations.apply``;
+without it attention stays dense. Frames / height / width default to the size the plan was made for.
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
 
 from .cli import app, console  # noqa: F401
+
+
+def _fail(message: str) -> None:
+    console.print(f"[red]error:[/red] {message}")
+    raise typer.Exit(2)
+
+
+def _device(device: str) -> str:
+    import torch
+
+    return ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+
+
+def _dtype(dtype: str, device: str):
+    import torch
+
+    if dtype == "auto":
+        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    if not isinstance(getattr(torch, dtype, None), torch.dtype):
+        _fail(f"--dtype must be auto, float32, float16 or bfloat16, got {dtype!r}")
+    return getattr(torch, dtype)
+
+
+def _load_plan(path: Optional[Path]):
+    if path is None:
+        return None
+    from .plan import PlanError, SparsityPlan
+
+    try:
+        return SparsityPlan.load(path)
+    except PlanError as exc:
+        _fail(f"{path}: {exc}")
+
+
+def _to_uint8(frames):
+    """Pipeline output (np float [T, H, W, C] in [0, 1], uint8, or a list of PIL images) to uint8 [T, H, W, 3]."""
+    import numpy as np
+
+    if isinstance(frames, (list, tuple)):
+        frames = np.stack([np.asarray(f) for f in frames])
+    if hasattr(frames, "detach"):  # a torch tensor
+        frames = frames.detach().float().cpu().numpy()
+    frames = np.asarray(frames)
+    if frames.dtype != np.uint8:
+        frames = (np.clip(frames, 0.0, 1.0) * 255.0).round().astype(np.uint8)
+    if frames.shape[-1] == 1:
+        frames = np.repeat(frames, 3, axis=-1)
+    return frames[..., :3]
+
+
+# --------------------------------------------------------------------------------------------------
+# bundled model
+# --------------------------------------------------------------------------------------------------
+def _bundled_class(prompt: Optional[str]) -> int:
+    from .models.data import CLASSES
+
+    if prompt is None:
+        return 0
+    text = prompt.strip().lower()
+    if text.isdigit() and int(text) < len(CLASSES):
+        return int(text)
+    for i, name in enumerate(CLASSES):
+        if name in text.split() or text == name:
+            return i
+    _fail(
+        f"the bundled model is conditioned on a scene class, not free text: give --prompt as one of "
+        f"{', '.join(CLASSES)} or its index (see `sparsevdit classes`); got {prompt!r}"
+    )
+
+
+def _generate_bundled(plan, *, prompt, frames, height, width, steps, guidance, seed, out, fps, device, dtype, backend):
+    import torch
+
+    from .models.vdit import SamplerConfig, sample
+    from .models.weights import load_weights
+    from .plan import PlanError
+    from .video_io import to_uint8_frames, write_video
+
+    model = load_weights(None, device=device, dtype=dtype)
+    p = model.cfg.patch
+    if plan is not None:
+        frames = frames or plan.layout.frames
+        height = height or plan.layout.height * p
+        width = width or plan.layout.width * p
+    frames, height = frames or 16, height or (48 if device == "cpu" else 128)
+    width = width or height
+    steps = steps or (16 if device == "cpu" else 30)
+    cls = _bundled_class(prompt)
+    if plan is not None:
+        try:
+            from .integrations import apply
+        except ImportError as exc:  # pragma: no cover - integrations ship with the package
+            _fail(f"applying a plan to the bundled model needs sparsevdit.integrations.apply ({exc})")
+        try:
+            apply(model, plan, backend=backend)
+            model.cfg.layout(frames, height, width)  # a size that is no multiple of the patch fails here
+        except (PlanError, ValueError) as exc:
+            _fail(str(exc))
+    sampler = SamplerConfig(steps=steps, guidance=3.0 if guidance is None else guidance)
+    t0 = time.perf_counter()
+    try:
+        video = sample(model, torch.tensor([cls], device=device), frames=frames, height=height, width=width,
+                       seeds=[seed], sampler=sampler)
+    except (PlanError, ValueError) as exc:
+        _fail(str(exc))
+    seconds = time.perf_counter() - t0
+    write_video(to_uint8_frames(video[0], upscale=max(1, 256 // width)), out, fps=fps or 8)
+    return seconds, f"bundled VideoDiT, class {cls}, {frames}x{height}x{width} px, {steps} steps"
+
+
+# --------------------------------------------------------------------------------------------------
+# diffusers pipelines
+# --------------------------------------------------------------------------------------------------
+def _looks_like_path(name: str) -> bool:
+    return name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name
+
+
+def _load_pipeline(name: str, dtype):
+    try:
+        from diffusers import DiffusionPipeline
+    except ImportError:
+        _fail("running a diffusers model needs the diffusers package: pip install diffusers")
+    path = Path(name).expanduser()
+    if not path.exists() and _looks_like_path(name):
+        _fail(f"no diffusers pipeline at {path}: the folder does not exist (download the weights there first)")
+    if path.exists() and not (path / "model_index.json").exists():
+        _fail(f"{path} is not a diffusers pipeline folder: it has no model_index.json")
+    source = str(path) if path.exists() else name
+    try:
+        return DiffusionPipeline.from_pretrained(source, torch_dtype=dtype)
+    except Exception as exc:  # noqa: BLE001 - loading fails in many ways; all end in the same advice
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        where = f"the folder {path}" if path.exists() else f"{name!r} (not a folder on disk; the Hugging Face Hub download failed)"
+        _fail(
+            f"could not load a diffusers pipeline from {where}: {first}\n"
+            f"Put the weights on disk (e.g. `huggingface-cli download {name} --local-dir DIR`) and pass --model DIR."
+        )
+
+
+def _pixel_defaults(pipe, layout) -> dict:
+    """frames / height / width in pixels whose latent token grid is ``layout`` (best effort)."""
+    cfg = getattr(getattr(pipe, "transformer", None), "config", None)
+    vt, vs = getattr(pipe, "vae_scale_factor_temporal", None), getattr(pipe, "vae_scale_factor_spatial", None)
+    if cfg is None or vt is None or vs is None:
+        return {}
+    patch = getattr(cfg, "patch_size", None)
+    if isinstance(patch, (tuple, list)):
+        p_t, p_h, p_w = patch
+    elif isinstance(patch, int):
+        p_t, p_h, p_w = getattr(cfg, "patch_size_t", None) or 1, patch, patch
+    else:
+        return {}
+    return {
+        "num_frames": (layout.frames * p_t - 1) * vt + 1,
+        "height": layout.height * p_h * vs,
+        "width": layout.width * p_w * vs,
+    }
+
+
+def _generate_diffusers(plan, *, name, prompt, negative_prompt, frames, height, width, steps, guidance, seed, out, fps,
+                        device, dtype, backend):
+    import torch
+
+    from .plan import PlanError
+    from .video_io import write_video
+
+    pipe = _load_pipeline(name, dtype)
+    pipe.to(device)
+    kwargs = {}
+    if plan is not None:
+        from .integrations import apply
+
+        try:
+            apply(pipe, plan, backend=backend)
+        except (PlanError, TypeError) as exc:
+            _fail(str(exc))
+        kwargs.update(_pixel_defaults(pipe, plan.layout))
+        if plan.layout.num_text:
+            kwargs["max_sequence_length"] = plan.layout.text_tokens
+    given = {"num_frames": frames, "height": height, "width": width, "num_inference_steps": steps,
+             "guidance_scale": guidance, "negative_prompt": negative_prompt}
+    kwargs.update({k: v for k, v in given.items() if v is not None})
+    accepted = set(inspect.signature(pipe.__call__).parameters)
+    dropped = sorted(k for k in kwargs if k not in accepted)
+    if dropped:
+        console.print(f"[yellow]note:[/yellow] {type(pipe).__name__} takes no {', '.join(dropped)}; ignored")
+    kwargs = {k: v for k, v in kwargs.items() if k in accepted}
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    t0 = time.perf_counter()
+    try:
+        result = pipe(prompt=prompt or "A cat walks on the grass, realistic", generator=generator, output_type="np", **kwargs)
+    except PlanError as exc:
+        _fail(str(exc))
+    seconds = time.perf_counter() - t0
+    video = result.frames[0] if hasattr(result, "frames") else result[0][0]
+    write_video(_to_uint8(video), out, fps=fps or 16)
+    return seconds, f"{type(pipe).__name__} from {name}, {', '.join(f'{k}={v}' for k, v in kwargs.items())}"
+
+
+@app.command()
+def generate(
+    model: str = typer.Option("bundled", "--model", "-m", help="'bundled' (our small VideoDiT), a diffusers pipeline folder, or a Hugging Face Hub id"),
+    plan: Optional[Path] = typer.Option(None, "--plan", help="plan file (from `sparsevdit search`); without it attention stays dense"),
+    prompt: Optional[str] = typer.Option(None, "--prompt", help="text prompt; for the bundled model a scene class name or index (`sparsevdit classes`)"),
+    negative_prompt: Optional[str] = typer.Option(None, "--negative-prompt", help="negative prompt (diffusers pipelines)"),
+    frames: Optional[int] = typer.Option(None, "--frames", help="frames to generate (default: the plan's size, else the model's default)"),
+    height: Optional[int] = typer.Option(None, "--height", help="pixels (default: the plan's size, else the model's default)"),
+    width: Optional[int] = typer.Option(None, "--width", help="pixels (default: the plan's size, else as height / the model's default)"),
+    steps: Optional[int] = typer.Option(None, "--steps", help="denoising steps (default: the model's)"),
+    guidance: Optional[float] = typer.Option(None, "--guidance", help="classifier-free guidance scale (default: the model's)"),
+    seed: int = typer.Option(0, "--seed", help="random seed"),
+    out: Path = typer.Option(Path("out/generate/video.mp4"), "--out", "-o", help="video file to write (.mp4 or .gif)"),
+    fps: Optional[int] = typer.Option(None, "--fps", help="frames per second of the file (default: 8 bundled, 16 diffusers)"),
+    device: str = typer.Option("auto", "--device", help="cpu, cuda or auto"),
+    dtype: str = typer.Option("auto", "--dtype", help="auto (bfloat16 on GPU, float32 on CPU), float32, float16, bfloat16"),
+    backend: str = typer.Option("auto", "--backend", help="attention backend for the plan's sparse layers"),
+) -> None:
+    """Generate one video with a sparsity plan applied (the bundled model or a diffusers pipeline)."""
+    if out.suffix not in (".mp4", ".gif"):
+        _fail(f"--out must end in .mp4 or .gif, got {out}")
+    dev = _device(device)
+    torch_dtype = _dtype(dtype, dev)
+    sparsity = _load_plan(plan)
+    common = dict(prompt=prompt, frames=frames, height=height, width=width, steps=steps, guidance=guidance, seed=seed,
+                  out=out, fps=fps, device=dev, dtype=torch_dtype, backend=backend)
+    if model == "bundled":
+        seconds, what = _generate_bundled(sparsity, **common)
+    else:
+        seconds, what = _generate_diffusers(sparsity, name=model, negative_prompt=negative_prompt, **common)
+    attention = "dense attention" if sparsity is None else f"plan {plan}"
+    console.print(f"{what}; {attention}; {seconds:.1f} s")
+    console.print(f"wrote {out}")

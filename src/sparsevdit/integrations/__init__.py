@@ -1,0 +1,81 @@
+"""Applying a SparsityPlan to a model: ``apply(model_or_pipeline, plan)`` and ``remove(...)``.
+
+Our bundled ``VideoDiT`` is handled in ``bundled.py``; diffusers transformers and pipelines
+(Wan, CogVideoX, HunyuanVideo) in ``diffusers.py``, imported only when such an object is given, so
+diffusers stays an optional dependency.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ..plan import SparsityPlan
+from .bundled import apply_bundled, is_applied, model_signature, plan_patterns, remove_bundled, set_step, step_history
+
+__all__ = ["apply", "remove", "model_signature", "plan_patterns", "set_step", "step_history", "is_applied"]
+
+
+def _is_bundled(obj) -> bool:
+    from ..models.vdit import VideoDiT
+
+    return isinstance(obj, VideoDiT)
+
+
+def _looks_like_diffusers(obj) -> bool:
+    """A diffusers object (or a subclass of one), or a pipeline holding one as ``.transformer``."""
+    classes = list(type(obj).__mro__) + list(type(getattr(obj, "transformer", None)).__mro__)
+    return any((c.__module__ or "").split(".")[0] == "diffusers" for c in classes)
+
+
+def _diffusers_module():
+    try:
+        from . import diffusers as integration
+    except ImportError as exc:
+        raise ImportError(
+            f"applying a plan to a diffusers model needs the diffusers package ({exc}); "
+            "install it with `pip install diffusers`"
+        ) from exc
+    return integration
+
+
+def _as_plan(plan) -> SparsityPlan:
+    if isinstance(plan, SparsityPlan):
+        return plan
+    if isinstance(plan, (str, os.PathLike, Path)):
+        return SparsityPlan.load(plan)
+    raise TypeError(f"plan must be a SparsityPlan or the path of a plan file, got {type(plan).__name__}")
+
+
+def apply(model_or_pipeline, plan, *, backend: str = "auto"):
+    """Install ``plan`` (a SparsityPlan or a plan file) on a model or pipeline; returns it.
+
+    Each denoising step then runs ``plan.patterns_for(layer, step)`` in every self-attention layer.
+    A plan for another model or layout is refused with a ``PlanError``.
+    """
+    plan = _as_plan(plan)
+    if _is_bundled(model_or_pipeline):
+        return apply_bundled(model_or_pipeline, plan, backend=backend)
+    if _looks_like_diffusers(model_or_pipeline):
+        integration = _diffusers_module()
+        if integration.is_diffusers_model(model_or_pipeline):
+            return integration.apply_diffusers(model_or_pipeline, plan, backend=backend)
+    raise TypeError(
+        f"cannot apply a plan to a {type(model_or_pipeline).__module__}.{type(model_or_pipeline).__name__}: "
+        "supported are sparsevdit's bundled VideoDiT and diffusers' WanTransformer3DModel, "
+        "CogVideoXTransformer3DModel, HunyuanVideoTransformer3DModel (or pipelines holding one)"
+    )
+
+
+def remove(model_or_pipeline):
+    """Undo ``apply``: the model's own dense attention again; returns the model or pipeline."""
+    if _is_bundled(model_or_pipeline):
+        return remove_bundled(model_or_pipeline)
+    if _looks_like_diffusers(model_or_pipeline):
+        integration = _diffusers_module()
+        if integration.is_diffusers_model(model_or_pipeline):
+            return integration.remove_diffusers(model_or_pipeline)
+    raise TypeError(
+        f"cannot remove a plan from a {type(model_or_pipeline).__module__}.{type(model_or_pipeline).__name__}: "
+        "not a model sparsevdit.apply supports"
+    )

@@ -1,0 +1,296 @@
+"""``budget``: the cheapest patterns under an error budget (our search).
+
+Inputs: a profile (``profile.py``: every candidate's output error per step, layer and head on the
+dense trajectory) and a cost model (``cost.py``: every candidate's predicted kernel time).
+
+Error measure. A head's error enters the model's residual stream multiplied by the attention
+branch's gate, so the search weighs it by that: the *error energy* of candidate ``c`` for head ``h``
+of layer ``l`` at step ``s`` is ``E = MSE(O_c, O_dense) * g[s, l]``, with ``g`` the mean squared adaLN
+gate of the layer's attention branch at that step (profiled; 1 for a model without one). With
+``layer_sensitivity`` each layer's energies are also scaled by a measured sensitivity: the final
+video's MSE against dense when only that layer runs its share of a reference plan, divided by the
+energy predicted for it (one sampling run per layer on the calibration seeds).
+
+Allocation. Steps ``< dense_warmup_steps`` and layers in ``dense_layers`` stay dense; the other steps
+are cut into ``step_ranges`` ranges (None: every step its own range). For a multiplier ``mu``, each
+(range, layer, head) takes the candidate minimising
+
+    (steps in range) * time(c) + mu * sum over the range's steps of E(c)
+
+(dense, error 0, is a candidate, so a head stays dense when nothing cheaper is worth its error). This
+is the Lagrangian of "least total time subject to a total error energy", so it spends error where it
+buys the most time instead of giving every head the same error. Consecutive ranges with equal choices
+merge into one plan entry; all-dense ranges get none.
+
+Budget (exactly one):
+
+``max_time``: predicted attention time, relative to dense; the largest ``mu`` (least error) whose
+    plan is predicted at most that fast is found by bisection. No sampling.
+``max_rel_error``: per layer: in each (range, layer) the cheapest choice whose layer-level relative
+    error ``sqrt(sum sq. error / sum dense sq. norm)`` over its heads and steps is at most the value
+    (a ``mu`` per layer, by bisection). No sampling.
+``target_psnr``: PSNR (dB) of the video sampled with the plan against the dense video on the
+    calibration seeds: bisection on ``log mu``; each probe samples the calibration seeds (a plan seen
+    before is not sampled again); the cheapest plan meeting the target wins. The profile's errors are
+    measured on the dense trajectory and miss build-up across layers and steps; the PSNR check sees it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+
+from ..metrics import video_psnr_ssim
+from ..plan import LayerEntry, ModelSignature, SparsityPlan
+from .common import sample_video
+from .cost import CostModel
+from .profile import Profile
+
+MU_MIN, MU_MAX = 1e-9, 1e15
+
+
+@dataclass
+class BudgetSettings:
+    target_psnr: float | None = None
+    max_rel_error: float | None = None
+    max_time: float | None = None
+    step_ranges: int | None = None
+    dense_warmup_steps: int = 0
+    dense_layers: tuple = ()
+    layer_sensitivity: bool = False
+    bisection_steps: int = 7
+    backend: str = "auto"
+
+    def __post_init__(self):
+        self.dense_layers = tuple(int(x) for x in self.dense_layers)
+        given = [x for x in (self.target_psnr, self.max_rel_error, self.max_time) if x is not None]
+        if len(given) != 1:
+            raise ValueError("budget search: give exactly one of target_psnr (dB), max_rel_error (per layer) "
+                             "or max_time (predicted attention time relative to dense)")
+        if self.step_ranges is not None and self.step_ranges < 1:
+            raise ValueError(f"step_ranges must be >= 1 (or None: every step), got {self.step_ranges}")
+
+
+def split_steps(steps: int, ranges: int | None, warmup: int = 0) -> list[tuple[int, int]]:
+    """[start, end) ranges covering steps warmup..steps-1 in ``ranges`` (nearly) equal parts (None: one per step)."""
+    warmup = min(max(0, warmup), steps)
+    n = steps - warmup
+    if n == 0:
+        return []
+    ranges = n if ranges is None else min(ranges, n)
+    bounds = [warmup + round(i * n / ranges) for i in range(ranges + 1)]
+    return [(a, b) for a, b in zip(bounds, bounds[1:]) if b > a]
+
+
+def candidate_times(profile: Profile, cost: CostModel) -> torch.Tensor:
+    """Predicted relative time [L, H, C] of every candidate for every head."""
+    d = profile.density
+    out = torch.zeros_like(d)
+    for ci, cand in enumerate(profile.candidates):
+        for layer in range(d.shape[0]):
+            for h in range(d.shape[1]):
+                out[layer, h, ci] = cost.head_time(cand.family, float(d[layer, h, ci]))
+    return out
+
+
+class Allocator:
+    """The Lagrangian allocation of one profile under one cost model (see the module docstring)."""
+
+    def __init__(self, profile: Profile, cost: CostModel, settings: BudgetSettings, sensitivity: torch.Tensor | None = None):
+        self.profile, self.cost, self.settings = profile, cost, settings
+        self.times = candidate_times(profile, cost)  # [L, H, C]
+        gain = profile.attn_gain if profile.attn_gain is not None else torch.ones(profile.steps, profile.num_layers)
+        self.energy = profile.mse * gain[:, :, None, None]  # [S, L, H, C]
+        if sensitivity is not None:
+            self.energy = self.energy * sensitivity[None, :, None, None]
+        self.sq = profile.rel_err.pow(2) * profile.out_rms.pow(2)[..., None]  # [S, L, H, C] (per element)
+        self.norm = profile.out_rms.pow(2)  # [S, L, H]
+        self.ranges = split_steps(profile.steps, settings.step_ranges, settings.dense_warmup_steps)
+        self.layers = [l for l in range(profile.num_layers) if l not in settings.dense_layers]
+        self.dense = next(i for i, c in enumerate(profile.candidates) if c.pattern == "dense")
+        # per (range, layer): summed energies [H, C]
+        self.range_energy = {(a, b, l): self.energy[a:b, l].sum(0) for a, b in self.ranges for l in self.layers}
+
+    def _pick(self, a, b, layer, mu) -> list[int]:
+        obj = (b - a) * self.times[layer] + mu * self.range_energy[(a, b, layer)]
+        return obj.argmin(-1).tolist()
+
+    def picks(self, mu: float | dict) -> dict:
+        """{(start, end, layer): [candidate per head]}; ``mu`` one number or one per (start, end, layer)."""
+        return {(a, b, l): self._pick(a, b, l, mu[(a, b, l)] if isinstance(mu, dict) else mu)
+                for a, b in self.ranges for l in self.layers}
+
+    def relative_time(self, picks: dict) -> float:
+        p = self.profile
+        total = p.steps * p.num_layers  # dense layer-steps cost 1 per head
+        t = float(total)
+        for (a, b, layer), heads in picks.items():
+            if all(c == self.dense for c in heads):
+                continue
+            t -= (b - a)
+            t += (b - a) * sum(float(self.times[layer, h, c]) for h, c in enumerate(heads)) / len(heads)
+        return t / total
+
+    def layer_rel_error(self, a, b, layer, heads) -> float:
+        sq = sum(float(self.sq[a:b, layer, h, c].sum()) for h, c in enumerate(heads))
+        return math.sqrt(sq / max(float(self.norm[a:b, layer].sum()), 1e-30))
+
+    def mean_layer_rel_error(self, picks: dict) -> float:
+        """Mean over steps and layers of the layer-level relative error (dense layer-steps count 0)."""
+        p = self.profile
+        total = sum((b - a) * self.layer_rel_error(a, b, l, heads) for (a, b, l), heads in picks.items())
+        return total / (p.steps * p.num_layers)
+
+    def for_time(self, max_time: float) -> tuple[float, dict]:
+        """The largest mu whose plan's predicted relative time is <= max_time."""
+        lo, hi = MU_MIN, MU_MAX
+        if self.relative_time(self.picks(hi)) <= max_time:
+            return hi, self.picks(hi)
+        for _ in range(80):
+            mid = math.sqrt(lo * hi)
+            if self.relative_time(self.picks(mid)) <= max_time:
+                lo = mid
+            else:
+                hi = mid
+        return lo, self.picks(lo)
+
+    def for_layer_error(self, tau: float) -> tuple[dict, dict]:
+        """Per (range, layer): the smallest mu whose layer relative error is <= tau."""
+        mus = {}
+        for key in self.range_energy:
+            a, b, layer = key
+            if self.layer_rel_error(a, b, layer, self._pick(a, b, layer, MU_MIN)) <= tau:
+                mus[key] = MU_MIN
+                continue
+            lo, hi = MU_MIN, MU_MAX
+            for _ in range(80):
+                mid = math.sqrt(lo * hi)
+                if self.layer_rel_error(a, b, layer, self._pick(a, b, layer, mid)) <= tau:
+                    hi = mid
+                else:
+                    lo = mid
+            mus[key] = hi
+        return mus, self.picks(mus)
+
+
+def plan_from_picks(profile: Profile, picks: dict, metadata: dict | None = None) -> SparsityPlan:
+    """A SparsityPlan from per-range choices; equal consecutive ranges merged, all-dense ranges omitted."""
+    dense_idx = {i for i, c in enumerate(profile.candidates) if c.pattern == "dense"}
+    by_layer: dict[int, list] = {}
+    for (start, end, layer), heads in sorted(picks.items(), key=lambda kv: (kv[0][2], kv[0][0])):
+        runs = by_layer.setdefault(layer, [])
+        if runs and runs[-1][1] == start and runs[-1][2] == heads:
+            runs[-1][1] = end
+        else:
+            runs.append([start, end, heads])
+    entries = []
+    for layer in sorted(by_layer):
+        for start, end, heads in by_layer[layer]:
+            if all(c in dense_idx for c in heads):
+                continue
+            specs = tuple(profile.spec(c, layer, h) for h, c in enumerate(heads))
+            entries.append(LayerEntry(layer, specs, start, None if end >= profile.steps else end))
+    return SparsityPlan(ModelSignature(**profile.model), profile.layout, profile.block_size, entries, dict(metadata or {}))
+
+
+def layer_sensitivity(profile: Profile, cost: CostModel, settings: BudgetSettings, model, *, reference_time: float = 0.3,
+                      log=None) -> torch.Tensor:
+    """Per layer: final-video MSE when only that layer runs its part of a reference plan (the unweighted
+    allocation at ``reference_time``), divided by the error energy predicted for it."""
+    alloc = Allocator(profile, cost, settings)
+    _, picks = alloc.for_time(reference_time)
+    sens = torch.ones(profile.num_layers)
+    for layer in alloc.layers:
+        mine = {k: v for k, v in picks.items() if k[2] == layer}
+        pred = sum(float(alloc.energy[a:b, layer, h, c].sum()) for (a, b, _), hs in mine.items() for h, c in enumerate(hs))
+        if pred <= 0:
+            continue
+        video = sample_video(model, profile.calib, plan=plan_from_picks(profile, mine), backend=settings.backend)
+        sens[layer] = float((video - profile.dense_video).pow(2).mean()) / pred
+        if log:
+            log(f"  layer {layer}: sensitivity {float(sens[layer]):.3g}")
+    return sens / sens[alloc.layers].mean() if alloc.layers else sens
+
+
+def budget_search(profile: Profile, cost: CostModel, settings: BudgetSettings, *, model=None, console=None,
+                  cache: dict | None = None) -> SparsityPlan:
+    """Run the budget search (see the module docstring); ``model`` is needed for ``target_psnr`` and
+    ``layer_sensitivity``."""
+    log = console.print if console is not None else None
+    sens = None
+    if settings.layer_sensitivity:
+        if model is None:
+            raise ValueError("budget search with layer_sensitivity samples videos: pass the model")
+        sens = layer_sensitivity(profile, cost, settings, model,
+                                 reference_time=settings.max_time if settings.max_time is not None else 0.3, log=log)
+    alloc = Allocator(profile, cost, settings, sens)
+    probes, calib_psnr, mu = [], None, None
+    if settings.max_time is not None:
+        mu, picks = alloc.for_time(float(settings.max_time))
+    elif settings.max_rel_error is not None:
+        mus, picks = alloc.for_layer_error(float(settings.max_rel_error))
+    else:
+        if model is None:
+            raise ValueError("budget search with target_psnr samples videos: pass the model")
+        cache = {} if cache is None else cache
+        target = float(settings.target_psnr)
+
+        def psnr_of(m: float) -> float:
+            plan = plan_from_picks(profile, alloc.picks(m))
+            key = json.dumps([e.to_dict() for e in plan.entries], sort_keys=True)
+            if key not in cache:
+                if not plan.entries:
+                    cache[key] = math.inf
+                else:
+                    video = sample_video(model, profile.calib, plan=plan, backend=settings.backend)
+                    cache[key] = video_psnr_ssim(video, profile.dense_video)["psnr"]
+            probes.append({"mu": m, "relative_time": alloc.relative_time(alloc.picks(m)), "psnr": _finite(cache[key])})
+            if log:
+                log(f"  mu {m:.3g}: predicted time {probes[-1]['relative_time']:.3f}, calibration PSNR {cache[key]:.2f} dB")
+            return cache[key]
+
+        # search between the plans predicted at 2% and 98% of dense time, on log mu
+        lo, _ = alloc.for_time(0.02)
+        hi, _ = alloc.for_time(0.98)
+        lo, hi = max(lo, MU_MIN), max(hi, lo * 10)
+        if psnr_of(lo) >= target:
+            mu = lo
+        elif psnr_of(hi) < target:
+            mu = MU_MAX  # nothing sparse enough to matter meets the target: (nearly) dense
+            psnr_of(mu)
+        else:
+            for _ in range(settings.bisection_steps):
+                mid = math.sqrt(lo * hi)
+                if psnr_of(mid) >= target:
+                    hi = mid
+                else:
+                    lo = mid
+            mu = hi
+        picks = alloc.picks(mu)
+        calib_psnr = cache[json.dumps([e.to_dict() for e in plan_from_picks(profile, picks).entries], sort_keys=True)]
+    plan = plan_from_picks(profile, picks)
+    pred = cost.plan_time(plan, profile.steps)
+    plan.metadata = {
+        "algorithm": "budget",
+        "settings": {**asdict(settings), "dense_layers": list(settings.dense_layers)},
+        "mu": mu,
+        "calibration": profile.calib.to_dict(),
+        "cost_model": cost.describe(),
+        "expected_density": pred["density"],
+        "expected_relative_time": pred["relative_time"],
+        "expected_speedup": pred["speedup"],
+        "expected_rel_error": alloc.mean_layer_rel_error(picks),
+        "calibration_psnr": _finite(calib_psnr),
+        "bisection": probes,
+        "layer_sensitivity": None if sens is None else [float(x) for x in sens],
+        "candidates": profile.labels(),
+    }
+    return plan
+
+
+def _finite(x):
+    """JSON has no infinity: an infinite PSNR (identical videos) is written as null."""
+    return None if x is None or not math.isfinite(x) else float(x)

@@ -1,0 +1,273 @@
+"""Cost model: predicted attention kernel time of a head's pattern, relative to dense attention.
+
+Every time here is *relative*: 1.0 is one head of the model's dense attention through PyTorch's fused
+SDPA (cuDNN / FlashAttention on a GPU). A layer whose heads are all dense runs exactly that (the
+``sdpa`` backend takes it), so it costs 1.0 per head; a layer with any sparse head runs its
+frame-major heads in one block-sparse launch and its position-major heads in another, and each head
+costs what the table says for its pattern family at its density (a dense head inside such a launch
+costs the sparse kernel's dense time, usually a little over 1.0). ``skip`` heads cost 0.
+
+Three sources of the table (``CostModel.kind``):
+
+``measured``
+    Rows of ``bench/results/kernels-<gpu>.json`` (``python bench/kernels.py``): kernel ms / cuDNN dense
+    ms per pattern kind and density, at the benchmark shape nearest the model's token count; triton
+    rows where present, else flex. Interpolated linearly in density; below the lowest measured density
+    time is taken proportional to density. Families without their own rows borrow: vertical_stripe
+    -> random, multi+stripes -> diag+stripes (the same kernel over the same number of blocks). The
+    token permutation of position-major patterns is not in these rows (it is one gather and one
+    scatter of Q/K/V/O per layer, a few percent at most).
+``calibrated``
+    The same table timed on the current GPU for the model's own shape (``CostModel.calibrate``,
+    ``sparsevdit cost --calibrate``). GPU only; written against the benchmark code of
+    ``bench/kernels.py`` and NOT yet run on a GPU in this repository (no GPU was available when it was
+    written): treat its first results with care.
+``flops``
+    No GPU: time proportional to the work. A head at density ``d`` costs ``(1 + block_overhead) * d``:
+    ``d`` for its share of dense FLOPs plus a fixed cost per kept block (index loads, softmax
+    bookkeeping, partial tiles) as a fraction of one block's FLOPs, 0.1 by default (block-sparse
+    kernels run their kept blocks at about 0.9 of dense SDPA's rate in our H100 measurements).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+from ..layout import TokenLayout
+from ..patterns import BlockPattern
+
+FAMILIES = ("dense", "skip", "diagonal", "multi_diagonal", "vertical_stripe", "diag+stripes", "multi+stripes", "random")
+DEFAULT_KERNEL_TABLE = Path(__file__).resolve().parents[3] / "bench" / "results" / "kernels-h100.json"
+_BORROW = {"vertical_stripe": "random", "multi+stripes": "diag+stripes", "random_blocks": "random"}
+
+
+def family_of(name: str, params: dict | None = None) -> str:
+    """The cost family of a pattern recipe (``name`` and ``params`` as in a plan's head entry)."""
+    if name in ("dense", "skip", "diagonal", "multi_diagonal", "vertical_stripe"):
+        return name
+    if name == "random_blocks":
+        return "random"
+    if name == "union":
+        parts = {(p if isinstance(p, str) else p.get("name")) for p in (params or {}).get("patterns", [])}
+        parts -= {"skip"}
+        if "dense" in parts:
+            return "dense"
+        if "multi_diagonal" in parts:
+            return "multi+stripes"
+        if "diagonal" in parts:
+            return "diag+stripes"
+        if parts == {"vertical_stripe"}:
+            return "vertical_stripe"
+    return "random"
+
+
+def pattern_family(pattern: BlockPattern) -> str:
+    if pattern.is_empty:
+        return "skip"
+    if pattern.is_dense:
+        return "dense"
+    return family_of(pattern.name, pattern.params)
+
+
+@dataclass
+class CostModel:
+    """Relative kernel time per (pattern family, density); see the module docstring."""
+
+    kind: str
+    table: dict = field(default_factory=dict)  # family -> sorted [(density, relative time)], density in (0, 1]
+    source: str = ""
+    block_overhead: float = 0.1  # flops kind only
+
+    # queries -------------------------------------------------------------------------------------
+    def head_time(self, family: str, density: float) -> float:
+        """Relative time of one head of ``family`` at ``density`` inside a block-sparse launch."""
+        if family == "skip" or density <= 0:
+            return 0.0
+        if self.kind == "flops":
+            return (1.0 + self.block_overhead) * min(1.0, density)
+        points = self.table.get(family) or self.table.get(_BORROW.get(family, "random")) or self.table.get("random")
+        if family == "dense":
+            points = self.table.get("dense") or points
+        if not points:
+            raise KeyError(f"cost table ({self.source}) has no rows for {family!r} nor a family to borrow from")
+        return _interp(points, density)
+
+    def pattern_time(self, pattern: BlockPattern) -> float:
+        return self.head_time(pattern_family(pattern), pattern.density)
+
+    def layer_time(self, patterns: Iterable[BlockPattern] | None) -> float:
+        """Mean relative time per head of one layer (1.0 for a dense layer: fused SDPA)."""
+        if patterns is None:
+            return 1.0
+        patterns = list(patterns)
+        if all(p.is_dense for p in patterns):
+            return 1.0
+        return sum(self.pattern_time(p) for p in patterns) / len(patterns)
+
+    def plan_time(self, plan, steps: int) -> dict:
+        """Predicted attention time of ``plan`` over ``steps`` denoising steps, relative to dense."""
+        layers = plan.model.num_layers
+        total = dens = 0.0
+        for step in range(steps):
+            for layer in range(layers):
+                pats = plan.patterns_for(layer, step)
+                total += self.layer_time(pats)
+                dens += 1.0 if pats is None else sum(p.density for p in pats) / len(pats)
+        rel = total / (steps * layers)
+        return {"relative_time": rel, "speedup": (1.0 / rel) if rel > 0 else None,  # None: nothing left to time
+                "density": dens / (steps * layers), "cost_model": self.describe()}
+
+    def describe(self) -> str:
+        if self.kind == "flops":
+            return f"flops (time = (1 + {self.block_overhead}) x density per sparse head; dense layer = 1)"
+        return f"{self.kind} ({self.source})"
+
+    def rows(self, densities=(0.05, 0.1, 0.2, 0.3, 0.5, 1.0)) -> list[dict]:
+        """The table at a few densities, for printing."""
+        fams = [f for f in FAMILIES if f != "skip"]
+        return [{"family": f, **{f"{d:g}": round(self.head_time(f, d), 4) for d in densities}} for f in fams]
+
+    # construction --------------------------------------------------------------------------------
+    @classmethod
+    def flops(cls, block_overhead: float = 0.1) -> "CostModel":
+        return cls("flops", {}, "FLOP estimate", block_overhead)
+
+    @classmethod
+    def measured(cls, path: str | os.PathLike | None = None, *, shape: str | None = None, backend: str | None = None,
+                 num_tokens: int | None = None) -> "CostModel":
+        """From a kernel benchmark result file (default ``bench/results/kernels-h100.json``).
+
+        ``shape``: which benchmark shape (default: nearest ``num_tokens`` on a log scale, else the
+        first); ``backend``: triton if it has rows for that shape, else flex.
+        """
+        path = Path(path) if path is not None else DEFAULT_KERNEL_TABLE
+        try:
+            data = json.loads(path.read_text())
+        except OSError as exc:
+            raise FileNotFoundError(f"kernel timing file {path}: {exc.strerror}") from None
+        rows = data["rows"] if isinstance(data, dict) else data
+        shapes = {}
+        for r in rows:
+            shapes.setdefault(r["shape"], _tokens_of(r))
+        if not shapes:
+            raise ValueError(f"{path} holds no kernel timing rows")
+        if shape is None:
+            if num_tokens:
+                shape = min(shapes, key=lambda s: abs(math.log(max(shapes[s], 1) / num_tokens)))
+            else:
+                shape = next(iter(shapes))
+        if shape not in shapes:
+            raise ValueError(f"{path} has no rows for shape {shape!r}; it has {', '.join(shapes)}")
+        srows = [r for r in rows if r["shape"] == shape]
+        have = {r["backend"] for r in srows}
+        backend = backend or ("triton" if "triton" in have else "flex")
+        if backend not in have:
+            raise ValueError(f"{path} has no {backend!r} rows for shape {shape!r}; backends there: {', '.join(sorted(have))}")
+        table = _table_from_rows([r for r in srows if r["backend"] == backend])
+        gpu = data.get("gpu", "?") if isinstance(data, dict) else "?"
+        return cls("measured", table, f"{path.name}: {backend} on {gpu}, shape {shape}")
+
+    @classmethod
+    def calibrate(cls, layout: TokenLayout, heads: int, head_dim: int, *, block_size: int = 128,
+                  backend: str = "triton", densities=(0.05, 0.1, 0.25, 0.5), log=print) -> "CostModel":
+        """Time every pattern kind on the current GPU at the model's shape (bf16). GPU only.
+
+        NOTE: written without a GPU at hand and not yet run; it reuses ``bench/kernels.py``'s timing
+        (``run``), whose rows feed ``measured``'s table builder.
+        """
+        import torch
+
+        if not torch.cuda.is_available():
+            raise RuntimeError("CostModel.calibrate times kernels on a CUDA GPU; on CPU use CostModel.flops()")
+        from ..bench import kernels as kb
+
+        shape = kb.Shape("model", heads, head_dim, layout)
+        kb.SHAPES["model"] = shape
+        try:
+            rows = kb.run(["model"], list(densities), list(kb.KINDS), [backend], check=False, log=log)
+        finally:
+            kb.SHAPES.pop("model", None)
+        from ..bench.common import gpu_name
+
+        return cls("calibrated", _table_from_rows([r for r in rows if r["backend"] == backend]),
+                   f"{backend} on {gpu_name()}, {heads}x{layout.num_tokens}x{head_dim}, block {block_size}")
+
+    @classmethod
+    def from_spec(cls, spec: str | None, *, num_tokens: int | None = None) -> "CostModel":
+        """``flops`` | ``flops:OVERHEAD`` | ``measured`` | ``measured:PATH`` | a cost JSON written by ``save``."""
+        spec = spec or "flops"
+        if spec == "flops":
+            return cls.flops()
+        if spec.startswith("flops:"):
+            return cls.flops(float(spec.split(":", 1)[1]))
+        if spec == "measured":
+            return cls.measured(num_tokens=num_tokens)
+        if spec.startswith("measured:"):
+            return cls.measured(spec.split(":", 1)[1], num_tokens=num_tokens)
+        path = Path(spec)
+        if path.exists():
+            data = json.loads(path.read_text())
+            if isinstance(data, dict) and data.get("format") == "sparsevdit-cost":
+                return cls.from_dict(data)
+            return cls.measured(path, num_tokens=num_tokens)
+        raise ValueError(f"cost model {spec!r}: expected flops, flops:OVERHEAD, measured, measured:PATH or a cost JSON file")
+
+    # serialisation -------------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return {"format": "sparsevdit-cost", "kind": self.kind, "source": self.source,
+                "block_overhead": self.block_overhead, "table": {k: [list(p) for p in v] for k, v in self.table.items()}}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "CostModel":
+        table = {k: [tuple(p) for p in v] for k, v in data.get("table", {}).items()}
+        return cls(data["kind"], table, data.get("source", ""), data.get("block_overhead", 0.1))
+
+    def save(self, path: str | os.PathLike) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.to_dict(), indent=1) + "\n")
+        return path
+
+
+def _tokens_of(row: dict) -> int:
+    s = row.get("shape_str", "")
+    try:
+        return int(s.split(" ")[0].split("x")[2])
+    except (IndexError, ValueError):
+        return 0
+
+
+def _table_from_rows(rows: list[dict]) -> dict:
+    table: dict[str, list] = {}
+    dense_kernel = None
+    for r in rows:
+        rel = r["ms"] / r["cudnn_dense_ms"]
+        if r["pattern"] == "dense" or r["density"] >= 0.999:
+            dense_kernel = rel
+            continue
+        table.setdefault(r["pattern"], []).append((float(r["density"]), float(rel)))
+    if dense_kernel is not None:
+        for pts in table.values():
+            pts.append((1.0, dense_kernel))
+        table["dense"] = [(1.0, dense_kernel)]
+    return {k: sorted(v) for k, v in table.items()}
+
+
+def _interp(points: list, density: float) -> float:
+    points = sorted(points)
+    d0, t0 = points[0]
+    if density <= d0:
+        return t0 * density / d0
+    for (da, ta), (db, tb) in zip(points, points[1:]):
+        if density <= db:
+            return ta + (tb - ta) * (density - da) / (db - da) if db > da else tb
+    # beyond the last point (only when it is below 1): extend the last segment's rate
+    if len(points) >= 2:
+        (da, ta), (db, tb) = points[-2], points[-1]
+        return tb + (tb - ta) / max(db - da, 1e-9) * (density - db)
+    return t0 * density / d0

@@ -1,0 +1,220 @@
+"""Fidelity study on the bundled model: PSNR / SSIM of sparse vs dense video against attention density.
+
+Searches calibrate on ``calib_seeds``; every method is measured on held-out ``eval_seeds`` (never used
+by a search): the video sampled with the method's attention against the dense video of the same
+seeds. Methods: ``sparse-vdit`` (several lambda / epsilon), ``budget`` (several predicted-time budgets,
+target PSNRs found by bisection on the calibration seeds, a per-layer error budget), uniform baselines (every
+head diagonal / multi_diagonal at several widths) and SVG's online per-head spatial / temporal choice.
+Density is the mean over steps, layers and heads of the attention density actually run; predicted
+time is the cost model's relative attention time (FLOP estimate, and the H100 kernel table).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import platform
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from ..metrics import video_psnr_ssim
+from .baselines import svg_sample, uniform_plan
+from .budget import BudgetSettings, budget_search
+from .candidates import band_width
+from .common import CalibrationConfig, sample_video
+from .cost import CostModel
+from .profile import run_profile
+from .sparse_vdit import SparseVDiTSettings, sparse_vdit_search
+
+FULL = {
+    "uniform_densities": (0.1, 0.2, 0.3, 0.5),
+    "svg": ((0.2, 0), (0.3, 0), (0.5, 0), (0.3, 0.25)),  # (target density, fraction of steps dense first)
+    "sparse_vdit": ((0.5, 1.0), (0.05, 0.02), (0.01, 0.01), (0.004, 0.004), (0.002, 0.003)),  # (lambda, epsilon)
+    "budget": ({"max_time": 0.1}, {"max_time": 0.2}, {"max_time": 0.3}, {"max_time": 0.5},
+               {"target_psnr": 20.0}, {"target_psnr": 25.0}, {"max_rel_error": 0.1},
+               {"max_time": 0.3, "layer_sensitivity": True}, {"max_time": 0.3, "step_ranges": 1}),
+}
+QUICK = {
+    "uniform_densities": (0.2,),
+    "svg": ((0.2, 0),),
+    "sparse_vdit": ((0.5, 1.0),),
+    "budget": ({"max_time": 0.3}, {"target_psnr": 20.0}),
+}
+
+
+def run_fidelity(model, *, out: Path | None, plot: Path | None, frames: int = 16, height: int = 32, width: int = 32,
+                 steps: int = 12, block_size: int = 32, calib_seeds=(100, 101), eval_seeds=(0, 1, 2),
+                 rows_per_block: int = 4, bisection_steps: int = 4, quick: bool = False, grid: dict | None = None,
+                 console=None) -> dict:
+    log = console.print if console is not None else print
+    grid = {**(QUICK if quick else FULL), **(grid or {})}
+    t_start = time.perf_counter()
+    calib = CalibrationConfig(seeds=tuple(calib_seeds), classes=tuple(s % 9 for s in calib_seeds), frames=frames,
+                              height=height, width=width, steps=steps, block_size=block_size, backend="auto")
+    evalc = replace(calib, seeds=tuple(eval_seeds), classes=tuple((s * 4 + 1) % 9 for s in eval_seeds))
+    layout = calib.layout(model)
+    cost_f = CostModel.flops()
+    cost_m = CostModel.measured(shape="wan1.3b")  # relative times of the H100 table
+    t0 = time.perf_counter()
+    dense = sample_video(model, evalc)
+    dense_seconds = time.perf_counter() - t0
+    log(f"dense on held-out seeds {list(eval_seeds)}: {dense_seconds:.0f} s ({layout}, {steps} steps)")
+    rows: list[dict] = []
+
+    def record(method, label, video, density, rel_f, rel_m, extra=None, search_s=None, eval_s=None):
+        q = video_psnr_ssim(video, dense)
+        per_seed = [video_psnr_ssim(video[i], dense[i])["psnr"] for i in range(video.shape[0])]
+        row = {"method": method, "label": label, "density": density, "relative_time_flops": rel_f,
+               "relative_time_h100": rel_m, "psnr": _finite(q["psnr"]), "ssim": q["ssim"],
+               "psnr_per_seed": [_finite(p) for p in per_seed], "search_seconds": search_s, "eval_seconds": eval_s,
+               **(extra or {})}
+        rows.append(row)
+        log(f"  {method:12s} {label:34s} density {density:6.1%}  time(flops) {rel_f:.3f}  "
+            f"PSNR {q['psnr']:6.2f} dB  SSIM {q['ssim']:.4f}")
+        if out is not None:
+            _write(out, _result(rows, calib, evalc, layout, dense_seconds, t_start, cost_f, cost_m))
+
+    def eval_plan(method, label, plan, extra=None, search_s=None):
+        t = time.perf_counter()
+        video = sample_video(model, evalc, plan=plan)
+        eval_s = time.perf_counter() - t
+        pf, pm = cost_f.plan_time(plan, steps), cost_m.plan_time(plan, steps)
+        record(method, label, video, pf["density"], pf["relative_time"], pm["relative_time"], extra, search_s, eval_s)
+
+    # uniform baselines ----------------------------------------------------------------------------
+    for name, short in (("diagonal", "diag"), ("multi_diagonal", "multi")):
+        for d in grid["uniform_densities"]:
+            w = band_width(name, layout, block_size, d)
+            eval_plan(f"uniform-{short}", f"{name} width={w}", uniform_plan(model, calib, name, width=w), {"width": w})
+
+    # SVG ------------------------------------------------------------------------------------------
+    for d, warm in grid["svg"]:
+        warm_steps = round(warm * steps)
+        t = time.perf_counter()
+        video, st = svg_sample(model, calib, density=d, warmup_steps=warm_steps, seeds=evalc.seeds, classes=evalc.classes,
+                               cost=cost_f)
+        eval_s = time.perf_counter() - t
+        rel_m = _svg_time(st, cost_m, steps, warm_steps)
+        record("svg", f"target {d:.0%}" + (f", {warm_steps} dense steps" if warm_steps else ""), video, st["density"],
+               st["relative_time"], rel_m, {"svg": st, "warmup_steps": warm_steps}, None, eval_s)
+
+    # profile + budget -----------------------------------------------------------------------------
+    t = time.perf_counter()
+    prof = run_profile(model, calib, rows_per_block=rows_per_block, console=console, progress=False)
+    profile_s = time.perf_counter() - t
+    log(f"profile on calibration seeds {list(calib_seeds)}: {profile_s:.0f} s, {len(prof.candidates)} candidates")
+    cache: dict = {}
+    for opts in grid["budget"]:
+        t = time.perf_counter()
+        plan = budget_search(prof, cost_f, BudgetSettings(bisection_steps=bisection_steps, **opts), model=model, cache=cache)
+        search_s = time.perf_counter() - t + profile_s
+        label = ", ".join(f"{k}={v}" for k, v in opts.items())
+        md = plan.metadata
+        eval_plan("budget", label, plan, {"settings": opts, "mu": md["mu"], "calibration_psnr": md["calibration_psnr"],
+                                          "expected_rel_error": md["expected_rel_error"],
+                                          "layer_sensitivity": md["layer_sensitivity"]}, search_s)
+
+    # sparse-vdit ----------------------------------------------------------------------------------
+    for lam, eps in grid["sparse_vdit"]:
+        t = time.perf_counter()
+        plan = sparse_vdit_search(model, calib, SparseVDiTSettings(lam=lam, epsilon=eps, rows_per_block=rows_per_block),
+                                  cost=cost_f, dense_video=prof.dense_video, progress=False)
+        search_s = time.perf_counter() - t
+        md = plan.metadata
+        eval_plan("sparse-vdit", f"lambda={lam}, epsilon={eps}", plan,
+                  {"settings": {"lam": lam, "epsilon": eps}, "mode_fractions": md["mode_fractions"],
+                   "calibration_psnr": md["calibration_psnr"]}, search_s)
+
+    result = _result(rows, calib, evalc, layout, dense_seconds, t_start, cost_f, cost_m)
+    if out is not None:
+        _write(out, result)
+    if plot is not None:
+        plot_results(result, plot)
+    return result
+
+
+def _svg_time(stats: dict, cost: CostModel, steps: int, warm: int) -> float:
+    """SVG's relative time under another cost model, from its density (spatial/temporal mix)."""
+    frac_sparse = (steps - warm) / steps
+    fs = stats["spatial_fraction"]
+    t_sparse = fs * cost.head_time("diag+stripes", stats["spatial_density"]) + (1 - fs) * cost.head_time(
+        "multi_diagonal", stats["temporal_density"])
+    return frac_sparse * t_sparse + (1 - frac_sparse) * 1.0
+
+
+def _result(rows, calib, evalc, layout, dense_seconds, t_start, cost_f, cost_m) -> dict:
+    return {
+        "command": " ".join(["sparsevdit"] + sys.argv[1:]) if sys.argv and sys.argv[0].endswith("sparsevdit") else " ".join(sys.argv),
+        "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "device": f"cpu ({platform.processor() or platform.machine()}), torch {torch.__version__}, {torch.get_num_threads()} threads",
+        "model": "bundled VideoDiT (sparsevdit/models/weights)",
+        "layout": layout.to_dict(), "tokens": layout.num_tokens,
+        "calibration": calib.to_dict(), "held_out": evalc.to_dict(),
+        "cost_models": {"relative_time_flops": cost_f.describe(), "relative_time_h100": cost_m.describe()},
+        "dense_eval_seconds": dense_seconds, "seconds": time.perf_counter() - t_start,
+        "rows": rows,
+    }
+
+
+def _write(path: Path, data: dict) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=1) + "\n")
+    tmp.replace(path)
+
+
+def _finite(x):
+    return None if x is None or not math.isfinite(x) else float(x)
+
+
+STYLE = {"budget": ("tab:red", "o"), "sparse-vdit": ("tab:blue", "s"), "uniform-diag": ("tab:gray", "^"),
+         "uniform-multi": ("tab:olive", "v"), "svg": ("tab:green", "D")}
+
+
+def plot_results(result: dict, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.3), dpi=110)
+    for method, (color, marker) in STYLE.items():
+        pts = [r for r in result["rows"] if r["method"] == method and r["psnr"] is not None]
+        if not pts:
+            continue
+        for ax, key in zip(axes, ("density", "relative_time_flops")):
+            pp = sorted(pts, key=lambda r: r[key])
+            ax.plot([r[key] for r in pp], [r["psnr"] for r in pp], marker=marker, color=color, label=method,
+                    linestyle="-" if method.startswith("uniform") else ":", alpha=0.9)
+    axes[0].set_xlabel("attention density (mean over steps, layers, heads)")
+    axes[1].set_xlabel("predicted attention time, relative to dense (FLOP cost model)")
+    for ax in axes:
+        ax.set_ylabel("PSNR vs dense, held-out seeds (dB)")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    lay = result["layout"]
+    fig.suptitle(f"bundled VideoDiT, {lay['frames']}x{lay['height']}x{lay['width']} tokens, "
+                 f"{result['calibration']['steps']} steps, held-out seeds {result['held_out']['seeds']}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def markdown_table(result: dict) -> str:
+    lines = ["| method | setting | density | pred. time (FLOP) | pred. time (H100 table) | PSNR dB | SSIM |",
+             "|---|---|---:|---:|---:|---:|---:|"]
+    order = ["budget", "sparse-vdit", "svg", "uniform-diag", "uniform-multi"]
+    for r in sorted(result["rows"], key=lambda r: (order.index(r["method"]) if r["method"] in order else 9, r["density"])):
+        psnr = f"{r['psnr']:.2f}" if r["psnr"] is not None else "inf"
+        lines.append(f"| {r['method']} | {r['label']} | {r['density']:.1%} | {r['relative_time_flops']:.3f} | "
+                     f"{r['relative_time_h100']:.3f} | {psnr} | {r['ssim']:.4f} |")
+    return "\n".join(lines)
