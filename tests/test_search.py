@@ -312,7 +312,7 @@ def test_svg_and_fidelity_quick(model, tmp_path):
     res = run_fidelity(model, out=tmp_path / "f.json", plot=tmp_path / "f.png", frames=4, height=32, width=32, steps=2,
                        block_size=16, calib_seeds=(5,), eval_seeds=(6,), quick=True)
     methods = {r["method"] for r in res["rows"]}
-    assert methods == {"uniform-diag", "uniform-multi", "svg", "budget", "sparse-vdit"}
+    assert methods == {"uniform-diag", "uniform-multi", "svg", "budget", "budget+sens", "sparse-vdit"}
     assert (tmp_path / "f.png").read_bytes()[:4] == b"\x89PNG"
     assert json.loads((tmp_path / "f.json").read_text())["rows"]
     svg = next(r for r in res["rows"] if r["method"] == "svg")

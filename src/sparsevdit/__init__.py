@@ -2,6 +2,7 @@
 
 from . import patterns
 from .kernels import BackendError, available_backends, sparse_attention
+from .integrations import apply, remove
 from .layout import TokenLayout
 from .plan import ModelSignature, PlanError, SparsityPlan
 
@@ -13,6 +14,8 @@ __all__ = [
     "PlanError",
     "SparsityPlan",
     "TokenLayout",
+    "apply",
+    "remove",
     "available_backends",
     "patterns",
     "sparse_attention",

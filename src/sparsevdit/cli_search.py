@@ -14,13 +14,13 @@ from .cli import _fail, app, console  # noqa: F401
 _SAMPLING_HELP = "calibration sampling (default: the demo's size on this device, so `demo --plan` fits)"
 
 
-def _calib(device: str, seeds, classes, frames, height, width, steps, guidance, block_size, backend):
+def _calib(device: str, seeds, classes, frames, height, width, steps, guidance, block_size, backend, num_classes=9):
     from .demo import default_settings
     from .search import CalibrationConfig
 
     d = default_settings(device)
     seed_list = tuple(int(x) for x in seeds.split(",")) if seeds else (100, 101)
-    class_list = tuple(int(x) for x in classes.split(",")) if classes else tuple(s % 9 for s in seed_list)
+    class_list = tuple(int(x) for x in classes.split(",")) if classes else tuple(s % num_classes for s in seed_list)
     h = height or d.height
     return CalibrationConfig(
         seeds=seed_list, classes=class_list, frames=frames or d.frames, height=h, width=width or h,
@@ -40,26 +40,36 @@ def _model(weights, device):
 
 
 def print_plan_summary(plan, steps: int, cost, out=None) -> None:
-    """Density and pattern families per layer and step range; expected density and speedup."""
+    """Density, predicted time and pattern families per layer (per step range when a layer has at most
+    three); expected density and speedup."""
     from collections import Counter
 
     from .search.cost import pattern_family
 
     out = out or console
     table = Table(title=f"plan: {plan.metadata.get('algorithm', '?')} over {plan.layout} ({steps} steps)")
-    for col in ("layer", "steps", "density", "relative time", "heads"):
+    for col in ("layer", "steps", "density", "relative time", "heads (head-steps per family)"):
         table.add_column(col, justify="right" if col in ("layer", "density", "relative time") else "left")
     for layer in range(plan.model.num_layers):
         entries = sorted((e for e in plan.entries if e.layer == layer), key=lambda e: e.step_start)
         if not entries:
             table.add_row(str(layer), "all", "100.0%", "1.000", "dense")
             continue
-        for e in entries:
-            pats = plan.patterns_for(layer, e.step_start)
-            fams = Counter(pattern_family(p) for p in pats)
-            end = e.step_end if e.step_end is not None else steps
-            table.add_row(str(layer), f"{e.step_start}-{end - 1}", f"{sum(p.density for p in pats) / len(pats):.1%}",
-                          f"{cost.layer_time(pats):.3f}", ", ".join(f"{k} x{v}" for k, v in sorted(fams.items())))
+        if len(entries) <= 3:
+            groups = [(f"{e.step_start}-{(e.step_end if e.step_end is not None else steps) - 1}",
+                       range(e.step_start, e.step_end if e.step_end is not None else steps)) for e in entries]
+        else:
+            groups = [(f"{len(entries)} ranges", range(steps))]
+        for label, rng in groups:
+            fams, dens, tm = Counter(), 0.0, 0.0
+            for step in rng:
+                pats = plan.patterns_for(layer, step)
+                dens += 1.0 if pats is None else sum(p.density for p in pats) / len(pats)
+                tm += cost.layer_time(pats)
+                fams.update(["dense (layer)"] * plan.model.num_heads if pats is None else [pattern_family(p) for p in pats])
+            n = max(len(rng), 1)
+            table.add_row(str(layer), label, f"{dens / n:.1%}", f"{tm / n:.3f}",
+                          ", ".join(f"{k} x{v}" for k, v in sorted(fams.items())))
     out.print(table)
     pred = cost.plan_time(plan, steps)
     speed = f"{pred['speedup']:.2f}x" if pred["speedup"] else "n/a (every head skipped)"
@@ -79,7 +89,7 @@ def profile_cmd(
     weights: Optional[Path] = typer.Option(None, help="model folder; default: the bundled model"),
     device: str = typer.Option("auto", help="cpu, cuda or auto"),
     seeds: Optional[str] = typer.Option(None, help="calibration seeds, comma list (default 100,101)"),
-    classes: Optional[str] = typer.Option(None, help="one scene class per seed (default: seed % 9)"),
+    classes: Optional[str] = typer.Option(None, help="one scene class per seed (default: seed % number of classes)"),
     frames: Optional[int] = typer.Option(None, help=_SAMPLING_HELP),
     height: Optional[int] = typer.Option(None, help="pixels, a multiple of 4"),
     width: Optional[int] = typer.Option(None, help="pixels (default: as height)"),
@@ -94,7 +104,8 @@ def profile_cmd(
 
     try:
         model, dev = _model(weights, device)
-        calib = _calib(dev, seeds, classes, frames, height, width, steps, guidance, block_size, "auto")
+        calib = _calib(dev, seeds, classes, frames, height, width, steps, guidance, block_size, "auto",
+                       model.cfg.num_classes)
         prof = run_profile(model, calib, rows_per_block=rows_per_block or None, console=console)
     except (ValueError, FileNotFoundError) as exc:
         _fail(str(exc))
@@ -133,7 +144,7 @@ def search_cmd(
     weights: Optional[Path] = typer.Option(None, help="model folder; default: the bundled model"),
     device: str = typer.Option("auto", help="cpu, cuda or auto"),
     seeds: Optional[str] = typer.Option(None, help="calibration seeds, comma list (default 100,101)"),
-    classes: Optional[str] = typer.Option(None, help="one scene class per seed (default: seed % 9)"),
+    classes: Optional[str] = typer.Option(None, help="one scene class per seed (default: seed % number of classes)"),
     frames: Optional[int] = typer.Option(None, help=_SAMPLING_HELP),
     height: Optional[int] = typer.Option(None, help="pixels, a multiple of 4"),
     width: Optional[int] = typer.Option(None, help="pixels (default: as height)"),
@@ -150,7 +161,8 @@ def search_cmd(
         _fail(f"unknown search algorithm {algorithm!r}; available: {', '.join(available_algorithms())}")
     try:
         model, dev = _model(weights, device)
-        calib = _calib(dev, seeds, classes, frames, height, width, steps, guidance, block_size, backend)
+        calib = _calib(dev, seeds, classes, frames, height, width, steps, guidance, block_size, backend,
+                       model.cfg.num_classes)
         cost_model = CostModel.from_spec(cost, num_tokens=calib.layout(model).num_tokens)
         rows = None if rows_per_block == 0 else rows_per_block
         if algorithm == "budget":
@@ -228,7 +240,7 @@ def fidelity_cmd(
     steps: int = typer.Option(12, help="denoising steps"),
     block_size: int = typer.Option(32, "--block-size", help="attention block size"),
     calib_seeds: str = typer.Option("100,101", help="calibration seeds (searches)"),
-    eval_seeds: str = typer.Option("0,1,2", help="held-out seeds (measurement)"),
+    eval_seeds: str = typer.Option("0,1", help="held-out seeds (measurement)"),
     quick: bool = typer.Option(False, help="fewer settings per method (a smoke run)"),
     weights: Optional[Path] = typer.Option(None, help="model folder; default: the bundled model"),
 ) -> None:

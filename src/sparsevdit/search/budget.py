@@ -17,9 +17,12 @@ are cut into ``step_ranges`` ranges (None: every step its own range). For a mult
 
     (steps in range) * time(c) + mu * sum over the range's steps of E(c)
 
-(dense, error 0, is a candidate, so a head stays dense when nothing cheaper is worth its error). This
-is the Lagrangian of "least total time subject to a total error energy", so it spends error where it
-buys the most time instead of giving every head the same error. Consecutive ranges with equal choices
+(dense, error 0, is a candidate, so a head stays dense when nothing cheaper is worth its error; a dense
+head is priced at the sparse kernel's dense time, although a layer left all dense runs fused SDPA at
+1.0: reported times account for that, the choice does not; a layer-exact choice was tried and lost
+1.3-1.8 dB at predicted times 0.3-0.5 on the bundled model, see docs/results.md). This is the
+Lagrangian of "least total time subject to a total error energy", so it spends error where it buys the
+most time instead of giving every head the same error. Consecutive ranges with equal choices
 merge into one plan entry; all-dense ranges get none.
 
 Budget (exactly one):
@@ -216,12 +219,13 @@ def layer_sensitivity(profile: Profile, cost: CostModel, settings: BudgetSetting
 
 
 def budget_search(profile: Profile, cost: CostModel, settings: BudgetSettings, *, model=None, console=None,
-                  cache: dict | None = None) -> SparsityPlan:
+                  cache: dict | None = None, sensitivity: torch.Tensor | None = None) -> SparsityPlan:
     """Run the budget search (see the module docstring); ``model`` is needed for ``target_psnr`` and
-    ``layer_sensitivity``."""
+    ``layer_sensitivity``. ``sensitivity``: per-layer weights measured before (``layer_sensitivity()``),
+    used instead of measuring them again."""
     log = console.print if console is not None else None
-    sens = None
-    if settings.layer_sensitivity:
+    sens = sensitivity
+    if sens is None and settings.layer_sensitivity:
         if model is None:
             raise ValueError("budget search with layer_sensitivity samples videos: pass the model")
         sens = layer_sensitivity(profile, cost, settings, model,

@@ -24,7 +24,7 @@ import torch
 
 from ..metrics import video_psnr_ssim
 from .baselines import svg_sample, uniform_plan
-from .budget import BudgetSettings, budget_search
+from .budget import BudgetSettings, budget_search, layer_sensitivity
 from .candidates import band_width
 from .common import CalibrationConfig, sample_video
 from .cost import CostModel
@@ -35,28 +35,32 @@ FULL = {
     "uniform_densities": (0.1, 0.2, 0.3, 0.5),
     "svg": ((0.2, 0), (0.3, 0), (0.5, 0), (0.3, 0.25)),  # (target density, fraction of steps dense first)
     "sparse_vdit": ((0.5, 1.0), (0.05, 0.02), (0.01, 0.01), (0.004, 0.004), (0.002, 0.003)),  # (lambda, epsilon)
-    "budget": ({"max_time": 0.1}, {"max_time": 0.2}, {"max_time": 0.3}, {"max_time": 0.5},
-               {"target_psnr": 20.0}, {"target_psnr": 25.0}, {"max_rel_error": 0.1},
-               {"max_time": 0.3, "layer_sensitivity": True}, {"max_time": 0.3, "step_ranges": 1}),
+    "budget": ({"max_time": 0.1}, {"max_time": 0.2}, {"max_time": 0.3}, {"max_time": 0.5}, {"max_time": 0.7},
+               {"max_time": 0.9}, {"max_time": 0.98}, {"target_psnr": 20.0}, {"target_psnr": 25.0}, {"target_psnr": 30.0},
+               {"max_rel_error": 0.1}, {"max_time": 0.3, "step_ranges": 1}),
+    # budget with per-layer sensitivities measured once (reference plan at predicted time 0.3)
+    "budget_sensitivity": (0.1, 0.2, 0.3, 0.5, 0.7),
 }
 QUICK = {
     "uniform_densities": (0.2,),
     "svg": ((0.2, 0),),
     "sparse_vdit": ((0.5, 1.0),),
     "budget": ({"max_time": 0.3}, {"target_psnr": 20.0}),
+    "budget_sensitivity": (0.3,),
 }
 
 
 def run_fidelity(model, *, out: Path | None, plot: Path | None, frames: int = 16, height: int = 32, width: int = 32,
-                 steps: int = 12, block_size: int = 32, calib_seeds=(100, 101), eval_seeds=(0, 1, 2),
+                 steps: int = 12, block_size: int = 32, calib_seeds=(100, 101), eval_seeds=(0, 1),
                  rows_per_block: int = 4, bisection_steps: int = 4, quick: bool = False, grid: dict | None = None,
                  console=None) -> dict:
     log = console.print if console is not None else print
     grid = {**(QUICK if quick else FULL), **(grid or {})}
     t_start = time.perf_counter()
-    calib = CalibrationConfig(seeds=tuple(calib_seeds), classes=tuple(s % 9 for s in calib_seeds), frames=frames,
+    nc = model.cfg.num_classes
+    calib = CalibrationConfig(seeds=tuple(calib_seeds), classes=tuple(s % nc for s in calib_seeds), frames=frames,
                               height=height, width=width, steps=steps, block_size=block_size, backend="auto")
-    evalc = replace(calib, seeds=tuple(eval_seeds), classes=tuple((s * 4 + 1) % 9 for s in eval_seeds))
+    evalc = replace(calib, seeds=tuple(eval_seeds), classes=tuple((s * 4 + 1) % nc for s in eval_seeds))
     layout = calib.layout(model)
     cost_f = CostModel.flops()
     cost_m = CostModel.measured(shape="wan1.3b")  # relative times of the H100 table
@@ -119,6 +123,21 @@ def run_fidelity(model, *, out: Path | None, plot: Path | None, frames: int = 16
                                           "expected_rel_error": md["expected_rel_error"],
                                           "layer_sensitivity": md["layer_sensitivity"]}, search_s)
 
+    if grid["budget_sensitivity"]:
+        t = time.perf_counter()
+        sens = layer_sensitivity(prof, cost_f, BudgetSettings(max_time=0.3), model, reference_time=0.3)
+        sens_s = time.perf_counter() - t
+        log(f"layer sensitivities (reference plan at time 0.3): {[round(float(x), 3) for x in sens]}, {sens_s:.0f} s")
+        for max_time in grid["budget_sensitivity"]:
+            t = time.perf_counter()
+            plan = budget_search(prof, cost_f, BudgetSettings(max_time=max_time, layer_sensitivity=True), model=model,
+                                 sensitivity=sens)
+            search_s = time.perf_counter() - t + profile_s + sens_s
+            eval_plan("budget+sens", f"max_time={max_time}, layer sensitivity", plan,
+                      {"settings": {"max_time": max_time, "layer_sensitivity": True}, "mu": plan.metadata["mu"],
+                       "expected_rel_error": plan.metadata["expected_rel_error"],
+                       "layer_sensitivity": plan.metadata["layer_sensitivity"]}, search_s)
+
     # sparse-vdit ----------------------------------------------------------------------------------
     for lam, eps in grid["sparse_vdit"]:
         t = time.perf_counter()
@@ -173,7 +192,7 @@ def _finite(x):
     return None if x is None or not math.isfinite(x) else float(x)
 
 
-STYLE = {"budget": ("tab:red", "o"), "sparse-vdit": ("tab:blue", "s"), "uniform-diag": ("tab:gray", "^"),
+STYLE = {"budget": ("tab:red", "o"), "budget+sens": ("tab:purple", "P"), "sparse-vdit": ("tab:blue", "s"), "uniform-diag": ("tab:gray", "^"),
          "uniform-multi": ("tab:olive", "v"), "svg": ("tab:green", "D")}
 
 
@@ -190,10 +209,16 @@ def plot_results(result: dict, path: Path) -> Path:
         pts = [r for r in result["rows"] if r["method"] == method and r["psnr"] is not None]
         if not pts:
             continue
+        # budget: the max_time sweep is the curve; its other settings (targets, variants) stand alone
+        line = [r for r in pts if method != "budget" or set(r.get("settings", {})) == {"max_time"}]
+        alone = [r for r in pts if r not in line]
         for ax, key in zip(axes, ("density", "relative_time_flops")):
-            pp = sorted(pts, key=lambda r: r[key])
+            pp = sorted(line, key=lambda r: r[key])
             ax.plot([r[key] for r in pp], [r["psnr"] for r in pp], marker=marker, color=color, label=method,
                     linestyle="-" if method.startswith("uniform") else ":", alpha=0.9)
+            if alone:
+                ax.scatter([r[key] for r in alone], [r["psnr"] for r in alone], marker=marker, facecolors="none",
+                           edgecolors=color, label=f"{method} (target / variants)" if key == "density" else None)
     axes[0].set_xlabel("attention density (mean over steps, layers, heads)")
     axes[1].set_xlabel("predicted attention time, relative to dense (FLOP cost model)")
     for ax in axes:
@@ -212,7 +237,7 @@ def plot_results(result: dict, path: Path) -> Path:
 def markdown_table(result: dict) -> str:
     lines = ["| method | setting | density | pred. time (FLOP) | pred. time (H100 table) | PSNR dB | SSIM |",
              "|---|---|---:|---:|---:|---:|---:|"]
-    order = ["budget", "sparse-vdit", "svg", "uniform-diag", "uniform-multi"]
+    order = ["budget", "budget+sens", "sparse-vdit", "svg", "uniform-diag", "uniform-multi"]
     for r in sorted(result["rows"], key=lambda r: (order.index(r["method"]) if r["method"] in order else 9, r["density"])):
         psnr = f"{r['psnr']:.2f}" if r["psnr"] is not None else "inf"
         lines.append(f"| {r['method']} | {r['label']} | {r['density']:.1%} | {r['relative_time_flops']:.3f} | "
