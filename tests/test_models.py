@@ -114,3 +114,24 @@ def test_train_tiny_on_cpu_and_resume(tmp_path):
     assert meta["steps"] == 6
     lines = [json.loads(x) for x in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert [x["step"] for x in lines if "loss" in x] == [1, 2, 3, 4, 5, 6]
+
+
+def test_train_stop_after_then_resume_keeps_minutes(tmp_path):
+    """A run split over two invocations: the first stops on its own limit, the second continues the clock."""
+    cfg = TrainConfig(steps=50, batch=2, eval_every=100, checkpoint_every=100, val_clips=2, warmup=2, model=TINY,
+                      stop_after_minutes=1e-6)
+    meta = train(cfg, tmp_path, device="cpu", log=lambda *a: None)
+    assert meta["stopped_early"] and meta["steps"] == 1
+    first = [r for r in map(json.loads, (tmp_path / "log.jsonl").read_text().splitlines()) if "loss" in r]
+    cfg.stop_after_minutes, cfg.steps = None, 3
+    meta = train(cfg, tmp_path, device="cpu", resume=True, log=lambda *a: None)
+    rows = [r for r in map(json.loads, (tmp_path / "log.jsonl").read_text().splitlines()) if "loss" in r]
+    assert [r["step"] for r in rows] == [1, 2, 3] and meta["steps"] == 3
+    assert rows[1]["minutes"] >= first[0]["minutes"]
+
+
+def test_train_compiled_step_on_cpu(tmp_path):
+    pytest.importorskip("torch._inductor")
+    cfg = TrainConfig(steps=2, batch=2, eval_every=100, checkpoint_every=100, val_clips=2, warmup=1, model=TINY, compile=True)
+    meta = train(cfg, tmp_path, device="cpu", log=lambda *a: None)
+    assert meta["steps"] == 2 and meta["compiled"]

@@ -145,14 +145,49 @@ def print_table(rows: list[dict]) -> None:
     Console(width=140).print(table)
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def calibrate(shapes, densities, backend: str, out: str | None, log=print) -> list:
+    """Cost-model calibration tables (``CostModel.calibrate``) for named shapes; writes one JSON per shape.
+
+    The file is what ``sparsevdit search --cost FILE`` / ``CostModel.from_spec(FILE)`` read.
+    """
+    from ..search.cost import CostModel
+
+    if out is not None and len(shapes) != 1:
+        raise ValueError("--calibrate with --out takes one shape (--shapes NAME); without --out one file per shape")
+    paths = []
+    for name in shapes:
+        shape = SHAPES[name]
+        cm = CostModel.calibrate(shape.layout, shape.heads, shape.head_dim, backend=backend,
+                                 densities=tuple(densities), log=log)
+        log(f"{name}: {cm.describe()}")
+        rows = cm.rows()
+        cols = list(rows[0])
+        log("  ".join(f"{c if c == 'family' else 'd=' + c:>14s}" for c in cols))
+        for r in rows:
+            log("  ".join(f"{str(r[c]):>14s}" for c in cols))
+        path = cm.save(out or f"bench/results/cost-{name}-{gpu_slug()}.json")
+        log(f"wrote {path}")
+        paths.append(path)
+    return paths
+
+
+def main(argv=None, prog: str | None = None) -> int:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shapes", default="wan1.3b,wan14b,hunyuan", help=f"comma list of {', '.join(SHAPES)}")
     parser.add_argument("--densities", default="0.05,0.1,0.25,0.5", help="comma list of target densities in (0, 1]")
     parser.add_argument("--patterns", default=",".join(KINDS), help=f"comma list of {', '.join(KINDS)}")
-    parser.add_argument("--backends", default="flex,triton", help="comma list of sparse backends to time (cudnn dense is always timed)")
-    parser.add_argument("--out", default=None, help="result JSON (default bench/results/kernels-<gpu>.json)")
+    parser.add_argument("--backends", default=None,
+                        help="comma list of sparse backends to time (cudnn dense is always timed); default flex,triton "
+                             "(with --calibrate: one backend, default triton)")
+    parser.add_argument("--out", default=None,
+                        help="result JSON (default bench/results/kernels-<gpu>.json; "
+                             "with --calibrate bench/results/cost-<shape>-<gpu>.json)")
     parser.add_argument("--no-check", action="store_true", help="skip the float32 spot check of each output")
+    parser.add_argument("--calibrate", action="store_true",
+                        help="write the cost model's calibration table instead (search/cost.py CostModel.calibrate): "
+                             "relative kernel time (kernel ms / cuDNN dense ms) per pattern family and density at "
+                             "each shape of --shapes, timed on this GPU; use the file with "
+                             "`sparsevdit search --cost FILE` (--patterns and --no-check do not apply)")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         parser.error("this benchmark needs a CUDA GPU")
@@ -160,7 +195,17 @@ def main(argv=None) -> int:
     unknown = [s for s in shapes if s not in SHAPES]
     if unknown:
         parser.error(f"unknown shape(s) {unknown}; choose from {', '.join(SHAPES)}")
-    rows = run(shapes, [float(x) for x in args.densities.split(",")], args.patterns.split(","), args.backends.split(","),
+    densities = [float(x) for x in args.densities.split(",")]
+    if args.calibrate:
+        backends = (args.backends or "triton").split(",")
+        if len(backends) != 1:
+            parser.error("--calibrate times one sparse backend: give --backends NAME")
+        try:
+            calibrate(shapes, [d for d in densities if d < 1.0], backends[0], args.out)
+        except ValueError as exc:
+            parser.error(str(exc))
+        return 0
+    rows = run(shapes, densities, args.patterns.split(","), (args.backends or "flex,triton").split(","),
                check=not args.no_check)
     print_table(rows)
     out = args.out or f"bench/results/kernels-{gpu_slug()}.json"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from functools import lru_cache
 from typing import Sequence
 
 import torch
@@ -79,7 +80,11 @@ def sparse_attention(
         o, lse = select_backend(backend, call).run(q.contiguous(), k.contiguous(), v.contiguous(), call, scale)
         return (o, lse.float()) if return_lse else o
 
-    out = torch.zeros_like(q)
+    # Every group is gathered (heads, and tokens for a reordering) in one indexing pass that also makes
+    # it contiguous, and its output is scattered straight back: at 30K+ tokens each extra pass over
+    # q/k/v costs about as much as a 10%-dense kernel call.
+    covered = sum(len(hs) for hs in groups.values()) == heads
+    out = torch.empty_like(q, memory_format=torch.contiguous_format) if covered else torch.zeros_like(q, memory_format=torch.contiguous_format)
     lse = torch.full((batch, heads, n), float("-inf"), dtype=torch.float32, device=q.device) if return_lse else None
 
     for (ordering, _), hs in groups.items():
@@ -88,17 +93,26 @@ def sparse_attention(
             patterns=tuple(patterns[h] for h in hs), return_lse=return_lse, requires_grad=grad,
         )
         impl = select_backend(backend, call)
-        index = torch.tensor(hs, device=q.device)
-        qg, kg, vg = (t.index_select(1, index) for t in (q, k, v))
-        if ordering != "frame_major":
-            perm = layout.permutation(ordering).to(q.device)
-            qg, kg, vg = (t.index_select(2, perm) for t in (qg, kg, vg))
-        og, lg = impl.run(qg.contiguous(), kg.contiguous(), vg.contiguous(), call, scale)
-        if ordering != "frame_major":
-            inv = layout.inverse_permutation(ordering).to(q.device)
-            og = og.index_select(2, inv)
-            lg = lg.index_select(2, inv) if lg is not None else None
-        out.index_copy_(1, index, og.to(q.dtype))
-        if return_lse:
-            lse.index_copy_(1, index, lg.float())
+        hidx, perm = _group_index(tuple(hs), layout, ordering, q.device)
+        if perm is None:
+            qg, kg, vg = (t.index_select(1, hidx) for t in (q, k, v))
+        else:
+            qg, kg, vg = (t[:, hidx[:, None], perm[None, :]] for t in (q, k, v))
+        og, lg = impl.run(qg, kg, vg, call, scale)
+        if perm is None:
+            out.index_copy_(1, hidx, og.to(q.dtype))
+            if return_lse:
+                lse.index_copy_(1, hidx, lg.float())
+        else:  # position j of the reordered sequence is token perm[j]
+            out[:, hidx[:, None], perm[None, :]] = og.to(q.dtype)
+            if return_lse:
+                lse[:, hidx[:, None], perm[None, :]] = lg.float()
     return (out, lse) if return_lse else out
+
+
+@lru_cache(maxsize=128)
+def _group_index(heads: tuple[int, ...], layout: TokenLayout, ordering: str, device: torch.device):
+    """Device tensors of a head group's indices and its token permutation (None for frame-major), cached."""
+    hidx = torch.tensor(heads, dtype=torch.long, device=device)
+    perm = None if ordering == "frame_major" else layout.permutation(ordering).to(device)
+    return hidx, perm

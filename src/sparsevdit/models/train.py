@@ -34,7 +34,11 @@ class TrainConfig:
     eval_every: int = 250
     val_clips: int = 64
     checkpoint_every: int = 500
-    max_minutes: float | None = None  # stop early (and save) after this much wall time
+    max_minutes: float | None = None  # stop (and save) after this much training time, summed over resumes
+    # Stop this run (and save a checkpoint) after this many minutes, without ending the schedule: a long
+    # run split over several sessions resumes with the same max_minutes and the cosine continues.
+    stop_after_minutes: float | None = None
+    compile: bool = False  # torch.compile the training forward/backward (GPU: ~1 min to compile)
     model: VDiTConfig = field(default_factory=VDiTConfig)
 
 
@@ -115,7 +119,8 @@ def train(cfg: TrainConfig, out: str | os.PathLike, *, device: str = "auto", res
     torch.manual_seed(cfg.seed)
     model = VideoDiT(cfg.model).to(dev)
     ema = copy.deepcopy(model).eval().requires_grad_(False)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay,
+                            fused=dev.type == "cuda")
     step, history = 0, []
     ckpt_path = out / "checkpoint.pt"
     if resume and ckpt_path.exists():
@@ -131,7 +136,12 @@ def train(cfg: TrainConfig, out: str | os.PathLike, *, device: str = "auto", res
         history.append({"step": 0, "val_loss": validation_loss(ema, cfg, dev, amp)})
         log(f"step 0 validation loss (untrained) {history[-1]['val_loss']:.4f}")
 
-    started = time.time()
+    # Training minutes continue across resumes, so the time-based schedule and max_minutes see the whole run.
+    prior_minutes = max((h.get("minutes", 0.0) for h in history), default=0.0)
+    started = time.time() - prior_minutes * 60
+    run_started = time.time()
+    forward_model = torch.compile(model) if cfg.compile else model
+    ema_params, model_params = list(ema.parameters()), list(model.parameters())
     log_file = open(out / "log.jsonl", "a")
     m = cfg.model
     stopped_early = False
@@ -143,39 +153,39 @@ def train(cfg: TrainConfig, out: str | os.PathLike, *, device: str = "auto", res
             g["lr"] = lr
         gen = torch.Generator(device=dev).manual_seed(cfg.seed * 7919 + step)
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
-            loss = flow_matching_loss(model, x0, classes, cfg_dropout=cfg.cfg_dropout, generator=gen)
+            loss = flow_matching_loss(forward_model, x0, classes, cfg_dropout=cfg.cfg_dropout, generator=gen)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
         decay = min(cfg.ema, (1 + step) / (10 + step))
         with torch.no_grad():
-            for pe, pm in zip(ema.parameters(), model.parameters()):
-                pe.lerp_(pm, 1 - decay)
+            torch._foreach_lerp_(ema_params, model_params, 1 - decay)
         step += 1
         rec = {"step": step, "loss": float(loss.detach()), "grad_norm": float(gnorm), "lr": lr,
                "minutes": (time.time() - started) / 60}
         history.append(rec)
         log_file.write(json.dumps(rec) + "\n")
-        over_time = cfg.max_minutes is not None and (time.time() - started) / 60 >= cfg.max_minutes
+        over_time = (cfg.max_minutes is not None and (time.time() - started) / 60 >= cfg.max_minutes) or (
+            cfg.stop_after_minutes is not None and (time.time() - run_started) / 60 >= cfg.stop_after_minutes)
         if step % cfg.eval_every == 0 or step == cfg.steps or over_time:
             val = validation_loss(ema, cfg, dev, amp)
             history.append({"step": step, "val_loss": val})
             log_file.write(json.dumps(history[-1]) + "\n")
             log_file.flush()
-            log(f"step {step}/{cfg.steps} loss {float(loss):.4f} val {val:.4f} lr {rec['lr']:.2e} {rec['minutes']:.1f} min")
+            log(f"step {step}/{cfg.steps} loss {rec['loss']:.4f} val {val:.4f} lr {rec['lr']:.2e} {rec['minutes']:.1f} min")
         if step % cfg.checkpoint_every == 0 or step == cfg.steps or over_time:
             _save_checkpoint(ckpt_path, model, ema, opt, step, cfg, history)
         if over_time:
             stopped_early = True
-            log(f"stopping at step {step}: --max-minutes {cfg.max_minutes} reached")
+            log(f"stopping at step {step}: time limit reached ({rec['minutes']:.1f} training minutes in all)")
             break
     log_file.close()
     plot_history(history, out / "loss.png")
     meta = {
         "steps": step, "batch": cfg.batch, "train_config": asdict(cfg), "device": str(dev),
         "gpu": torch.cuda.get_device_name() if dev.type == "cuda" else "cpu",
-        "train_minutes": (time.time() - started) / 60,
+        "train_minutes": (time.time() - started) / 60, "compiled": cfg.compile,
         "val_loss_untrained": next(h["val_loss"] for h in history if "val_loss" in h),
         "val_loss_final": [h["val_loss"] for h in history if "val_loss" in h][-1],
         "stopped_early": stopped_early, "classes": CLASSES,

@@ -1,0 +1,458 @@
+"""End-to-end benchmark: one denoising forward of diffusers' Wan2.1 transformer, dense vs sparse plans.
+
+What is timed: one call of a full-size, random-weight ``diffusers.WanTransformer3DModel`` (the
+transformer only: no text encoder, no VAE, no scheduler) on random latents, random text embeddings
+[1, 512, 4096] and one timestep, in bf16, eager (no torch.compile), on one CUDA GPU:
+
+- Wan2.1-T2V-1.3B at 480x832, 81 frames: latents [1, 16, 21, 60, 104] -> 21 x 30 x 52 = 32,760 tokens;
+- Wan2.1-T2V-14B at 720x1280, 81 frames: latents [1, 16, 21, 90, 160] -> 21 x 45 x 80 = 75,600 tokens.
+
+Rows, side by side in one process on the same model object: ``dense`` is the unmodified diffusers
+model with PyTorch SDPA restricted to cuDNN (``--sdpa``); then ``sparsevdit.apply(model, plan)`` with an
+all-dense plan (a sanity row: it should match dense within noise) and with plans of about 10%, 20%,
+30% attention density, and ``sparsevdit.remove``. The SDPA restriction holds for every row, so the
+text cross-attention and everything else outside the self-attention product is the same code on
+both sides; only the self-attention kernel differs.
+
+Plans: every layer, heads alternating (shifted by one every layer) between a *spatial* head
+(``union`` of ``diagonal``, a band in frame-major order, and ``vertical_stripe`` on the first frame's
+key blocks) and a *temporal* head (``multi_diagonal``: the same place in every frame), as Sparse
+VideoGen's spatial / temporal heads; each family's band width is bisected so its density is nearest
+the target. Density is the fraction of query-key pairs kept (``BlockPattern.density``) averaged over
+heads and layers. The plans are made with the model's own signature, so ``apply`` accepts them.
+
+Timing: ``--warmup`` forwards (compilation, autotuning, caches), then the median of ``--rep`` forwards,
+each bracketed by CUDA events. ``speedup = dense ms / ms``. ``rel_diff_vs_dense`` is the relative L2
+difference of the output to the dense output: ~0 for the dense plan; for sparse plans it only says the
+plan changed the output (random weights: no statement about video quality). ``backend_heads`` counts
+head-calls per forward by the attention backend that ran them (``sdpa`` = PyTorch SDPA for all-dense
+layers). ``--tiny`` runs a tiny random config on the CPU (for tests; its times mean nothing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import statistics
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+import torch
+
+from .. import patterns as P
+from ..layout import TokenLayout
+from ..plan import HeadSpec, LayerEntry, ModelSignature, SparsityPlan
+from .common import environment, gpu_slug, write_json
+from .kernels import _with_width
+
+_WAN_COMMON = dict(
+    patch_size=(1, 2, 2), attention_head_dim=128, in_channels=16, out_channels=16, text_dim=4096, freq_dim=256,
+    cross_attn_norm=True, qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=1024,
+)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    description: str
+    config: dict  # diffusers WanTransformer3DModel kwargs
+    latents: tuple  # [B, C, F, H, W]
+    text: tuple  # encoder_hidden_states [B, L, text_dim]
+    block_size: int = 128
+    full_size: bool = True
+
+    @property
+    def layout(self) -> TokenLayout:
+        p_t, p_h, p_w = self.config["patch_size"]
+        _, _, f, h, w = self.latents
+        return TokenLayout(f // p_t, h // p_h, w // p_w)
+
+    @property
+    def signature(self) -> ModelSignature:
+        c = self.config
+        return ModelSignature("WanTransformer3DModel", c["num_layers"], c["num_attention_heads"], c["attention_head_dim"])
+
+
+MODELS = {
+    "wan1.3b": ModelSpec(
+        "wan1.3b", "Wan2.1-T2V-1.3B, 480x832, 81 frames",
+        dict(_WAN_COMMON, num_attention_heads=12, ffn_dim=8960, num_layers=30),
+        (1, 16, 21, 60, 104), (1, 512, 4096),
+    ),
+    "wan14b": ModelSpec(
+        "wan14b", "Wan2.1-T2V-14B, 720x1280, 81 frames",
+        dict(_WAN_COMMON, num_attention_heads=40, ffn_dim=13824, num_layers=40),
+        (1, 16, 21, 90, 160), (1, 512, 4096),
+    ),
+    # CPU smoke configuration (tests): 16 x 8 x 8 = 1,024 tokens in 64 blocks of 16.
+    "tiny": ModelSpec(
+        "tiny", "tiny random Wan config (CPU smoke test; times mean nothing)",
+        dict(patch_size=(1, 2, 2), num_attention_heads=4, attention_head_dim=16, in_channels=4, out_channels=4,
+             text_dim=16, freq_dim=16, ffn_dim=32, num_layers=2, cross_attn_norm=True,
+             qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=32),
+        (1, 4, 16, 16, 16), (1, 8, 16), block_size=16, full_size=False,
+    ),
+}
+SDPA_CHOICES = ("cudnn", "flash", "efficient", "math", "default")
+
+
+# ---------------------------------------------------------------------------------------------
+# plans
+# ---------------------------------------------------------------------------------------------
+def _spatial_parts(width: int) -> list:
+    return [{"name": "diagonal", "params": {"width": width}}, {"name": "vertical_stripe", "params": {"sink_frames": 1}}]
+
+
+def mixed_plan(sig: ModelSignature, layout: TokenLayout, target: float, *, block_size: int = 128) -> SparsityPlan:
+    """A plan of about ``target`` density over every layer: spatial and temporal heads alternating.
+
+    Spatial: ``union(diagonal(width), vertical_stripe(sink_frames=1))`` (frame-major); temporal:
+    ``multi_diagonal(width)`` (position-major). Head ``h`` of layer ``l`` is spatial when ``h + l`` is
+    even. Widths are bisected per family so each family's density is nearest ``target``; the real
+    density (from the block masks) is in ``metadata`` and ``plan_density``. ``target >= 1``: all dense.
+    Only block-level index data is built (never a token-level mask).
+    """
+    if target >= 1.0:
+        plan = SparsityPlan.uniform(sig, layout, "dense", block_size=block_size)
+        plan.metadata.update({"target_density": 1.0, "recipe": "every head dense"})
+        return plan
+    if not 0.0 < target < 1.0:
+        raise ValueError(f"target density must be in (0, 1], got {target}")
+    spatial = _with_width(lambda w: P.build("union", layout, block_size=block_size, patterns=_spatial_parts(w)),
+                          layout, target)
+    temporal = _with_width(lambda w: P.build("multi_diagonal", layout, block_size=block_size, width=w), layout, target)
+    heads = {0: HeadSpec("union", spatial.params), 1: HeadSpec("multi_diagonal", temporal.params)}
+    entries = [
+        LayerEntry(layer, tuple(heads[(h + layer) % 2] for h in range(sig.num_heads)))
+        for layer in range(sig.num_layers)
+    ]
+    metadata = {
+        "target_density": target,
+        "recipe": "heads alternate (shifted each layer): spatial = union(diagonal, vertical_stripe sink_frames=1), "
+                  "temporal = multi_diagonal; widths bisected to the target density",
+        "spatial": {"width": spatial.params["patterns"][0]["params"]["width"], "density": spatial.density},
+        "temporal": {"width": temporal.params["width"], "density": temporal.density},
+    }
+    return SparsityPlan(sig, layout, block_size, entries, metadata)
+
+
+def plan_density(plan: SparsityPlan, step: int = 0) -> float:
+    """Mean attention density over layers and heads (dense layers count 1), from the block masks."""
+    return sum(plan.density(layer, step) for layer in range(plan.model.num_layers)) / plan.model.num_layers
+
+
+# ---------------------------------------------------------------------------------------------
+# model, inputs, timing
+# ---------------------------------------------------------------------------------------------
+def build_model(spec: ModelSpec, device: torch.device, dtype: torch.dtype):
+    """Random-weight WanTransformer3DModel built directly on ``device`` in ``dtype`` (no fp32 CPU copy).
+
+    As ``from_pretrained(torch_dtype=...)`` does, the parameters of the class's
+    ``_keep_in_fp32_modules`` (time embedder, modulation tables, norms) are kept in float32.
+    """
+    from diffusers import WanTransformer3DModel
+
+    old_dtype = torch.get_default_dtype()
+    torch.manual_seed(0)
+    try:
+        torch.set_default_dtype(dtype)
+        with torch.device(device):
+            model = WanTransformer3DModel(**spec.config)
+    finally:
+        torch.set_default_dtype(old_dtype)
+    keep = tuple(getattr(model, "_keep_in_fp32_modules", None) or ())
+    if dtype != torch.float32 and keep:
+        for name, param in model.named_parameters():
+            if any(k in name for k in keep):
+                param.data = param.data.float()
+    return model.eval().requires_grad_(False)
+
+
+def make_inputs(spec: ModelSpec, device: torch.device, dtype: torch.dtype, seed: int = 0) -> dict:
+    gen = torch.Generator(device=device).manual_seed(seed)
+    return {
+        "hidden_states": torch.randn(*spec.latents, generator=gen, device=device, dtype=dtype),
+        "encoder_hidden_states": torch.randn(*spec.text, generator=gen, device=device, dtype=dtype),
+        "timestep": torch.full((spec.latents[0],), 999.0, device=device),
+    }
+
+
+def _sdpa_context(choice: str):
+    if choice == "default":
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    backend = {"cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION,
+               "efficient": SDPBackend.EFFICIENT_ATTENTION, "math": SDPBackend.MATH}[choice]
+    return sdpa_kernel(backend)
+
+
+@contextlib.contextmanager
+def record_backends():
+    """Counter of head-calls per attention backend chosen by ``sparse_attention`` inside the block."""
+    from ..kernels import api
+
+    counts: Counter = Counter()
+    original = api.select_backend
+
+    def recording(name, call):
+        backend = original(name, call)
+        counts[backend.name] += call.heads
+        return backend
+
+    api.select_backend = recording
+    try:
+        yield counts
+    finally:
+        api.select_backend = original
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_calls(fn, warmup: int, rep: int, device: torch.device) -> list[float]:
+    """Milliseconds of each of ``rep`` calls after ``warmup`` untimed ones (CUDA events on a GPU)."""
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times = []
+    for _ in range(rep):
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times.append(float(start.elapsed_time(end)))
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
+    return times
+
+
+def _rel_diff(out: torch.Tensor, ref: torch.Tensor) -> float:
+    ref = ref.float()
+    return float((out.float() - ref).norm() / ref.norm().clamp_min(1e-30))
+
+
+# ---------------------------------------------------------------------------------------------
+# the benchmark
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class Settings:
+    models: list
+    densities: list
+    backend: str = "auto"
+    warmup: int = 2
+    rep: int = 5
+    device: str = "auto"
+    sdpa: str | None = None  # None: cudnn on CUDA, default on CPU
+    dense_plan: bool = True
+    extra: dict = field(default_factory=dict)
+
+
+def _resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda: no CUDA GPU here")
+    return dev
+
+
+def _log(*args) -> None:
+    print(*args, flush=True)
+
+
+def run(settings: Settings, log=_log, on_model=None) -> dict:
+    """Run every model's rows; returns the result dict (see the module docstring).
+
+    ``on_model(result_so_far)`` is called after each model (the CLI writes the JSON then, so a later
+    model that fails leaves the earlier ones' rows on disk).
+    """
+    import sparsevdit
+    from ..integrations.diffusers import model_signature, runtime_layout
+
+    device = _resolve_device(settings.device)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    sdpa = settings.sdpa or ("cudnn" if device.type == "cuda" else "default")
+    for name in settings.models:
+        if name not in MODELS:
+            raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
+        if MODELS[name].full_size and device.type != "cuda":
+            raise RuntimeError(f"{name} is full size: it needs a CUDA GPU (use --tiny for a CPU smoke run)")
+    targets = sorted({float(d) for d in settings.densities if 0 < float(d) < 1})
+    rows, model_info = [], []
+
+    for name in settings.models:
+        spec = MODELS[name]
+        t0 = time.perf_counter()
+        model = build_model(spec, device, dtype)
+        inputs = make_inputs(spec, device, dtype)
+        _sync(device)  # random initialisation runs asynchronously on a GPU
+        build_s = time.perf_counter() - t0
+        sig = model_signature(model)
+        layout = runtime_layout(model, **inputs)
+        if sig != spec.signature or layout != spec.layout:  # pragma: no cover - the specs say the same
+            raise RuntimeError(f"{name}: model signature {sig} / layout {layout} differ from the spec's")
+        params = sum(p.numel() for p in model.parameters())
+        log(f"{name}: {spec.description}; {params / 1e9:.2f} B parameters, {layout.num_tokens:,} tokens "
+            f"({layout}), {sig.num_layers} layers x {sig.num_heads} heads x {sig.head_dim}, {dtype}, "
+            f"built in {build_s:.1f} s")
+
+        def forward():
+            with torch.no_grad():
+                return model(**inputs, return_dict=False)[0]
+
+        def measure():
+            """Warm-up forwards (the last one's output and backends are kept), then the timed ones."""
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            with _sdpa_context(sdpa), record_backends() as counts:
+                for _ in range(max(settings.warmup, 1)):
+                    counts.clear()
+                    out = forward()
+                heads = dict(counts)  # head-calls per backend in one forward
+                times = time_calls(forward, 0, settings.rep, device)
+            peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+            return out, times, heads, peak
+
+        dense_out, times, _, peak = measure()
+        dense_ms = statistics.median(times)
+        base = {"model": name, "tokens": layout.num_tokens, "block_size": spec.block_size}
+        rows.append({**base, "row": "dense", "plan": None, "target_density": 1.0, "density": 1.0,
+                     "backend": f"torch sdpa ({sdpa})", "backend_heads": None, "ms": dense_ms, "ms_all": times,
+                     "speedup": 1.0, "rel_diff_vs_dense": 0.0, "peak_mem_gib": peak})
+        log(f"  dense ({sdpa} SDPA)        {dense_ms:10.1f} ms")
+
+        cases = ([1.0] if settings.dense_plan else []) + targets
+        for target in cases:
+            t1 = time.perf_counter()
+            plan = mixed_plan(sig, layout, target, block_size=spec.block_size)
+            density = plan_density(plan)
+            plan_s = time.perf_counter() - t1
+            sparsevdit.apply(model, plan, backend=settings.backend)
+            try:
+                out, times, heads, peak = measure()
+            finally:
+                sparsevdit.remove(model)
+            ms = statistics.median(times)
+            used = "+".join(sorted(heads, key=lambda b: -heads[b])) if heads else "?"
+            label = "plan dense" if target >= 1 else f"plan {target:.0%}"
+            rows.append({**base, "row": label, "plan": plan.metadata, "target_density": target, "density": density,
+                         "backend": used, "backend_heads": heads, "ms": ms, "ms_all": times, "speedup": dense_ms / ms,
+                         "rel_diff_vs_dense": _rel_diff(out, dense_out), "peak_mem_gib": peak,
+                         "plan_build_s": plan_s})
+            log(f"  {label:12s} density {density:6.1%}  {ms:10.1f} ms  {dense_ms / ms:5.2f}x  backend {used}")
+            del out
+
+        model_info.append({"model": name, "description": spec.description, "config": spec.config,
+                           "latents": list(spec.latents), "encoder_hidden_states": list(spec.text),
+                           "layout": layout.to_dict(), "tokens": layout.num_tokens, "parameters": params,
+                           "signature": sig.to_dict(), "dtype": str(dtype).replace("torch.", ""),
+                           "build_s": build_s})
+        del model, inputs, dense_out, forward
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        if on_model is not None:
+            on_model(_result(settings, device, dtype, sdpa, targets, model_info, rows))
+
+    return _result(settings, device, dtype, sdpa, targets, model_info, rows)
+
+
+def _result(settings, device, dtype, sdpa, targets, model_info, rows) -> dict:
+    return {
+        **environment(),
+        "benchmark": "e2e",
+        "what": "one forward of diffusers WanTransformer3DModel (transformer only, random weights, eager), "
+                "dense (torch SDPA) vs sparsevdit.apply(plan); median of timed forwards",
+        "device": str(device),
+        "settings": {"models": list(settings.models), "densities": targets, "backend": settings.backend,
+                     "warmup": settings.warmup, "rep": settings.rep, "sdpa": sdpa, "dense_plan": settings.dense_plan,
+                     "dtype": str(dtype).replace("torch.", "")},
+        "models": model_info,
+        "rows": rows,
+    }
+
+
+def format_table(result: dict) -> str:
+    head = ("model", "row", "density", "backend", "ms (median)", "speedup", "rel diff vs dense")
+    lines = [[r["model"], r["row"], f"{r['density']:.1%}", r["backend"], f"{r['ms']:.1f}", f"{r['speedup']:.2f}x",
+              f"{r['rel_diff_vs_dense']:.2e}"] for r in result["rows"]]
+    widths = [max(len(h), *(len(line[i]) for line in lines)) if lines else len(h) for i, h in enumerate(head)]
+    fmt = "  ".join("{:<%d}" % w if i < 2 or i == 3 else "{:>%d}" % w for i, w in enumerate(widths))
+    out = [f"end-to-end: one transformer forward, {result['settings']['dtype']} on {result['gpu']}",
+           fmt.format(*head), fmt.format(*("-" * w for w in widths))]
+    out += [fmt.format(*line) for line in lines]
+    return "\n".join(out)
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a comma list of numbers, got {text!r}") from None
+
+
+def parser(prog: str | None = None) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", default="wan1.3b,wan14b",
+                   help="comma list of wan1.3b, wan14b (default: both; about 5 minutes on an H100)")
+    p.add_argument("--densities", type=_floats, default=[0.1, 0.2, 0.3],
+                   help="comma list of target attention densities in (0, 1) (default 0.1,0.2,0.3)")
+    p.add_argument("--backend", default="auto",
+                   help="sparsevdit attention backend for the plans: auto (triton on Hopper), triton, flex (default auto)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed forwards per row before timing, at least 1 (default 2)")
+    p.add_argument("--rep", type=int, default=5, help="timed forwards per row; the median is reported (default 5)")
+    p.add_argument("--sdpa", choices=SDPA_CHOICES, default=None,
+                   help="PyTorch SDPA kernel for every row (dense self-attention, and cross-attention everywhere) "
+                        "(default: cudnn on CUDA, PyTorch's choice on CPU)")
+    p.add_argument("--no-dense-plan", action="store_true", help="skip the all-dense plan sanity row")
+    p.add_argument("--device", default="auto", help="cuda, cpu or auto (default auto)")
+    p.add_argument("--tiny", action="store_true",
+                   help="a tiny random Wan config instead of --models (CPU smoke test; times mean nothing)")
+    p.add_argument("--out", default=None,
+                   help="result JSON (default bench/results/e2e-<gpu>.json; e2e-tiny-<device>.json with --tiny)")
+    return p
+
+
+def main(argv=None, prog: str | None = None) -> int:
+    ap = parser(prog)
+    args = ap.parse_args(argv)
+    models = ["tiny"] if args.tiny else [m for m in args.models.split(",") if m]
+    unknown = [m for m in models if m not in MODELS or (m == "tiny" and not args.tiny)]
+    if unknown:
+        ap.error(f"unknown model(s) {unknown}; choose from wan1.3b, wan14b (or --tiny)")
+    if args.warmup < 0 or args.rep < 1:
+        ap.error("--warmup must be >= 0 and --rep >= 1")
+    bad = [d for d in args.densities if not 0 < d < 1]
+    if bad:
+        ap.error(f"--densities must lie in (0, 1), got {bad}")
+    if args.backend not in ("auto", "triton", "flex", "reference", "masked_sdpa", "sdpa"):
+        ap.error(f"--backend {args.backend!r}: choose auto, triton or flex")
+    try:
+        device = _resolve_device(args.device)
+    except RuntimeError as exc:
+        ap.error(str(exc))
+    if not args.tiny and device.type != "cuda":
+        ap.error("the full-size models need a CUDA GPU; use --tiny for a CPU smoke run")
+    settings = Settings(models=models, densities=args.densities, backend=args.backend, warmup=args.warmup,
+                        rep=args.rep, device=str(device), sdpa=args.sdpa, dense_plan=not args.no_dense_plan)
+    slug = gpu_slug() if device.type == "cuda" else "cpu"
+    out = args.out or (f"bench/results/e2e-tiny-{slug}.json" if args.tiny else f"bench/results/e2e-{slug}.json")
+    result = run(settings, on_model=lambda partial: write_json(out, partial))
+    print(format_table(result))
+    path = write_json(out, result)
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
