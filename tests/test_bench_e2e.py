@@ -127,3 +127,15 @@ def test_e2e_tiny_on_gpu(tmp_path):
     assert e2e.main(["--tiny", "--device", "cuda", "--warmup", "1", "--rep", "2", "--out", str(out)]) == 0
     data = json.loads(out.read_text())
     assert data["settings"]["dtype"] == "bfloat16" and data["settings"]["sdpa"] == "cudnn"
+
+
+def test_e2e_tiny_compiled_outside_self_attention(tmp_path):
+    """--compile: blocks compiled, self-attention eager; the dense plan still reproduces dense exactly."""
+    pytest.importorskip("diffusers")
+    pytest.importorskip("torch._inductor")
+    out = tmp_path / "e2e.json"
+    assert e2e.main(["--tiny", "--device", "cpu", "--compile", "--densities", "0.3", "--warmup", "2", "--rep", "1",
+                     "--out", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert data["settings"]["compile"] is True and "compiled outside self-attention" in data["what"]
+    _check_result(data, densities=(0.3,))

@@ -96,3 +96,28 @@ def test_demo_refuses_bad_sizes(tmp_path):
     result = runner.invoke(app, ["demo", "--out", str(tmp_path), "--device", "cpu", "--height", "30"], terminal_width=200)
     assert result.exit_code == 2
     assert "multiple" in result.output
+
+
+def test_bundled_plan_matches_only_the_default_cpu_demo():
+    """The shipped searched plan is picked for the default CPU demo size and for nothing else."""
+    from sparsevdit.demo import bundled_plan, default_settings
+    from sparsevdit.models.weights import load_weights
+
+    s = default_settings("cpu")
+    model = load_weights(None, device="cpu")
+    plan = bundled_plan(model, model.cfg.layout(s.frames, s.height, s.width), s.block_size, s.steps)
+    assert plan is not None and plan.metadata["algorithm"] == "budget" and plan.source.startswith("bundled ")
+    assert bundled_plan(model, model.cfg.layout(4, 24, 24), s.block_size, s.steps) is None
+    assert bundled_plan(model, model.cfg.layout(s.frames, s.height, s.width), s.block_size, s.steps + 1) is None
+
+
+def test_demo_writes_gifs_only_without_ffmpeg(tmp_path, monkeypatch):
+    import sparsevdit.demo as demo_module
+
+    monkeypatch.setattr(demo_module, "mp4_writer_available", lambda: False)
+    args = ["demo", "--out", str(tmp_path), "--device", "cpu", "--frames", "4", "--height", "24", "--steps", "1",
+            "--seeds", "0", "--classes", "7", "--block-size", "16"]
+    result = runner.invoke(app, args, terminal_width=200)
+    assert result.exit_code == 0, result.output
+    assert "GIFs only" in result.output
+    assert (tmp_path / "seed0_dense.gif").exists() and not list(tmp_path.glob("*.mp4"))

@@ -98,8 +98,13 @@ def demo(
     block_size: Optional[int] = typer.Option(None, help="attention block size (default: 64 on CPU, 128 on GPU)"),
     backend: str = typer.Option("auto", help="attention backend for the sparse run"),
     plan: Optional[Path] = typer.Option(None, "--plan", help="sparse run uses this plan file (from `sparsevdit search`); its layout must match the clip size"),
+    fixed_mix: bool = typer.Option(False, "--fixed-mix", help="use the fixed per-head mix even where a bundled searched plan fits the clip size"),
 ) -> None:
-    """Generate the same seeds with dense and sparse attention on the bundled model; write videos and a report."""
+    """Generate the same seeds with dense and sparse attention on the bundled model; write videos and a report.
+
+    The sparse run uses, in order: --plan; the searched plan shipped for the default CPU size
+    (sparsevdit/models/plans/); else a fixed per-head mix of diagonal / multi-diagonal / stripe heads.
+    """
     from dataclasses import replace
 
     import torch
@@ -126,7 +131,7 @@ def demo(
 
             loaded = SparsityPlan.load(plan)
             loaded.source = str(plan)
-        run_demo(out, device=dev, settings=s, weights=weights, plan=loaded, console=console)
+        run_demo(out, device=dev, settings=s, weights=weights, plan=loaded, use_bundled_plan=not fixed_mix, console=console)
     except (ValueError, FileNotFoundError) as exc:
         _fail(str(exc))
 

@@ -22,7 +22,8 @@ from .metrics import video_psnr_ssim
 from .models.data import CLASSES, caption_for
 from .models.vdit import SamplerConfig, VideoDiT, sample
 from .models.weights import load_weights
-from .video_io import frame_grid, side_by_side, to_uint8_frames, write_video
+from .plan import PlanError, SparsityPlan
+from .video_io import frame_grid, mp4_writer_available, side_by_side, to_uint8_frames, write_video
 
 
 @dataclass
@@ -47,6 +48,27 @@ def default_settings(device: str) -> DemoSettings:
     return DemoSettings(16, 48, 48, 16, 3.0, (0, 1), (0, 5), 64, "auto", device, "float32")
 
 
+BUNDLED_PLANS = Path(__file__).parent / "models" / "plans"
+
+
+def bundled_plan(model: VideoDiT, layout: TokenLayout, block_size: int, steps: int) -> SparsityPlan | None:
+    """The shipped searched plan (``models/plans/*.json``) made for this model, clip size, block size and
+    number of steps, or None: the demo then falls back to the fixed mix."""
+    from .integrations.bundled import model_signature
+
+    for path in sorted(BUNDLED_PLANS.glob("*.json")):
+        plan = SparsityPlan.load(path)
+        if plan.layout != layout or plan.block_size != block_size or plan.metadata.get("calibration", {}).get("steps", steps) != steps:
+            continue
+        try:
+            plan.check_model(model_signature(model))
+        except PlanError:
+            continue
+        plan.source = f"bundled {path.name}"
+        return plan
+    return None
+
+
 def fixed_sparse_mix(model: VideoDiT, layout: TokenLayout, block_size: int) -> list[list[P.BlockPattern]]:
     """A per-head mix of the three Sparse-vDiT patterns (about 20% density), until a searched plan is given."""
     f, n = layout.tokens_per_frame, layout.video_tokens
@@ -67,6 +89,7 @@ def run_demo(
     settings: DemoSettings | None = None,
     weights: str | None = None,
     plan=None,
+    use_bundled_plan: bool = True,
     console: Console | None = None,
 ) -> dict:
     console = console or Console()
@@ -81,6 +104,8 @@ def run_demo(
     classes = torch.tensor(s.classes, device=device)
     sampler = SamplerConfig(steps=s.steps, guidance=s.guidance)
 
+    if plan is None and use_bundled_plan:
+        plan = bundled_plan(model, layout, s.block_size, s.steps)
     if plan is not None:
         from .integrations.bundled import plan_patterns
 
@@ -125,11 +150,14 @@ def run_demo(
     density = sum(density_at(i) for i in range(s.steps)) / s.steps
 
     upscale = max(1, 256 // s.width)
+    exts = ("mp4", "gif") if mp4_writer_available() else ("gif",)
+    if exts == ("gif",):
+        console.print("imageio-ffmpeg is not installed: writing GIFs only (pip install imageio-ffmpeg for MP4)")
     files = []
     for i, (seed, cls) in enumerate(zip(s.seeds, s.classes)):
         d, sp = to_uint8_frames(dense[i], upscale), to_uint8_frames(sparse[i], upscale)
         for name, frames in (("dense", d), ("sparse", sp), ("side_by_side", side_by_side(d, sp))):
-            for ext in ("mp4", "gif"):
+            for ext in exts:
                 files.append(write_video(frames, out / f"seed{seed}_{name}.{ext}").name)
     rows, labels = [], []
     for i, (seed, cls) in enumerate(zip(s.seeds, s.classes)):

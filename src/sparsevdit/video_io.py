@@ -23,6 +23,15 @@ def _even(frames: np.ndarray) -> np.ndarray:
     return np.pad(frames, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)))
 
 
+def mp4_writer_available() -> bool:
+    """MP4 needs the ffmpeg binary that the ``imageio-ffmpeg`` package ships; GIF needs only Pillow."""
+    try:
+        import imageio_ffmpeg  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def write_video(frames: np.ndarray, path: str | Path, fps: int = 8) -> Path:
     """uint8 [T, H, W, 3] to .mp4 (H.264) or .gif, by suffix; written to a temp name, then renamed."""
     import imageio.v2 as imageio
