@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, Optional
 
 import typer
 from rich.table import Table
@@ -12,6 +12,18 @@ from rich.table import Table
 from .cli import _fail, app, console  # noqa: F401
 
 _SAMPLING_HELP = "calibration sampling (default: the demo's size on this device, so `demo --plan` fits)"
+
+# Options shared by the commands that sample the bundled model (profile, search, ...).
+WeightsOpt = Annotated[Optional[Path], typer.Option(help="model folder; default: the bundled model")]
+DeviceOpt = Annotated[str, typer.Option(help="cpu, cuda or auto")]
+SeedsOpt = Annotated[Optional[str], typer.Option(help="calibration seeds, comma list (default 100,101)")]
+ClassesOpt = Annotated[Optional[str], typer.Option(help="one scene class per seed (default: seed % number of classes)")]
+FramesOpt = Annotated[Optional[int], typer.Option(help=_SAMPLING_HELP)]
+HeightOpt = Annotated[Optional[int], typer.Option(help="pixels, a multiple of 4")]
+WidthOpt = Annotated[Optional[int], typer.Option(help="pixels (default: as height)")]
+StepsOpt = Annotated[Optional[int], typer.Option(help="denoising steps")]
+GuidanceOpt = Annotated[Optional[float], typer.Option(help="classifier-free guidance scale")]
+BlockSizeOpt = Annotated[Optional[int], typer.Option("--block-size", help="attention block size")]
 
 
 def _calib(device: str, seeds, classes, frames, height, width, steps, guidance, block_size, backend, num_classes=9):
@@ -86,16 +98,16 @@ def print_plan_summary(plan, steps: int, cost, out=None) -> None:
 @app.command("profile")
 def profile_cmd(
     out: Path = typer.Option(Path("profile.pt"), "--out", "-o", help="profile file to write (torch.save)"),
-    weights: Optional[Path] = typer.Option(None, help="model folder; default: the bundled model"),
-    device: str = typer.Option("auto", help="cpu, cuda or auto"),
-    seeds: Optional[str] = typer.Option(None, help="calibration seeds, comma list (default 100,101)"),
-    classes: Optional[str] = typer.Option(None, help="one scene class per seed (default: seed % number of classes)"),
-    frames: Optional[int] = typer.Option(None, help=_SAMPLING_HELP),
-    height: Optional[int] = typer.Option(None, help="pixels, a multiple of 4"),
-    width: Optional[int] = typer.Option(None, help="pixels (default: as height)"),
-    steps: Optional[int] = typer.Option(None, help="denoising steps"),
-    guidance: Optional[float] = typer.Option(None, help="classifier-free guidance scale"),
-    block_size: Optional[int] = typer.Option(None, "--block-size", help="attention block size"),
+    weights: WeightsOpt = None,
+    device: DeviceOpt = "auto",
+    seeds: SeedsOpt = None,
+    classes: ClassesOpt = None,
+    frames: FramesOpt = None,
+    height: HeightOpt = None,
+    width: WidthOpt = None,
+    steps: StepsOpt = None,
+    guidance: GuidanceOpt = None,
+    block_size: BlockSizeOpt = None,
     rows_per_block: int = typer.Option(8, help="query rows measured per query block (0: every row)"),
 ) -> None:
     """Run the bundled model's sampler with dense attention and record, per (step, layer, head), block-pooled
@@ -141,16 +153,16 @@ def search_cmd(
     epsilon: float = typer.Option(1.0, help="sparse-vdit: keep dense when every sparse loss exceeds this"),
     mode_density: float = typer.Option(0.2, help="sparse-vdit: density of the diagonal / multi-diagonal / stripe modes"),
     cost: str = typer.Option("flops", help="cost model: flops | flops:OVERHEAD | measured | measured:KERNELS.json | COST.json"),
-    weights: Optional[Path] = typer.Option(None, help="model folder; default: the bundled model"),
-    device: str = typer.Option("auto", help="cpu, cuda or auto"),
-    seeds: Optional[str] = typer.Option(None, help="calibration seeds, comma list (default 100,101)"),
-    classes: Optional[str] = typer.Option(None, help="one scene class per seed (default: seed % number of classes)"),
-    frames: Optional[int] = typer.Option(None, help=_SAMPLING_HELP),
-    height: Optional[int] = typer.Option(None, help="pixels, a multiple of 4"),
-    width: Optional[int] = typer.Option(None, help="pixels (default: as height)"),
-    steps: Optional[int] = typer.Option(None, help="denoising steps"),
-    guidance: Optional[float] = typer.Option(None, help="classifier-free guidance scale"),
-    block_size: Optional[int] = typer.Option(None, "--block-size", help="attention block size"),
+    weights: WeightsOpt = None,
+    device: DeviceOpt = "auto",
+    seeds: SeedsOpt = None,
+    classes: ClassesOpt = None,
+    frames: FramesOpt = None,
+    height: HeightOpt = None,
+    width: WidthOpt = None,
+    steps: StepsOpt = None,
+    guidance: GuidanceOpt = None,
+    block_size: BlockSizeOpt = None,
     rows_per_block: Optional[int] = typer.Option(None, help="query rows measured per block (budget default 8, sparse-vdit default all; 0: all)"),
     backend: str = typer.Option("auto", help="attention backend for the sparse sampling runs"),
 ) -> None:
@@ -194,11 +206,11 @@ def cost_cmd(
     calibrate: bool = typer.Option(False, "--calibrate", help="time the kernels on this GPU at the model's shape (GPU)"),
     frames: Optional[int] = typer.Option(None, help="clip frames (for --calibrate / nearest measured shape)"),
     height: Optional[int] = typer.Option(None, help="pixels"),
-    width: Optional[int] = typer.Option(None, help="pixels (default: as height)"),
-    block_size: Optional[int] = typer.Option(None, "--block-size", help="attention block size"),
+    width: WidthOpt = None,
+    block_size: BlockSizeOpt = None,
     backend: str = typer.Option("triton", help="--calibrate: the sparse backend to time"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="write the cost table (JSON) here, for `search --cost FILE`"),
-    weights: Optional[Path] = typer.Option(None, help="model folder; default: the bundled model"),
+    weights: WeightsOpt = None,
 ) -> None:
     """Print (and optionally save) the cost model: relative kernel time per pattern family and density."""
     import torch
@@ -236,13 +248,13 @@ def fidelity_cmd(
     plot: Path = typer.Option(Path("docs/results-fidelity.png"), help="PSNR vs density / predicted time plot"),
     frames: int = typer.Option(16, help="clip frames"),
     height: int = typer.Option(32, help="pixels"),
-    width: Optional[int] = typer.Option(None, help="pixels (default: as height)"),
+    width: WidthOpt = None,
     steps: int = typer.Option(12, help="denoising steps"),
     block_size: int = typer.Option(32, "--block-size", help="attention block size"),
     calib_seeds: str = typer.Option("100,101", help="calibration seeds (searches)"),
     eval_seeds: str = typer.Option("0,1", help="held-out seeds (measurement)"),
     quick: bool = typer.Option(False, help="fewer settings per method (a smoke run)"),
-    weights: Optional[Path] = typer.Option(None, help="model folder; default: the bundled model"),
+    weights: WeightsOpt = None,
 ) -> None:
     """PSNR / SSIM vs attention density of sparse-vdit, budget and uniform / SVG baselines on held-out seeds."""
     from .search.fidelity import run_fidelity
