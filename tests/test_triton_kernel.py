@@ -184,11 +184,68 @@ def test_tiles_and_descriptor_path(cfg):
 
 
 # --------------------------------------------------------------------------------------------
+# in place: a head group of token-major [B, N, H, D] tensors, with a token reordering
+# --------------------------------------------------------------------------------------------
+def _token_major(batch, heads, n, dim, dtype, gen):
+    """[B, H, N, D] views of [B, N, H, D] storage, as diffusers' processors hold q/k/v."""
+    return [torch.randn(batch, n, heads, dim, generator=gen).to(DEVICE, dtype).transpose(1, 2) for _ in range(3)]
+
+
+@here
+@pytest.mark.parametrize("cfg", [
+    ts.KernelConfig(64, 64, 4, 1, False, False),    # pointer path
+    ts.KernelConfig(128, 64, 4, 1, False, True),    # descriptor (TMA) path over the strided views
+], ids=lambda c: c.label())
+@pytest.mark.parametrize("permuted", [False, True], ids=["frame_order", "reordered"])
+def test_in_place_head_group(cfg, permuted):
+    batch, total, n, dim, bs = 2, 5, 300, 64, 128
+    group = [1, 3, 4]
+    gen = torch.Generator().manual_seed(31)
+    q, k, v = _token_major(batch, total, n, dim, torch.float16, gen)
+    nb = num_blocks(n, bs)
+    masks = torch.stack([random_mask(nb, 0.5, 40, empty_rows=[1]), random_mask(nb, 1.0, 41),
+                         random_mask(nb, 0.3, 42, dense_rows=[0])])
+    counts = masks.sum(-1).to(torch.int32)
+    width = max(1, int(counts.max()))
+    order = torch.sort((~masks).to(torch.int8), dim=-1, stable=True).indices[..., :width]
+    indices = torch.where(torch.arange(width) < counts[..., None], order, -1).to(torch.int32)
+    index = ts.index_from_tensors(indices.to(DEVICE), counts.to(DEVICE), bs, n)
+    perm = torch.randperm(n, generator=gen) if permuted else None
+    out = torch.full_like(q, 7.0)  # heads outside the group must stay untouched
+    assert out.stride() == q.stride()
+    lse = torch.full((batch, total, n), 5.0, dtype=torch.float32, device=DEVICE)
+    scale = 1.0 / math.sqrt(dim)
+    ts.block_sparse_attention(q, k, v, index, scale, return_lse=True, config=cfg,
+                              heads=torch.tensor(group, device=DEVICE),
+                              perm=perm.to(DEVICE) if permuted else None, out=out, lse=lse)
+    order_tok = perm if permuted else torch.arange(n)
+    qg, kg, vg = (t.cpu()[:, group][:, :, order_tok] for t in (q, k, v))
+    ref_out, ref_lse = reference(qg, kg, vg, masks, bs, scale)
+    got = out.cpu()[:, group][:, :, order_tok]
+    got_lse = lse.cpu()[:, group][:, :, order_tok]
+    check(got, got_lse, ref_out, ref_lse, torch.float16)
+    others = [h for h in range(total) if h not in group]
+    assert (out.cpu()[:, others] == 7.0).all() and (lse.cpu()[:, others] == 5.0).all()
+
+
+@here
+def test_gather_heads_rows():
+    gen = torch.Generator().manual_seed(5)
+    src = torch.randn(2, 70, 4, 64, generator=gen).to(DEVICE, torch.bfloat16).transpose(1, 2)
+    heads = torch.tensor([3, 0], device=DEVICE, dtype=torch.int32)
+    perm = torch.randperm(70, generator=gen).to(DEVICE, torch.int32)
+    got = ts.gather_heads_rows(src, heads, perm)
+    assert got.is_contiguous() and torch.equal(got, src[:, heads.long()][:, :, perm.long()])
+    assert torch.equal(ts.gather_heads_rows(src, heads, None), src[:, heads.long()])
+
+
+# --------------------------------------------------------------------------------------------
 # through sparse_attention, against the reference backend
 # --------------------------------------------------------------------------------------------
 @here
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_sparse_attention_vs_reference_backend(dtype):
+@pytest.mark.parametrize("token_major", [False, True], ids=["contiguous", "token_major"])
+def test_sparse_attention_vs_reference_backend(dtype, token_major):
     layout = sv.TokenLayout(3, 6, 10, text_tokens=20, text_position="prefix")  # 200 tokens
     bs = 64
     pats = [
@@ -199,8 +256,13 @@ def test_sparse_attention_vs_reference_backend(dtype):
         sv.patterns.build("multi_diagonal", layout, block_size=bs, width=30),
     ]
     gen = torch.Generator().manual_seed(4)
-    q, k, v = (torch.randn(1, len(pats), layout.num_tokens, 64, generator=gen).to(DEVICE, dtype) for _ in range(3))
+    if token_major:
+        q, k, v = _token_major(1, len(pats), layout.num_tokens, 64, dtype, gen)
+    else:
+        q, k, v = (torch.randn(1, len(pats), layout.num_tokens, 64, generator=gen).to(DEVICE, dtype) for _ in range(3))
     out, lse = sv.sparse_attention(q, k, v, pats, layout=layout, backend="triton", return_lse=True)
+    if token_major:  # written in q's layout, so the processor's transpose back is free
+        assert out.stride() == q.stride()
     ref, ref_lse = sv.sparse_attention(q, k, v, pats, layout=layout, backend="reference", return_lse=True)
     assert out.dtype == dtype and lse.dtype == torch.float32
     assert rel_err(out.cpu(), ref.cpu().double()) < TOL[dtype]

@@ -256,6 +256,30 @@ def time_calls(fn, warmup: int, rep: int, device: torch.device) -> list[float]:
     return times
 
 
+def profile_forward(fn, device: torch.device, top: int = 25) -> list[dict]:
+    """One ``fn()`` under ``torch.profiler``: the ``top`` kernels/ops by device (or CPU) time, in ms per forward.
+
+    Says where a forward's time goes (attention kernel vs gathers, transposes, norms), which the
+    end-to-end ratio alone does not.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        fn()
+        _sync(device)
+    rows = []
+    for ev in prof.key_averages():
+        dev_us = getattr(ev, "self_device_time_total", None)
+        if dev_us is None:  # older profilers
+            dev_us = getattr(ev, "self_cuda_time_total", 0.0)
+        us = dev_us if device.type == "cuda" else ev.self_cpu_time_total
+        if us > 0:
+            rows.append({"name": ev.key[:120], "ms": us / 1e3, "calls": ev.count})
+    rows.sort(key=lambda r: -r["ms"])
+    return rows[:top]
+
+
 def _rel_diff(out: torch.Tensor, ref: torch.Tensor) -> float:
     ref = ref.float()
     return float((out.float() - ref).norm() / ref.norm().clamp_min(1e-30))
@@ -275,6 +299,7 @@ class Settings:
     sdpa: str | None = None  # None: cudnn on CUDA, default on CPU
     dense_plan: bool = True
     compile: bool = False
+    profile: bool = False
     extra: dict = field(default_factory=dict)
 
 
@@ -310,6 +335,7 @@ def run(settings: Settings, log=_log, on_model=None) -> dict:
             raise RuntimeError(f"{name} is full size: it needs a CUDA GPU (use --tiny for a CPU smoke run)")
     targets = sorted({float(d) for d in settings.densities if 0 < float(d) < 1})
     rows, model_info = [], []
+    profiles: list = []  # measure() appends one per row with --profile
 
     for name in settings.models:
         spec = MODELS[name]
@@ -344,6 +370,9 @@ def run(settings: Settings, log=_log, on_model=None) -> dict:
                 heads = dict(counts)  # head-calls per backend in one forward
                 times = time_calls(forward, 0, settings.rep, device)
             peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+            if settings.profile:
+                with _sdpa_context(sdpa):
+                    profiles.append(profile_forward(forward, device))
             return out, times, heads, peak
 
         dense_out, times, _, peak = measure()
@@ -351,7 +380,8 @@ def run(settings: Settings, log=_log, on_model=None) -> dict:
         base = {"model": name, "tokens": layout.num_tokens, "block_size": spec.block_size}
         rows.append({**base, "row": "dense", "plan": None, "target_density": 1.0, "density": 1.0,
                      "backend": f"torch sdpa ({sdpa})", "backend_heads": None, "ms": dense_ms, "ms_all": times,
-                     "speedup": 1.0, "rel_diff_vs_dense": 0.0, "peak_mem_gib": peak})
+                     "speedup": 1.0, "rel_diff_vs_dense": 0.0, "peak_mem_gib": peak,
+                     **({"profile": profiles[-1]} if settings.profile else {})})
         log(f"  dense ({sdpa} SDPA)        {dense_ms:10.1f} ms")
 
         cases = ([1.0] if settings.dense_plan else []) + targets
@@ -371,7 +401,7 @@ def run(settings: Settings, log=_log, on_model=None) -> dict:
             rows.append({**base, "row": label, "plan": plan.metadata, "target_density": target, "density": density,
                          "backend": used, "backend_heads": heads, "ms": ms, "ms_all": times, "speedup": dense_ms / ms,
                          "rel_diff_vs_dense": _rel_diff(out, dense_out), "peak_mem_gib": peak,
-                         "plan_build_s": plan_s})
+                         "plan_build_s": plan_s, **({"profile": profiles[-1]} if settings.profile else {})})
             log(f"  {label:12s} density {density:6.1%}  {ms:10.1f} ms  {dense_ms / ms:5.2f}x  backend {used}")
             del out
 
@@ -442,6 +472,8 @@ def parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--no-dense-plan", action="store_true", help="skip the all-dense plan sanity row")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile every block outside its self-attention, the same for every row (default: eager)")
+    p.add_argument("--profile", action="store_true",
+                   help="after timing each row, profile one forward and store its top kernels by device time")
     p.add_argument("--device", default="auto", help="cuda, cpu or auto (default auto)")
     p.add_argument("--tiny", action="store_true",
                    help="a tiny random Wan config instead of --models (CPU smoke test; times mean nothing)")
@@ -472,11 +504,16 @@ def main(argv=None, prog: str | None = None) -> int:
         ap.error("the full-size models need a CUDA GPU; use --tiny for a CPU smoke run")
     settings = Settings(models=models, densities=args.densities, backend=args.backend, warmup=args.warmup,
                         rep=args.rep, device=str(device), sdpa=args.sdpa, dense_plan=not args.no_dense_plan,
-                        compile=args.compile)
+                        compile=args.compile, profile=args.profile)
     slug = gpu_slug() if device.type == "cuda" else "cpu"
     out = args.out or (f"bench/results/e2e-tiny-{slug}.json" if args.tiny else f"bench/results/e2e-{slug}.json")
     result = run(settings, on_model=lambda partial: write_json(out, partial))
     print(format_table(result))
+    if args.profile:
+        for r in result["rows"]:
+            print(f"\n{r['model']} {r['row']}: top kernels (ms per forward)")
+            for p in r.get("profile", [])[:15]:
+                print(f"  {p['ms']:9.2f}  x{p['calls']:<5d} {p['name']}")
     path = write_json(out, result)
     print(f"wrote {path}")
     return 0

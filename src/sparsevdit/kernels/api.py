@@ -74,25 +74,42 @@ def sparse_attention(
         if not p.is_empty:
             groups[(p.ordering, p.block_size)].append(h)
 
+    covered = sum(len(hs) for hs in groups.values()) == heads
+    calls = {}
+    for (ordering, block), hs in groups.items():
+        call = AttentionCall(
+            device=q.device, dtype=q.dtype, batch=batch, heads=len(hs), num_tokens=n, head_dim=head_dim,
+            patterns=tuple(patterns[h] for h in hs), return_lse=return_lse, requires_grad=grad,
+        )
+        calls[(ordering, block)] = (call, select_backend(backend, call))
+    in_place = all(hasattr(impl, "run_into") for _, impl in calls.values())
+
+    if in_place:
+        # The backend reads the group's heads (and reordered tokens) from q/k/v as they are and writes
+        # into out: no gather, scatter or layout copy here. ``empty_like`` keeps q's strides, so a
+        # [B, N, H, D]-backed q gives an out whose transpose back is free.
+        out = torch.empty_like(q) if covered else torch.zeros_like(q)
+        lse = torch.full((batch, heads, n), float("-inf"), dtype=torch.float32, device=q.device) if return_lse else None
+        for (ordering, _), hs in groups.items():
+            call, impl = calls[(ordering, _)]
+            hidx, perm = _group_index(tuple(hs), layout, ordering, q.device, torch.int32)
+            impl.run_into(q, k, v, call, scale, heads=hidx, perm=perm, out=out, lse=lse)
+        return (out, lse) if return_lse else out
+
     if len(groups) == 1 and len(next(iter(groups.values()))) == heads and next(iter(groups))[0] == "frame_major":
         # One fused group of every head in the model's own order: no gather, scatter or permutation.
-        call = AttentionCall(q.device, q.dtype, batch, heads, n, head_dim, tuple(patterns), return_lse, grad)
-        o, lse = select_backend(backend, call).run(q.contiguous(), k.contiguous(), v.contiguous(), call, scale)
+        call, impl = next(iter(calls.values()))
+        o, lse = impl.run(q.contiguous(), k.contiguous(), v.contiguous(), call, scale)
         return (o, lse.float()) if return_lse else o
 
     # Every group is gathered (heads, and tokens for a reordering) in one indexing pass that also makes
     # it contiguous, and its output is scattered straight back: at 30K+ tokens each extra pass over
     # q/k/v costs about as much as a 10%-dense kernel call.
-    covered = sum(len(hs) for hs in groups.values()) == heads
     out = torch.empty_like(q, memory_format=torch.contiguous_format) if covered else torch.zeros_like(q, memory_format=torch.contiguous_format)
     lse = torch.full((batch, heads, n), float("-inf"), dtype=torch.float32, device=q.device) if return_lse else None
 
-    for (ordering, _), hs in groups.items():
-        call = AttentionCall(
-            device=q.device, dtype=q.dtype, batch=batch, heads=len(hs), num_tokens=n, head_dim=head_dim,
-            patterns=tuple(patterns[h] for h in hs), return_lse=return_lse, requires_grad=grad,
-        )
-        impl = select_backend(backend, call)
+    for (ordering, block), hs in groups.items():
+        call, impl = calls[(ordering, block)]
         hidx, perm = _group_index(tuple(hs), layout, ordering, q.device)
         if perm is None:
             qg, kg, vg = (t.index_select(1, hidx) for t in (q, k, v))
@@ -111,8 +128,9 @@ def sparse_attention(
 
 
 @lru_cache(maxsize=128)
-def _group_index(heads: tuple[int, ...], layout: TokenLayout, ordering: str, device: torch.device):
+def _group_index(heads: tuple[int, ...], layout: TokenLayout, ordering: str, device: torch.device,
+                 dtype: torch.dtype = torch.long):
     """Device tensors of a head group's indices and its token permutation (None for frame-major), cached."""
-    hidx = torch.tensor(heads, dtype=torch.long, device=device)
-    perm = None if ordering == "frame_major" else layout.permutation(ordering).to(device)
+    hidx = torch.tensor(heads, dtype=dtype, device=device)
+    perm = None if ordering == "frame_major" else layout.permutation(ordering).to(device=device, dtype=dtype)
     return hidx, perm

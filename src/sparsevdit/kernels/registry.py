@@ -42,7 +42,13 @@ class Backend(Protocol):
     def run(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, call: AttentionCall, scale: float
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Attention over [B, h, N, D] already in the patterns' ordering; returns (out, lse or None)."""
+        """Attention over [B, h, N, D] already in the patterns' ordering; returns (out, lse or None).
+
+        A backend may also define ``run_into(q, k, v, call, scale, *, heads, perm, out, lse)``: the
+        call's heads ``heads`` of the full [B, H, N, D] q/k/v (any strides, model token order), with
+        token reordering ``perm`` (or None), written into ``out``/``lse`` in place. ``sparse_attention``
+        then skips its own gather and scatter passes.
+        """
 
 
 class BackendError(RuntimeError):

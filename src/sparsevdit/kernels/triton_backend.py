@@ -46,5 +46,12 @@ class TritonBackend:
         index = ts.block_index_for(call.patterns, q.device)
         return ts.block_sparse_attention(q, k, v, index, scale, return_lse=call.return_lse)
 
+    def run_into(self, q, k, v, call: AttentionCall, scale: float, *, heads, perm, out, lse) -> None:
+        """The group ``heads`` of the full [B, H, N, D] q/k/v (any strides), written into out/lse in place;
+        ``perm``: the group's token reordering (position j is token perm[j]) or None."""
+        index = ts.block_index_for(call.patterns, q.device)
+        ts.block_sparse_attention(q, k, v, index, scale, return_lse=call.return_lse, heads=heads, perm=perm,
+                                  out=out, lse=lse)
+
 
 register_backend(TritonBackend())
