@@ -2,7 +2,7 @@
 
 What is timed: one call of a full-size, random-weight ``diffusers.WanTransformer3DModel`` (the
 transformer only: no text encoder, no VAE, no scheduler) on random latents, random text embeddings
-[1, 512, 4096] and one timestep, in bf16, eager (no torch.compile), on one CUDA GPU:
+[1, 512, 4096] and one timestep, in bf16, eager unless ``--compile``, on one CUDA GPU:
 
 - Wan2.1-T2V-1.3B at 480x832, 81 frames: latents [1, 16, 21, 60, 104] -> 21 x 30 x 52 = 32,760 tokens;
 - Wan2.1-T2V-14B at 720x1280, 81 frames: latents [1, 16, 21, 90, 160] -> 21 x 45 x 80 = 75,600 tokens.
