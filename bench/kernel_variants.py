@@ -1,0 +1,104 @@
+"""Time kernel variants of our Triton block-sparse kernel side by side with cuDNN dense SDPA (GPU).
+
+    PYTHONPATH=src python bench/kernel_variants.py --shapes wan1.3b,wan14b,hunyuan --out $OUT/variants.json
+
+For each shape (``sparsevdit.bench.kernels.SHAPES``) and pattern case (kind at a density, from
+``patterns_at``), every variant runs on the same q/k/v and index: ``auto`` (the autotuned default path
+with ``pairing="off"``), ``pair-auto`` (the autotuned pair configs, ``pairing="on"``), and each forced
+``KernelConfig`` label of ``--configs`` (``M256...`` labels at block 128 run pair programs). Each row
+records ms (``triton.testing.do_bench`` median), efficiency = cudnn_dense_ms x density / ms, the pair
+lists' waste, and a float32 spot check of the first and last query blocks of every head.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
+
+from sparsevdit.bench.common import environment, write_json  # noqa: E402
+from sparsevdit.bench.kernels import SHAPES, patterns_at, spot_check  # noqa: E402
+from sparsevdit.kernels import triton_sparse as ts  # noqa: E402
+
+
+def parse_config(label: str) -> ts.KernelConfig:
+    """``M256N64w8s2`` (optional ``-ws``) -> KernelConfig."""
+    import re
+
+    m = re.fullmatch(r"M(\d+)N(\d+)w(\d+)s(\d+)(-ws)?", label)
+    if not m:
+        raise argparse.ArgumentTypeError(f"bad config label {label!r} (e.g. M256N64w8s2)")
+    return ts.KernelConfig(int(m[1]), int(m[2]), int(m[3]), int(m[4]), bool(m[5]))
+
+
+def bench_ms(fn) -> float:
+    import triton.testing
+
+    return float(triton.testing.do_bench(fn, warmup=25, rep=150, return_mode="median"))
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--shapes", default="wan1.3b,wan14b,hunyuan")
+    ap.add_argument("--cases", default="dense:1.0,diagonal:0.1,diagonal:0.25,diag+stripes:0.5,multi_diagonal:0.1,random:0.1",
+                    help="comma list of kind:density")
+    ap.add_argument("--configs", default="M256N64w8s2,M256N32w8s3,M64N128w4s2",
+                    help="forced KernelConfig labels besides auto and pair-auto")
+    ap.add_argument("--out", default="bench/results/kernel-variants.json")
+    args = ap.parse_args(argv)
+    cases = [(c.split(":")[0], float(c.split(":")[1])) for c in args.cases.split(",") if c]
+    configs = [parse_config(c) for c in args.configs.split(",") if c]
+    rows = []
+    result = {**environment(), "benchmark": "kernel-variants", "rows": rows}
+    for shape_name in args.shapes.split(","):
+        shape = SHAPES[shape_name]
+        n, h, d = shape.layout.num_tokens, shape.heads, shape.head_dim
+        gen = torch.Generator(device="cuda").manual_seed(0)
+        q, k, v = (torch.randn(1, h, n, d, device="cuda", dtype=torch.bfloat16, generator=gen) for _ in range(3))
+        scale = 1.0 / math.sqrt(d)
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
+            cudnn_ms = bench_ms(lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v))
+        print(f"{shape_name} 1x{h}x{n}x{d}: cuDNN dense {cudnn_ms:.2f} ms", flush=True)
+        rows.append(dict(shape=shape_name, case="dense", variant="cudnn", density=1.0, ms=cudnn_ms, efficiency=1.0))
+        for kind, dens in cases:
+            pats = patterns_at(kind, shape, dens)
+            density = sum(p.density for p in pats) / len(pats)
+            index = ts.block_index_for(pats, q.device)
+            waste = index.pairs().waste
+            variants = [("auto", dict(pairing="off")), ("pair-auto", dict(pairing="on"))]
+            variants += [(c.label(), dict(config=c)) for c in configs]
+            for name, kw in variants:
+                try:
+                    fn = lambda: ts.block_sparse_attention(q, k, v, index, scale, **kw)  # noqa: E731
+                    out, _ = fn()
+                    err = spot_check(out, q, k, v, pats, scale)
+                    ms = bench_ms(fn)
+                    row = dict(shape=shape_name, case=f"{kind} {dens:g}", variant=name, density=density, ms=ms,
+                               efficiency=cudnn_ms * density / ms, pair_waste=waste, spot_err=err)
+                    del out
+                except Exception as exc:  # a config that does not compile or fit: record it, go on
+                    row = dict(shape=shape_name, case=f"{kind} {dens:g}", variant=name, density=density,
+                               error=f"{type(exc).__name__}: {str(exc)[:300]}")
+                rows.append(row)
+                if "ms" in row:
+                    print(f"  {kind:15s} {density:6.1%} {name:12s} {row['ms']:9.3f} ms  eff {row['efficiency']:.3f}"
+                          f"  waste {waste:.2f}  err {row['spot_err']:.1e}", flush=True)
+                else:
+                    print(f"  {kind:15s} {density:6.1%} {name:12s} {row['error']}", flush=True)
+            write_json(args.out, result)
+        del q, k, v
+        torch.cuda.empty_cache()
+    write_json(args.out, result)
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
