@@ -173,8 +173,6 @@ def test_distance_hook(window, alpha):
     ts.KernelConfig(128, 64, 4, 1, False, True),    # descriptor (TMA) path; key tile half the block
     ts.KernelConfig(128, 128, 4, 1, False, True),   # descriptor path, full tiles
     ts.KernelConfig(128, 128, 4, 1, False, True, False),  # descriptors built inside the kernel
-    ts.KernelConfig(256, 128, 8, 1, False, False),  # pair programs (two blocks of 128), pointer path
-    ts.KernelConfig(256, 64, 8, 1, False, True),    # pair programs, descriptor path
 ], ids=lambda c: c.label())
 def test_tiles_and_descriptor_path(cfg):
     n, bs = 300, 128
@@ -197,7 +195,6 @@ def _token_major(batch, heads, n, dim, dtype, gen):
 @pytest.mark.parametrize("cfg", [
     ts.KernelConfig(64, 64, 4, 1, False, False),    # pointer path
     ts.KernelConfig(128, 64, 4, 1, False, True),    # descriptor (TMA) path over the strided views
-    ts.KernelConfig(256, 64, 8, 1, False, True),    # pair programs over the strided views
 ], ids=lambda c: c.label())
 @pytest.mark.parametrize("permuted", [False, True], ids=["frame_order", "reordered"])
 def test_in_place_head_group(cfg, permuted):
@@ -229,32 +226,6 @@ def test_in_place_head_group(cfg, permuted):
     check(got, got_lse, ref_out, ref_lse, torch.float16)
     others = [h for h in range(total) if h not in group]
     assert (out.cpu()[:, others] == 7.0).all() and (lse.cpu()[:, others] == 5.0).all()
-
-
-@here
-@pytest.mark.parametrize("n,block_size,density", [(300, 64, 0.4), (256, 64, 1.0), (460, 64, 0.15)])
-def test_pair_programs(n, block_size, density):
-    """Pair programs over random lists: rows of one half must ignore blocks only the other half keeps,
-    and a row that keeps nothing (an empty query block beside a non-empty one) stays empty."""
-    nb = num_blocks(n, block_size)
-    masks = torch.stack([random_mask(nb, density, 50 + h, empty_rows=[h + 1]) for h in range(3)])
-    cfg = ts.KernelConfig(2 * block_size, block_size, 4, 1, False, False)
-    out, lse, ref_out, ref_lse = run_kernel(masks, n, 64, torch.float16, block_size, config=cfg)
-    check(out, lse, ref_out, ref_lse, torch.float16)
-
-
-def test_pair_index_lists():
-    # one head, 4 query blocks of 64 over N = 250 (last key block partial)
-    masks = torch.tensor([[1, 0, 1, 1], [0, 1, 1, 1], [0, 0, 0, 0], [1, 0, 0, 1]], dtype=torch.bool)[None]
-    counts = masks.sum(-1).to(torch.int32)
-    order = torch.sort((~masks).to(torch.int8), dim=-1, stable=True).indices[..., :3]
-    idx = torch.where(torch.arange(3) < counts[..., None], order, 0).to(torch.int32)
-    pi = ts.make_pair_index(idx, counts, 250, 64)
-    # pair 0: both keep 2 (3 is the partial block: masked loop); 0 first only, 1 second only, 3 both
-    assert pi.n_both.tolist() == [[1, 0]] and pi.n_all.tolist() == [[4, 2]]
-    assert pi.kv_indices[0, 0].tolist() == [2, 0, 1, 3] and pi.flags[0, 0].tolist() == [3, 1, 2, 3]
-    assert pi.kv_indices[0, 1, :2].tolist() == [0, 3] and pi.flags[0, 1, :2].tolist() == [2, 2]
-    assert pi.waste == pytest.approx(12 / 8)
 
 
 @here

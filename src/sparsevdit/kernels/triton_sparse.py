@@ -87,9 +87,8 @@ def hopper_features(device: torch.device) -> bool:
 # kernel
 # ----------------------------------------------------------------------------------------------
 @_kernel_fn
-def _tile_step(acc, l_i, m_i, q, k, v, offs_m, start_n, N, qk_scale, window, alpha, row_keep,
-               BLOCK_N: tl.constexpr, MASK_N: tl.constexpr, USE_DIST: tl.constexpr, DOT_F32: tl.constexpr,
-               ROWMASK: tl.constexpr = False):
+def _tile_step(acc, l_i, m_i, q, k, v, offs_m, start_n, N, qk_scale, window, alpha,
+               BLOCK_N: tl.constexpr, MASK_N: tl.constexpr, USE_DIST: tl.constexpr, DOT_F32: tl.constexpr):
     if DOT_F32:  # interpreter: its dot multiplies bf16 as raw uint16 bits, so upcast first
         qk = tl.dot(q.to(tl.float32), tl.trans(k.to(tl.float32)))
     else:
@@ -102,16 +101,9 @@ def _tile_step(acc, l_i, m_i, q, k, v, offs_m, start_n, N, qk_scale, window, alp
         qk = tl.where(far & (qk > 0), qk * alpha, qk)
     if MASK_N:
         qk = tl.where(offs_n[None, :] < N, qk, float("-inf"))
-    if ROWMASK:
-        qk = tl.where(row_keep[:, None], qk, float("-inf"))
     m_ij = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
-    if ROWMASK:  # a row may have seen no key yet and get none here: keep its exponents finite
-        m_ij_safe = tl.where(m_ij == float("-inf"), 0.0, m_ij)
-        p = tl.math.exp2(qk * qk_scale - m_ij_safe[:, None])
-        corr = tl.math.exp2(m_i - m_ij_safe)
-    else:
-        p = tl.math.exp2(qk * qk_scale - m_ij[:, None])
-        corr = tl.math.exp2(m_i - m_ij)
+    p = tl.math.exp2(qk * qk_scale - m_ij[:, None])
+    corr = tl.math.exp2(m_i - m_ij)
     l_i = l_i * corr + tl.sum(p, 1)
     acc = acc * corr[:, None]
     if DOT_F32:
@@ -122,21 +114,13 @@ def _tile_step(acc, l_i, m_i, q, k, v, offs_m, start_n, N, qk_scale, window, alp
 
 @_kernel_fn
 def _key_loop(acc, l_i, m_i, q, K, desc_k, desc_v, V, k_base, v_base, stride_kn, stride_vn, b, hk,
-              idx_ptr, lo, hi, offs_m, N, qk_scale, window, alpha, flag_ptr, split,
+              idx_ptr, lo, hi, offs_m, N, qk_scale, window, alpha,
               HEAD_DIM: tl.constexpr, BLOCK: tl.constexpr, BLOCK_N: tl.constexpr,
               MASK_N: tl.constexpr, USE_DIST: tl.constexpr, USE_DESC: tl.constexpr,
-              WARP_SPEC: tl.constexpr, DOT_F32: tl.constexpr, ROWMASK: tl.constexpr = False):
-    # ROWMASK (pair programs): entry j is kept by the first block's rows (flag 1), the second's (2) or
-    # both (3); rows < split are the first block's.
+              WARP_SPEC: tl.constexpr, DOT_F32: tl.constexpr):
     KSUB: tl.constexpr = BLOCK // BLOCK_N
     offs_d = tl.arange(0, HEAD_DIM)
-    first_half = offs_m < split
     for j in tl.range(lo, hi, warp_specialize=WARP_SPEC):
-        if ROWMASK:
-            f = tl.load(flag_ptr + j // KSUB)
-            row_keep = tl.where(first_half, (f & 1) != 0, (f & 2) != 0)
-        else:
-            row_keep = first_half
         if KSUB == 1:
             start_n = tl.load(idx_ptr + j) * BLOCK
         else:
@@ -156,13 +140,13 @@ def _key_loop(acc, l_i, m_i, q, K, desc_k, desc_v, V, k_base, v_base, stride_kn,
             else:
                 k = tl.load(k_ptrs)
                 v = tl.load(v_ptrs)
-        acc, l_i, m_i = _tile_step(acc, l_i, m_i, q, k, v, offs_m, start_n, N, qk_scale, window, alpha, row_keep,
-                                   BLOCK_N, MASK_N, USE_DIST, DOT_F32, ROWMASK)
+        acc, l_i, m_i = _tile_step(acc, l_i, m_i, q, k, v, offs_m, start_n, N, qk_scale, window, alpha,
+                                   BLOCK_N, MASK_N, USE_DIST, DOT_F32)
     return acc, l_i, m_i
 
 @_kernel_fn
 def _block_sparse_fwd(
-    Q, K, V, O, Qd, Kd, Vd, Od, LSE, KV_IDX, KV_CNT, SCHED, HMAP_QO, HMAP_KV, PERM, PFLAGS, PBOTH,
+    Q, K, V, O, Qd, Kd, Vd, Od, LSE, KV_IDX, KV_CNT, SCHED, HMAP_QO, HMAP_KV, PERM,
     stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_kn,
     stride_vb, stride_vh, stride_vn, stride_ob, stride_oh, stride_on,
     qk_scale, window, alpha,
@@ -171,21 +155,17 @@ def _block_sparse_fwd(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     EVEN_N: tl.constexpr, USE_DIST: tl.constexpr, STORE_LSE: tl.constexpr,
     USE_DESC: tl.constexpr, WARP_SPEC: tl.constexpr, HOST_DESC: tl.constexpr = True,
-    DOT_F32: tl.constexpr = False, PERMUTED: tl.constexpr = False, PAIR: tl.constexpr = False,
+    DOT_F32: tl.constexpr = False, PERMUTED: tl.constexpr = False,
 ):
     # Q/O (and LSE) are [B, H_QO, N, D] with any strides: the call's head i is head HMAP_QO[i] there;
     # K/V are [B, H_KV, N, D] likewise through HMAP_KV. PERMUTED: the index lists are over a reordered
     # sequence whose position j is token PERM[j] of Q/O (K/V come already reordered), so Q rows are
     # gathered and O rows scattered by pointer in the prologue/epilogue, once per tile.
+    QSUB: tl.constexpr = BLOCK // BLOCK_M
     KSUB: tl.constexpr = BLOCK // BLOCK_N
     pid = tl.program_id(0)
-    if PAIR:  # BLOCK_M = 2 * BLOCK: query blocks (2 qb, 2 qb + 1); NQB counts pairs here
-        rest = pid
-        qsub = 0
-    else:
-        QSUB: tl.constexpr = BLOCK // BLOCK_M
-        qsub = pid % QSUB
-        rest = pid // QSUB
+    qsub = pid % QSUB
+    rest = pid // QSUB
     b = rest % B
     item = tl.load(SCHED + rest // B)  # head * NQB + query block, longest lists first
     head = item // NQB
@@ -194,13 +174,8 @@ def _block_sparse_fwd(
     hk = tl.load(HMAP_KV + head)
     cnt = tl.load(KV_CNT + item)
     idx_ptr = KV_IDX + item.to(tl.int64) * MAXW
-    flag_ptr = PFLAGS + item.to(tl.int64) * MAXW
 
-    if PAIR:
-        start_m = qb * BLOCK_M
-    else:
-        start_m = qb * BLOCK + qsub * BLOCK_M
-    split = qb * BLOCK_M + BLOCK
+    start_m = qb * BLOCK + qsub * BLOCK_M
     offs_m = start_m + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, HEAD_DIM)
     b64 = b.to(tl.int64)
@@ -249,20 +224,9 @@ def _block_sparse_fwd(
     acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
 
     n_iter = cnt * KSUB
-    if PAIR:
-        # blocks both halves keep (never the partial last one): unmasked; then the rest, masked per row
-        # half and, for the partial last block, per column (TMA zero-fills rows past N).
-        n_both = tl.load(PBOTH + item) * KSUB
+    if EVEN_N:
         acc, l_i, m_i = _key_loop(acc, l_i, m_i, q, K, desc_k, desc_v, V, k_base, v_base, stride_kn, stride_vn,
-                                  b, hk, idx_ptr, 0, n_both, offs_m, N, qk_scale, window, alpha, flag_ptr, split,
-                                  HEAD_DIM, BLOCK, BLOCK_N, False, USE_DIST, USE_DESC, WARP_SPEC, DOT_F32)
-        acc, l_i, m_i = _key_loop(acc, l_i, m_i, q, K, desc_k, desc_v, V, k_base, v_base, stride_kn, stride_vn,
-                                  b, hk, idx_ptr, n_both, n_iter, offs_m, N, qk_scale, window, alpha, flag_ptr,
-                                  split, HEAD_DIM, BLOCK, BLOCK_N, not EVEN_N, USE_DIST, USE_DESC, False, DOT_F32,
-                                  True)
-    elif EVEN_N:
-        acc, l_i, m_i = _key_loop(acc, l_i, m_i, q, K, desc_k, desc_v, V, k_base, v_base, stride_kn, stride_vn,
-                                  b, hk, idx_ptr, 0, n_iter, offs_m, N, qk_scale, window, alpha, flag_ptr, split,
+                                  b, hk, idx_ptr, 0, n_iter, offs_m, N, qk_scale, window, alpha,
                                   HEAD_DIM, BLOCK, BLOCK_N, False, USE_DIST, USE_DESC, WARP_SPEC, DOT_F32)
     else:
         # Lists are ascending: the partial last key block, when kept, is the last entry.
@@ -270,11 +234,11 @@ def _block_sparse_fwd(
         has_tail = (cnt > 0) & (last == NQB - 1)
         n_full = n_iter - has_tail.to(tl.int32) * KSUB
         acc, l_i, m_i = _key_loop(acc, l_i, m_i, q, K, desc_k, desc_v, V, k_base, v_base, stride_kn, stride_vn,
-                                  b, hk, idx_ptr, 0, n_full, offs_m, N, qk_scale, window, alpha, flag_ptr, split,
+                                  b, hk, idx_ptr, 0, n_full, offs_m, N, qk_scale, window, alpha,
                                   HEAD_DIM, BLOCK, BLOCK_N, False, USE_DIST, USE_DESC, WARP_SPEC, DOT_F32)
         acc, l_i, m_i = _key_loop(acc, l_i, m_i, q, K, desc_k, desc_v, V, k_base, v_base, stride_kn, stride_vn,
-                                  b, hk, idx_ptr, n_full, n_iter, offs_m, N, qk_scale, window, alpha, flag_ptr,
-                                  split, HEAD_DIM, BLOCK, BLOCK_N, True, USE_DIST, False, False, DOT_F32)
+                                  b, hk, idx_ptr, n_full, n_iter, offs_m, N, qk_scale, window, alpha,
+                                  HEAD_DIM, BLOCK, BLOCK_N, True, USE_DIST, False, False, DOT_F32)
 
     # epilogue: rows with no kept key (l == 0) give 0 and lse = -inf
     empty = l_i == 0.0
@@ -349,15 +313,6 @@ HOPPER_CONFIGS: dict[int, list[KernelConfig]] = {
 }
 
 
-# Pair programs (256 query rows = two blocks of 128 over the union of their lists): 8 warps, i.e. two
-# warpgroups of 128 rows sharing every K/V tile, as cuDNN / FlashAttention-3 lay out their CTAs.
-PAIR_CONFIGS: dict[int, list[KernelConfig]] = {
-    64: [KernelConfig(256, 64, 8, 2), KernelConfig(256, 128, 8, 2)],
-    128: [KernelConfig(256, 64, 8, 2), KernelConfig(256, 32, 8, 3)],
-}
-PAIR_MAX_WASTE = 1.1  # auto pairs only when the unions add at most 10% computed pairs
-
-
 def fallback_config(block_size: int, device: torch.device) -> KernelConfig:
     if device.type != "cuda":  # interpreter: one tile per block, fewest Python-level steps
         return KernelConfig(block_size, block_size, 4, 1, False, False)
@@ -387,67 +342,10 @@ class BlockIndex:
     def num_q_blocks(self) -> int:
         return self.kv_counts.shape[1]
 
-    def pairs(self) -> PairIndex:
-        """The 256-row pair lists (built once, on the index's device)."""
-        if "pairs" not in self._schedules:
-            pi = make_pair_index(self.kv_indices.cpu(), self._counts_cpu, self.num_tokens, self.block_size)
-            dev = self.kv_counts.device
-            self._schedules["pairs"] = PairIndex(pi.kv_indices.to(dev), pi.flags.to(dev), pi.n_both.to(dev),
-                                                 pi.n_all.to(dev), pi.schedule.to(dev), pi.waste)
-        return self._schedules["pairs"]
-
     def schedule(self, kind: str = "head") -> torch.Tensor:
         if kind not in self._schedules:
             self._schedules[kind] = make_schedule(self._counts_cpu, kind).to(self.kv_counts.device)
         return self._schedules[kind]
-
-
-@dataclass
-class PairIndex:
-    """Key lists of query-block *pairs* (2p, 2p+1) for 256-row programs (``pair`` mode).
-
-    A pair program streams each kept K/V tile once for 256 query rows (half the K/V traffic per FLOP
-    of two 128-row programs), looping over the union of its two blocks' lists: first the blocks both
-    keep (no masking), then the blocks one keeps (``flags``: 1 = the first block's rows, 2 = the
-    second's; the other half's logits are masked) and the partial last key block (column mask).
-    ``waste`` = computed pairs / kept pairs (1.0 for dense and smooth band patterns, ~2 for random).
-    """
-
-    kv_indices: torch.Tensor  # [h, QP, W2] int32
-    flags: torch.Tensor  # [h, QP, W2] int32
-    n_both: torch.Tensor  # [h, QP] int32: entries of the unmasked first loop
-    n_all: torch.Tensor  # [h, QP] int32
-    schedule: torch.Tensor  # [h * QP] int32, longest first within each head
-    waste: float
-
-
-def make_pair_index(kv_indices: torch.Tensor, counts: torch.Tensor, num_tokens: int, block_size: int) -> PairIndex:
-    h, nq, _ = kv_indices.shape
-    nk = nq  # self-attention: as many key blocks as query blocks
-    mask = torch.zeros(h, nq + (nq % 2), nk + 1, dtype=torch.bool)
-    width = torch.arange(kv_indices.shape[-1])
-    valid = width[None, None, :] < counts[..., None].long()
-    cols = torch.where(valid, kv_indices.long(), nk)  # padding -> the scratch column nk
-    mask[:, :nq].scatter_(2, cols, True)
-    mask = mask[..., :nk]
-    top, bot = mask[:, 0::2], mask[:, 1::2]
-    both, either = top & bot, top | bot
-    if num_tokens % block_size:  # the partial last key block goes to the masked loop
-        both[..., nk - 1] = False
-    cat = torch.where(both, 0, torch.where(either, 1, 2))  # 0 first loop, 1 masked loop, 2 none
-    kb = torch.arange(nk)
-    order = torch.sort(cat * (nk + 1) + kb, dim=-1).indices
-    n_both = both.sum(-1).to(torch.int32)
-    n_all = either.sum(-1).to(torch.int32)
-    w2 = max(1, int(n_all.max()))
-    order = order[..., :w2]
-    flags = (top.long() + 2 * bot.long()).gather(-1, order)
-    flags = torch.where(torch.arange(w2) < n_all[..., None], flags, 0)
-    idx = torch.where(torch.arange(w2) < n_all[..., None], order, 0)
-    computed = float(n_all.sum()) * 2
-    kept = float(counts.sum())
-    return PairIndex(idx.to(torch.int32).contiguous(), flags.to(torch.int32).contiguous(), n_both.contiguous(),
-                     n_all.contiguous(), make_schedule(n_all, "head"), computed / max(kept, 1.0))
 
 
 def make_schedule(counts: torch.Tensor, kind: str = "head") -> torch.Tensor:
@@ -534,7 +432,7 @@ def _interpreter_compat() -> None:
 
 _KERNEL_INTERPRETED: bool | None = None
 _AUTOTUNED: dict = {}
-_TUNE_KEY = ["HEAD_DIM", "BLOCK", "EVEN_N", "USE_DIST", "STORE_LSE", "PERMUTED", "PAIR"]
+_TUNE_KEY = ["HEAD_DIM", "BLOCK", "EVEN_N", "USE_DIST", "STORE_LSE", "PERMUTED"]
 
 
 def _set_block_shapes(nargs) -> None:
@@ -546,17 +444,15 @@ def _set_block_shapes(nargs) -> None:
     nargs["Vd"].block_shape = [1, 1, bn, d]
 
 
-def _autotuned_kernel(head_dim: int, pair: bool = False):
-    key = (head_dim, pair)
-    if key not in _AUTOTUNED:
-        table = PAIR_CONFIGS if pair else HOPPER_CONFIGS
+def _autotuned_kernel(head_dim: int):
+    if head_dim not in _AUTOTUNED:
         configs = [
             triton.Config({"BLOCK_M": c.block_m, "BLOCK_N": c.block_n, "WARP_SPEC": c.warp_spec},
                           num_warps=c.num_warps, num_stages=c.num_stages, pre_hook=_set_block_shapes)
-            for c in table.get(head_dim, table[128])
+            for c in HOPPER_CONFIGS.get(head_dim, HOPPER_CONFIGS[128])
         ]
-        _AUTOTUNED[key] = triton.autotune(configs, key=_TUNE_KEY, cache_results=True)(_block_sparse_fwd)
-    return _AUTOTUNED[key]
+        _AUTOTUNED[head_dim] = triton.autotune(configs, key=_TUNE_KEY, cache_results=True)(_block_sparse_fwd)
+    return _AUTOTUNED[head_dim]
 
 
 def _host_descriptors(q, k, v, out, block_m: int, block_n: int):
@@ -639,7 +535,6 @@ def block_sparse_attention(
     perm: torch.Tensor | None = None,
     out: torch.Tensor | None = None,
     lse: torch.Tensor | None = None,
-    pairing: str = "off",
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Block-sparse attention forward over ``[B, H, N, D]`` tensors (any strides with a unit last one).
 
@@ -654,13 +549,8 @@ def block_sparse_attention(
     Returns ``(out, lse or None)``; lse is the natural-log log-sum-exp; rows that keep no key get 0 and
     lse -inf. ``distance_window``/``alpha``: multiply positive logits of pairs with
     ``|q_idx - k_idx| > distance_window`` (positions in the reordered sequence) by ``alpha`` (off when None).
-    ``config`` forces one kernel configuration (else autotuned on Hopper, a fixed fallback elsewhere);
-    a config whose ``block_m`` is twice the block runs pair programs (``PairIndex``). ``pairing``:
-    ``"off"`` one program per query block (or half block), ``"on"`` pair programs, ``"auto"`` pair
-    programs on Hopper when the unions of adjacent lists add at most ``PAIR_MAX_WASTE`` work.
+    ``config`` forces one kernel configuration (else autotuned on Hopper, a fixed fallback elsewhere).
     """
-    if pairing not in ("off", "on", "auto"):
-        raise ValueError(f"pairing must be off, on or auto, got {pairing!r}")
     if q.dim() != 4 or q.shape != k.shape or q.shape != v.shape:
         raise ValueError(f"q, k, v must share one shape [B, H, N, D]; got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
     batch, total_heads, n, head_dim = q.shape
@@ -697,51 +587,33 @@ def block_sparse_attention(
     else:
         kv_heads = heads
     scale = 1.0 / math.sqrt(head_dim) if scale is None else float(scale)
+    sched = index.schedule(schedule)
     use_dist = distance_window is not None
     window = int(distance_window) if use_dist else 0
     bs = index.block_size
-    hopper = hopper_features(q.device)
-    tma_ok = all(_tma_ready(t) for t in (q, k, v, out))
-    if config is not None:
-        pair = config.block_m == 2 * bs
-    elif pairing == "auto":
-        pair = hopper and bs == 128 and tma_ok and index.pairs().waste <= PAIR_MAX_WASTE
-    else:
-        pair = pairing == "on"
-    if pair:
-        pi = index.pairs()
-        sched, kv_idx, kv_cnt, flags, n_both = pi.schedule, pi.kv_indices, pi.n_all, pi.flags, pi.n_both
-        per_item = lambda block_m: 1  # noqa: E731
-    else:
-        sched, kv_idx, kv_cnt = index.schedule(schedule), index.kv_indices, index.kv_counts
-        flags = n_both = kv_cnt  # never read
-        per_item = lambda block_m: bs // block_m  # noqa: E731
     common = dict(
         qk_scale=scale * LOG2E, window=window, alpha=float(alpha),
-        N=n, H=index.heads, B=batch, NQB=kv_cnt.shape[1], MAXW=kv_idx.shape[-1],
+        N=n, H=index.heads, B=batch, NQB=index.num_q_blocks, MAXW=index.kv_indices.shape[-1],
         H_QO=total_heads, H_KV=k.shape[1],
         HEAD_DIM=head_dim, BLOCK=bs, EVEN_N=(n % bs == 0), USE_DIST=use_dist, STORE_LSE=return_lse,
-        PERMUTED=perm is not None, PAIR=pair,
+        PERMUTED=perm is not None,
     )
     strides = (*q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3])
-    args = (lse if return_lse else out, kv_idx, kv_cnt, sched, heads, kv_heads,
-            perm if perm is not None else heads, flags, n_both, *strides)
+    args = (lse if return_lse else out, index.kv_indices, index.kv_counts, sched, heads, kv_heads,
+            perm if perm is not None else heads, *strides)
     n_items = sched.numel() * batch
 
+    hopper = hopper_features(q.device)
+    tma_ok = all(_tma_ready(t) for t in (q, k, v, out))
     if config is None and hopper and bs == 128 and tma_ok:
-        table = PAIR_CONFIGS if pair else HOPPER_CONFIGS
-        cfg0 = table.get(head_dim, table[128])[0]
+        cfg0 = HOPPER_CONFIGS.get(head_dim, HOPPER_CONFIGS[128])[0]
         descs = _host_descriptors(q, k, v, out, cfg0.block_m, cfg0.block_n)  # block shapes set per config
-        kernel = _autotuned_kernel(head_dim, pair)
-        grid = lambda meta: (n_items * per_item(meta["BLOCK_M"]),)  # noqa: E731
+        kernel = _autotuned_kernel(head_dim)
+        grid = lambda meta: (n_items * (bs // meta["BLOCK_M"]),)  # noqa: E731
         kernel[grid](q, k, v, out, *descs, *args, **common, USE_DESC=True, HOST_DESC=True)
     else:
-        cfg = config or (KernelConfig(2 * bs, min(bs, 64), 8, 2, False, False) if pair
-                         else fallback_config(bs, q.device))
-        if pair:
-            if cfg.block_m != 2 * bs or bs % cfg.block_n:
-                raise ValueError(f"config {cfg.label()} does not tile block pairs of {bs}")
-        elif cfg.block_m > bs or bs % cfg.block_m or cfg.block_n > bs or bs % cfg.block_n:
+        cfg = config or fallback_config(bs, q.device)
+        if cfg.block_m > bs or bs % cfg.block_m or cfg.block_n > bs or bs % cfg.block_n:
             raise ValueError(f"config {cfg.label()} does not tile block_size {bs}")
         # An explicit descriptor config also runs under the interpreter (tests of the TMA path's indexing).
         use_desc = cfg.use_desc and (hopper or interpret_mode()) and tma_ok
@@ -752,7 +624,7 @@ def block_sparse_attention(
             _ensure_allocator()
         descs = (_host_descriptors(q, k, v, out, cfg.block_m, cfg.block_n) if use_desc and host_desc
                  else (q, k, v, out))
-        _block_sparse_fwd[(n_items * per_item(cfg.block_m),)](
+        _block_sparse_fwd[(n_items * (bs // cfg.block_m),)](
             q, k, v, out, *descs, *args, **common, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, USE_DESC=use_desc,
             WARP_SPEC=cfg.warp_spec and hopper, HOST_DESC=host_desc,
             DOT_F32=interpret_mode() and q.dtype == torch.bfloat16,
