@@ -28,13 +28,13 @@ from sparsevdit.kernels import triton_sparse as ts  # noqa: E402
 
 
 def parse_config(label: str) -> ts.KernelConfig:
-    """``M256N64w8s2`` (optional ``-ws``) -> KernelConfig."""
+    """``M128N64w4s2`` (optional ``-ws``: warp specialisation, ``-1l``: one key loop) -> KernelConfig."""
     import re
 
-    m = re.fullmatch(r"M(\d+)N(\d+)w(\d+)s(\d+)(-ws)?", label)
+    m = re.fullmatch(r"M(\d+)N(\d+)w(\d+)s(\d+)(-ws)?(-1l)?", label)
     if not m:
-        raise argparse.ArgumentTypeError(f"bad config label {label!r} (e.g. M256N64w8s2)")
-    return ts.KernelConfig(int(m[1]), int(m[2]), int(m[3]), int(m[4]), bool(m[5]))
+        raise argparse.ArgumentTypeError(f"bad config label {label!r} (e.g. M128N64w4s2-ws-1l)")
+    return ts.KernelConfig(int(m[1]), int(m[2]), int(m[3]), int(m[4]), bool(m[5]), one_loop=bool(m[6]))
 
 
 def bench_ms(fn) -> float:

@@ -173,6 +173,7 @@ def test_distance_hook(window, alpha):
     ts.KernelConfig(128, 64, 4, 1, False, True),    # descriptor (TMA) path; key tile half the block
     ts.KernelConfig(128, 128, 4, 1, False, True),   # descriptor path, full tiles
     ts.KernelConfig(128, 128, 4, 1, False, True, False),  # descriptors built inside the kernel
+    ts.KernelConfig(128, 64, 4, 1, False, True, one_loop=True),  # partial block in the TMA loop
 ], ids=lambda c: c.label())
 def test_tiles_and_descriptor_path(cfg):
     n, bs = 300, 128

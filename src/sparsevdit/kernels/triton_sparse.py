@@ -155,7 +155,7 @@ def _block_sparse_fwd(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     EVEN_N: tl.constexpr, USE_DIST: tl.constexpr, STORE_LSE: tl.constexpr,
     USE_DESC: tl.constexpr, WARP_SPEC: tl.constexpr, HOST_DESC: tl.constexpr = True,
-    DOT_F32: tl.constexpr = False, PERMUTED: tl.constexpr = False,
+    DOT_F32: tl.constexpr = False, PERMUTED: tl.constexpr = False, ONE_LOOP: tl.constexpr = False,
 ):
     # Q/O (and LSE) are [B, H_QO, N, D] with any strides: the call's head i is head HMAP_QO[i] there;
     # K/V are [B, H_KV, N, D] likewise through HMAP_KV. PERMUTED: the index lists are over a reordered
@@ -224,10 +224,12 @@ def _block_sparse_fwd(
     acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
 
     n_iter = cnt * KSUB
-    if EVEN_N:
+    if EVEN_N or (ONE_LOOP and USE_DESC):
+        # ONE_LOOP: the partial last key block goes through the same TMA loop (the 4-D descriptors
+        # zero-fill rows past N) with a column mask on every tile: one loop, as warp specialisation needs.
         acc, l_i, m_i = _key_loop(acc, l_i, m_i, q, K, desc_k, desc_v, V, k_base, v_base, stride_kn, stride_vn,
                                   b, hk, idx_ptr, 0, n_iter, offs_m, N, qk_scale, window, alpha,
-                                  HEAD_DIM, BLOCK, BLOCK_N, False, USE_DIST, USE_DESC, WARP_SPEC, DOT_F32)
+                                  HEAD_DIM, BLOCK, BLOCK_N, not EVEN_N, USE_DIST, USE_DESC, WARP_SPEC, DOT_F32)
     else:
         # Lists are ascending: the partial last key block, when kept, is the last entry.
         last = tl.load(idx_ptr + tl.maximum(cnt - 1, 0))
@@ -287,11 +289,12 @@ class KernelConfig:
     warp_spec: bool = False  # tl.range(warp_specialize=...): see HOPPER_CONFIGS for why it is off
     use_desc: bool = True  # TMA tensor descriptors (Hopper); False: plain pointer loads
     host_desc: bool = True  # descriptors built on the host once per call; False: in each program
+    one_loop: bool = False  # partial last key block in the main (TMA) loop, column-masked: one key loop
 
     def label(self) -> str:
         return (f"M{self.block_m}N{self.block_n}w{self.num_warps}s{self.num_stages}"
                 f"{'-ws' if self.warp_spec else ''}{'' if self.use_desc else '-ptr'}"
-                f"{'-devdesc' if self.use_desc and not self.host_desc else ''}")
+                f"{'-devdesc' if self.use_desc and not self.host_desc else ''}{'-1l' if self.one_loop else ''}")
 
 
 # Hopper autotune space per head_dim, narrowed by bench/triton_tune.py on an H100 (docs/kernel.md).
@@ -447,7 +450,8 @@ def _set_block_shapes(nargs) -> None:
 def _autotuned_kernel(head_dim: int):
     if head_dim not in _AUTOTUNED:
         configs = [
-            triton.Config({"BLOCK_M": c.block_m, "BLOCK_N": c.block_n, "WARP_SPEC": c.warp_spec},
+            triton.Config({"BLOCK_M": c.block_m, "BLOCK_N": c.block_n, "WARP_SPEC": c.warp_spec,
+                           "ONE_LOOP": c.one_loop},
                           num_warps=c.num_warps, num_stages=c.num_stages, pre_hook=_set_block_shapes)
             for c in HOPPER_CONFIGS.get(head_dim, HOPPER_CONFIGS[128])
         ]
@@ -626,7 +630,7 @@ def block_sparse_attention(
                  else (q, k, v, out))
         _block_sparse_fwd[(n_items * (bs // cfg.block_m),)](
             q, k, v, out, *descs, *args, **common, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, USE_DESC=use_desc,
-            WARP_SPEC=cfg.warp_spec and hopper, HOST_DESC=host_desc,
+            WARP_SPEC=cfg.warp_spec and hopper, HOST_DESC=host_desc, ONE_LOOP=cfg.one_loop,
             DOT_F32=interpret_mode() and q.dtype == torch.bfloat16,
             num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         )
