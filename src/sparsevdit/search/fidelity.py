@@ -35,7 +35,8 @@ FULL = {
     "uniform_densities": (0.1, 0.2, 0.3, 0.5),
     "svg": ((0.2, 0), (0.3, 0), (0.5, 0), (0.3, 0.25)),  # (target density, fraction of steps dense first)
     "sparse_vdit": ((0.5, 1.0), (0.05, 0.02), (0.01, 0.01), (0.004, 0.004), (0.002, 0.003)),  # (lambda, epsilon)
-    "budget": ({"max_time": 0.1}, {"max_time": 0.2}, {"max_time": 0.3}, {"max_time": 0.5}, {"max_time": 0.7},
+    "budget": ({"max_time": 0.1}, {"max_time": 0.2}, {"max_time": 0.3}, {"max_time": 0.5}, {"max_time": 0.55},
+               {"max_time": 0.7},
                {"max_time": 0.9}, {"max_time": 0.98}, {"target_psnr": 20.0}, {"target_psnr": 25.0}, {"target_psnr": 30.0},
                {"max_rel_error": 0.1}, {"max_time": 0.3, "step_ranges": 1}),
     # budget with per-layer sensitivities measured once (reference plan at predicted time 0.3)
@@ -51,7 +52,7 @@ QUICK = {
 
 
 def run_fidelity(model, *, out: Path | None, plot: Path | None, frames: int = 16, height: int = 32, width: int = 32,
-                 steps: int = 12, block_size: int = 32, calib_seeds=(100, 101), eval_seeds=(0, 1),
+                 steps: int = 12, block_size: int = 32, calib_seeds=(100, 101, 102, 103, 104, 105), eval_seeds=(0, 1),
                  rows_per_block: int = 4, bisection_steps: int = 4, quick: bool = False, grid: dict | None = None,
                  console=None) -> dict:
     log = console.print if console is not None else print
