@@ -255,7 +255,7 @@ def fidelity_cmd(
                                     help="calibration seeds (searches); seed s draws scene class s % 9, so six seeds "
                                          "cover six classes (two seeds made target_psnr and max_time=0.5 generalise "
                                          "poorly: docs/results.md)"),
-    eval_seeds: str = typer.Option("0,1", help="held-out seeds (measurement)"),
+    eval_seeds: str = typer.Option("0,1,2,3", help="held-out seeds (measurement)"),
     quick: bool = typer.Option(False, help="fewer settings per method (a smoke run)"),
     weights: WeightsOpt = None,
 ) -> None:

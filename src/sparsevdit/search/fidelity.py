@@ -52,7 +52,7 @@ QUICK = {
 
 
 def run_fidelity(model, *, out: Path | None, plot: Path | None, frames: int = 16, height: int = 32, width: int = 32,
-                 steps: int = 12, block_size: int = 32, calib_seeds=(100, 101, 102, 103, 104, 105), eval_seeds=(0, 1),
+                 steps: int = 12, block_size: int = 32, calib_seeds=(100, 101, 102, 103, 104, 105), eval_seeds=(0, 1, 2, 3),
                  rows_per_block: int = 4, bisection_steps: int = 4, quick: bool = False, grid: dict | None = None,
                  console=None) -> dict:
     log = console.print if console is not None else print
