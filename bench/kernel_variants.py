@@ -22,7 +22,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
 
-from sparsevdit.bench.common import environment, write_json  # noqa: E402
+from sparsevdit.bench.common import environment, median_ms, write_json  # noqa: E402
 from sparsevdit.bench.kernels import SHAPES, patterns_at, spot_check  # noqa: E402
 from sparsevdit.kernels import triton_sparse as ts  # noqa: E402
 
@@ -35,12 +35,6 @@ def parse_config(label: str) -> ts.KernelConfig:
     if not m:
         raise argparse.ArgumentTypeError(f"bad config label {label!r} (e.g. M128N64w4s2-ws-1l)")
     return ts.KernelConfig(int(m[1]), int(m[2]), int(m[3]), int(m[4]), bool(m[5]), one_loop=bool(m[6]))
-
-
-def bench_ms(fn) -> float:
-    import triton.testing
-
-    return float(triton.testing.do_bench(fn, warmup=25, rep=150, return_mode="median"))
 
 
 def main(argv=None) -> int:
@@ -65,7 +59,7 @@ def main(argv=None) -> int:
         from torch.nn.attention import SDPBackend, sdpa_kernel
 
         with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
-            cudnn_ms = bench_ms(lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v))
+            cudnn_ms = median_ms(lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v))
         print(f"{shape_name} 1x{h}x{n}x{d}: cuDNN dense {cudnn_ms:.2f} ms", flush=True)
         rows.append(dict(shape=shape_name, case="dense", variant="cudnn", density=1.0, ms=cudnn_ms, efficiency=1.0))
         for kind, dens in cases:
@@ -79,7 +73,7 @@ def main(argv=None) -> int:
                     fn = lambda: ts.block_sparse_attention(q, k, v, index, scale, **kw)  # noqa: E731
                     out, _ = fn()
                     err = spot_check(out, q, k, v, pats, scale)
-                    ms = bench_ms(fn)
+                    ms = median_ms(fn)
                     row = dict(shape=shape_name, case=f"{kind} {dens:g}", variant=name, density=density, ms=ms,
                                efficiency=cudnn_ms * density / ms, spot_err=err)
                     del out

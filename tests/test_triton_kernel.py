@@ -230,6 +230,25 @@ def test_in_place_head_group(cfg, permuted):
 
 
 @here
+def test_in_place_arguments_are_checked():
+    n, bs = 128, 64
+    masks = torch.ones(2, 2, 2, dtype=torch.bool)
+    index = ts.index_from_tensors(torch.tensor([[[0, 1]] * 2] * 2, dtype=torch.int32), masks.sum(-1).int(), bs, n)
+    q = torch.zeros(1, 3, n, 64, dtype=torch.float16, device=DEVICE)
+    with pytest.raises(ValueError, match="3 heads but the index has 2"):
+        ts.block_sparse_attention(q, q, q, index)
+    with pytest.raises(ValueError, match="1 heads given but the index has 2"):
+        ts.block_sparse_attention(q, q, q, index, heads=torch.tensor([0]))
+    with pytest.raises(ValueError, match="perm has 5 entries for 128 tokens"):
+        ts.block_sparse_attention(q, q, q, index, heads=torch.tensor([0, 2]), perm=torch.arange(5))
+    with pytest.raises(ValueError, match="out must be"):
+        ts.block_sparse_attention(q, q, q, index, heads=torch.tensor([0, 2]), out=q[:, :2])
+    with pytest.raises(ValueError, match="lse must be"):
+        ts.block_sparse_attention(q, q, q, index, heads=torch.tensor([0, 2]), return_lse=True,
+                                  lse=torch.zeros(1, 3, n + 1, device=DEVICE))
+
+
+@here
 def test_gather_heads_rows():
     gen = torch.Generator().manual_seed(5)
     src = torch.randn(2, 70, 4, 64, generator=gen).to(DEVICE, torch.bfloat16).transpose(1, 2)

@@ -90,9 +90,9 @@ def sparse_attention(
         # [B, N, H, D]-backed q gives an out whose transpose back is free.
         out = torch.empty_like(q) if covered else torch.zeros_like(q)
         lse = torch.full((batch, heads, n), float("-inf"), dtype=torch.float32, device=q.device) if return_lse else None
-        for (ordering, _), hs in groups.items():
-            call, impl = calls[(ordering, _)]
-            hidx, perm = _group_index(tuple(hs), layout, ordering, q.device, torch.int32)
+        for key, hs in groups.items():
+            call, impl = calls[key]
+            hidx, perm = _group_index(tuple(hs), layout, key[0], q.device, torch.int32)
             impl.run_into(q, k, v, call, scale, heads=hidx, perm=perm, out=out, lse=lse)
         return (out, lse) if return_lse else out
 
