@@ -146,7 +146,7 @@ def _key_loop(acc, l_i, m_i, q, K, desc_k, desc_v, V, k_base, v_base, stride_kn,
 
 @_kernel_fn
 def _block_sparse_fwd(
-    Q, K, V, O, Qd, Kd, Vd, Od, LSE, KV_IDX, KV_CNT, SCHED, HMAP_QO, HMAP_KV, PERM,
+    Q, K, V, O, Qd, Kd, Vd, Od, LSE, KV_IDX, SCHED, HMAP_QO, HMAP_KV, PERM,
     stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_kn,
     stride_vb, stride_vh, stride_vn, stride_ob, stride_oh, stride_on,
     qk_scale, window, alpha,
@@ -156,23 +156,36 @@ def _block_sparse_fwd(
     EVEN_N: tl.constexpr, USE_DIST: tl.constexpr, STORE_LSE: tl.constexpr,
     USE_DESC: tl.constexpr, WARP_SPEC: tl.constexpr, HOST_DESC: tl.constexpr = True,
     DOT_F32: tl.constexpr = False, PERMUTED: tl.constexpr = False, ONE_LOOP: tl.constexpr = False,
+    HEAD_MAP: tl.constexpr = True,
 ):
     # Q/O (and LSE) are [B, H_QO, N, D] with any strides: the call's head i is head HMAP_QO[i] there;
-    # K/V are [B, H_KV, N, D] likewise through HMAP_KV. PERMUTED: the index lists are over a reordered
+    # K/V are [B, H_KV, N, D] likewise through HMAP_KV (both identity when HEAD_MAP is off). PERMUTED: the index lists are over a reordered
     # sequence whose position j is token PERM[j] of Q/O (K/V come already reordered), so Q rows are
     # gathered and O rows scattered by pointer in the prologue/epilogue, once per tile.
     QSUB: tl.constexpr = BLOCK // BLOCK_M
     KSUB: tl.constexpr = BLOCK // BLOCK_N
+    # Warp specialisation needs the TMA path and Q through a descriptor: Triton 3.6's pass fails on the
+    # pointer gather of permuted Q rows, so a permuted call runs the same config unspecialised.
+    WS: tl.constexpr = WARP_SPEC and USE_DESC and not PERMUTED
     pid = tl.program_id(0)
     qsub = pid % QSUB
     rest = pid // QSUB
     b = rest % B
-    item = tl.load(SCHED + rest // B)  # head * NQB + query block, longest lists first
+    # Launch record (item = head * NQB + query block, its list length, whether the list ends with the
+    # partial last block): three independent loads of one line, so the key loop's first index and the
+    # head map wait on one memory round trip, not a chain of three (schedule -> count -> last entry).
+    rec = SCHED + (rest // B) * 4
+    item = tl.load(rec)
+    cnt = tl.load(rec + 1)
+    has_tail = tl.load(rec + 2) != 0
     head = item // NQB
     qb = item % NQB
-    hq = tl.load(HMAP_QO + head)
-    hk = tl.load(HMAP_KV + head)
-    cnt = tl.load(KV_CNT + item)
+    if HEAD_MAP:
+        hq = tl.load(HMAP_QO + head)
+        hk = tl.load(HMAP_KV + head)
+    else:
+        hq = head
+        hk = head
     idx_ptr = KV_IDX + item.to(tl.int64) * MAXW
 
     start_m = qb * BLOCK + qsub * BLOCK_M
@@ -224,29 +237,31 @@ def _block_sparse_fwd(
     acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
 
     n_iter = cnt * KSUB
-    if EVEN_N or (ONE_LOOP and USE_DESC):
+    if EVEN_N or ((ONE_LOOP or WS) and USE_DESC):
         # ONE_LOOP: the partial last key block goes through the same TMA loop (the 4-D descriptors
-        # zero-fill rows past N) with a column mask on every tile: one loop, as warp specialisation needs.
+        # zero-fill rows past N) with a column mask on every tile. Warp specialisation implies it: Triton 3.6's
+        # pass fails on a kernel with a second (pointer-load) key loop after the specialised one.
         acc, l_i, m_i = _key_loop(acc, l_i, m_i, q, K, desc_k, desc_v, V, k_base, v_base, stride_kn, stride_vn,
                                   b, hk, idx_ptr, 0, n_iter, offs_m, N, qk_scale, window, alpha,
-                                  HEAD_DIM, BLOCK, BLOCK_N, not EVEN_N, USE_DIST, USE_DESC, WARP_SPEC, DOT_F32)
+                                  HEAD_DIM, BLOCK, BLOCK_N, not EVEN_N, USE_DIST, USE_DESC, WS, DOT_F32)
     else:
-        # Lists are ascending: the partial last key block, when kept, is the last entry.
-        last = tl.load(idx_ptr + tl.maximum(cnt - 1, 0))
-        has_tail = (cnt > 0) & (last == NQB - 1)
+        # Lists are ascending: the partial last key block, when kept, is the last entry; that step runs
+        # in its own loop with a column mask, through the same descriptors (zero-filled past N; a pointer
+        # loop here made the whole kernel spill 1.3 KB a thread at 255 registers).
         n_full = n_iter - has_tail.to(tl.int32) * KSUB
         acc, l_i, m_i = _key_loop(acc, l_i, m_i, q, K, desc_k, desc_v, V, k_base, v_base, stride_kn, stride_vn,
                                   b, hk, idx_ptr, 0, n_full, offs_m, N, qk_scale, window, alpha,
-                                  HEAD_DIM, BLOCK, BLOCK_N, False, USE_DIST, USE_DESC, WARP_SPEC, DOT_F32)
+                                  HEAD_DIM, BLOCK, BLOCK_N, False, USE_DIST, USE_DESC, WS, DOT_F32)
         acc, l_i, m_i = _key_loop(acc, l_i, m_i, q, K, desc_k, desc_v, V, k_base, v_base, stride_kn, stride_vn,
                                   b, hk, idx_ptr, n_full, n_iter, offs_m, N, qk_scale, window, alpha,
-                                  HEAD_DIM, BLOCK, BLOCK_N, True, USE_DIST, False, False, DOT_F32)
+                                  HEAD_DIM, BLOCK, BLOCK_N, True, USE_DIST, USE_DESC, False, DOT_F32)
 
     # epilogue: rows with no kept key (l == 0) give 0 and lse = -inf
     empty = l_i == 0.0
     l_safe = tl.where(empty, 1.0, l_i)
     out = (acc / l_safe[:, None]).to(O.dtype.element_ty)
-    if USE_DESC and not PERMUTED:
+    if USE_DESC and not PERMUTED and not WS:
+        # (Triton 3.6's warp specialisation pass rejects a descriptor store here: O goes by pointer then.)
         desc_o.store([b, hq, start_m, 0], out.reshape(1, 1, BLOCK_M, HEAD_DIM))
     else:
         o_ptrs = O + o_base + rows[:, None] * stride_on + offs_d[None, :]
@@ -328,7 +343,7 @@ def fallback_config(block_size: int, device: torch.device) -> KernelConfig:
 @dataclass
 class BlockIndex:
     """Per-call index tensors: kv_indices [h, QB, W] int32 (-1 padding replaced by 0, never read),
-    kv_counts [h, QB] int32, and launch orders (flat head * QB + query block) per schedule."""
+    kv_counts [h, QB] int32, and per schedule the kernel's launch records (``launch_records``)."""
 
     kv_indices: torch.Tensor
     kv_counts: torch.Tensor
@@ -345,9 +360,18 @@ class BlockIndex:
     def num_q_blocks(self) -> int:
         return self.kv_counts.shape[1]
 
-    def schedule(self, kind: str = "head") -> torch.Tensor:
+    def launch_records(self, kind: str = "head") -> torch.Tensor:
+        """int32 [h * QB, 4], one row per program in launch order (``make_schedule``): flat item
+        (head * QB + query block), its list length, 1 if the list ends with a partial last key block, 0."""
         if kind not in self._schedules:
-            self._schedules[kind] = make_schedule(self._counts_cpu, kind).to(self.kv_counts.device)
+            order = make_schedule(self._counts_cpu, kind).long()
+            counts = self._counts_cpu.reshape(-1).long()
+            lists = self.kv_indices.reshape(counts.numel(), -1).cpu()
+            last = lists.gather(1, (counts - 1).clamp(min=0)[:, None])[:, 0]
+            partial = self.num_tokens % self.block_size != 0
+            tail = (counts > 0) & (last == self.num_q_blocks - 1) & partial
+            rec = torch.stack([order, counts[order], tail[order].long(), torch.zeros_like(order)], dim=1)
+            self._schedules[kind] = rec.to(torch.int32).contiguous().to(self.kv_counts.device)
         return self._schedules[kind]
 
 
@@ -562,6 +586,7 @@ def block_sparse_attention(
     if reason:
         raise ValueError(reason)
     _load_triton()
+    head_map = heads is not None
     if heads is None:
         if total_heads != index.heads:
             raise ValueError(f"q has {total_heads} heads but the index has {index.heads}")
@@ -591,7 +616,7 @@ def block_sparse_attention(
     else:
         kv_heads = heads
     scale = 1.0 / math.sqrt(head_dim) if scale is None else float(scale)
-    sched = index.schedule(schedule)
+    records = index.launch_records(schedule)
     use_dist = distance_window is not None
     window = int(distance_window) if use_dist else 0
     bs = index.block_size
@@ -600,12 +625,12 @@ def block_sparse_attention(
         N=n, H=index.heads, B=batch, NQB=index.num_q_blocks, MAXW=index.kv_indices.shape[-1],
         H_QO=total_heads, H_KV=k.shape[1],
         HEAD_DIM=head_dim, BLOCK=bs, EVEN_N=(n % bs == 0), USE_DIST=use_dist, STORE_LSE=return_lse,
-        PERMUTED=perm is not None,
+        PERMUTED=perm is not None, HEAD_MAP=head_map,
     )
     strides = (*q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3])
-    args = (lse if return_lse else out, index.kv_indices, index.kv_counts, sched, heads, kv_heads,
+    args = (lse if return_lse else out, index.kv_indices, records, heads, kv_heads,
             perm if perm is not None else heads, *strides)
-    n_items = sched.numel() * batch
+    n_items = records.shape[0] * batch
 
     hopper = hopper_features(q.device)
     tma_ok = all(_tma_ready(t) for t in (q, k, v, out))
