@@ -25,8 +25,8 @@ from sparsevdit.kernels import triton_sparse as ts  # noqa: E402
 
 
 def signature(cfg: ts.KernelConfig, head_dim: int, dtype: str = "bf16") -> dict[str, str]:
-    qo = f"tensordesc<{dtype}[1,1,{cfg.block_m},{head_dim}]>"
-    kv = f"tensordesc<{dtype}[1,1,{cfg.block_n},{head_dim}]>"
+    qo = f"tensordesc<{dtype}[1,1,{cfg.block_m},{head_dim}]>" if cfg.host_desc else f"*{dtype}"
+    kv = f"tensordesc<{dtype}[1,1,{cfg.block_n},{head_dim}]>" if cfg.host_desc else f"*{dtype}"
     sig = {"Q": f"*{dtype}", "K": f"*{dtype}", "V": f"*{dtype}", "O": f"*{dtype}", "Qd": qo, "Kd": kv, "Vd": kv,
            "Od": qo, "LSE": "*fp32", "KV_IDX": "*i32", "SCHED": "*i32", "HMAP_QO": "*i32",
            "HMAP_KV": "*i32", "PERM": "*i32"}
@@ -48,7 +48,7 @@ def compile_config(cfg: ts.KernelConfig, head_dim: int, even_n: bool = False, st
     ts._load_triton()
     constexprs = dict(HEAD_DIM=head_dim, BLOCK=128, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, EVEN_N=even_n,
                       USE_DIST=False, STORE_LSE=store_lse, USE_DESC=True, WARP_SPEC=cfg.warp_spec,
-                      HOST_DESC=True, DOT_F32=False, PERMUTED=permuted, ONE_LOOP=cfg.one_loop,
+                      HOST_DESC=cfg.host_desc, DOT_F32=False, PERMUTED=permuted, ONE_LOOP=cfg.one_loop,
                       HEAD_MAP=permuted)
     sig = signature(cfg, head_dim) | {k: "constexpr" for k in constexprs}
     src = ASTSource(ts._block_sparse_fwd, sig, constexprs=constexprs)

@@ -174,6 +174,7 @@ def test_distance_hook(window, alpha):
     ts.KernelConfig(128, 128, 4, 1, False, True),   # descriptor path, full tiles
     ts.KernelConfig(128, 128, 4, 1, False, True, False),  # descriptors built inside the kernel
     ts.KernelConfig(128, 64, 4, 1, False, True, one_loop=True),  # partial block in the TMA loop
+    ts.KernelConfig(128, 64, 4, 2, True, True, False),  # warp specialised (on Hopper), in-kernel descriptors
 ], ids=lambda c: c.label())
 def test_tiles_and_descriptor_path(cfg):
     n, bs = 300, 128
@@ -196,6 +197,8 @@ def _token_major(batch, heads, n, dim, dtype, gen):
 @pytest.mark.parametrize("cfg", [
     ts.KernelConfig(64, 64, 4, 1, False, False),    # pointer path
     ts.KernelConfig(128, 64, 4, 1, False, True),    # descriptor (TMA) path over the strided views
+    ts.KernelConfig(128, 64, 4, 1, False, True, False),  # 2-D per-head descriptors built in the kernel
+    ts.KernelConfig(128, 64, 4, 2, True, True, False),  # warp specialised on Hopper (unspecialised if reordered)
 ], ids=lambda c: c.label())
 @pytest.mark.parametrize("permuted", [False, True], ids=["frame_order", "reordered"])
 def test_in_place_head_group(cfg, permuted):

@@ -93,7 +93,12 @@ def spot_check(out: torch.Tensor, q, k, v, patterns, scale: float, query_blocks=
     return worst
 
 
-def run(shapes, densities, kinds, backends, dtype=torch.bfloat16, check=True, log=print) -> list[dict]:
+def run(shapes, densities, kinds, backends, dtype=torch.bfloat16, check=True, log=print, rounds: int = 1) -> list[dict]:
+    """Rows of ms and efficiency per (shape, pattern, density, backend). With ``rounds`` > 1 every timing
+    (cuDNN's baseline too) is repeated that many times, the backends of a case interleaved, and the row
+    keeps the median (``ms_rounds`` lists them): one slow stretch of the GPU then moves no single row."""
+    import statistics
+
     rows = []
     for shape_name in shapes:
         shape = SHAPES[shape_name]
@@ -104,16 +109,19 @@ def run(shapes, densities, kinds, backends, dtype=torch.bfloat16, check=True, lo
         from torch.nn.attention import SDPBackend, sdpa_kernel
 
         with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
-            cudnn_ms = median_ms(lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v))
+            cudnn_rounds = [median_ms(lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v))
+                            for _ in range(rounds)]
+        cudnn_ms = statistics.median(cudnn_rounds)
         shape_str = f"1x{h}x{n}x{d}" + (f" (+{shape.layout.num_text} text {shape.layout.text_position})" if shape.layout.num_text else "")
         log(f"{shape_name} {shape_str}: cuDNN dense {cudnn_ms:.2f} ms")
         rows.append(dict(backend="cudnn", shape=shape_name, shape_str=shape_str, pattern="dense", density=1.0,
-                         ms=cudnn_ms, cudnn_dense_ms=cudnn_ms, efficiency=1.0))
+                         ms=cudnn_ms, cudnn_dense_ms=cudnn_ms, efficiency=1.0, ms_rounds=cudnn_rounds))
         cases = [("dense", 1.0)] + [(kind, dens) for kind in kinds for dens in densities if dens < 1.0]
         for kind, dens in cases:
             pats = patterns_at(kind, shape, dens)
             density = sum(p.density for p in pats) / len(pats)
             call = AttentionCall(torch.device("cuda"), dtype, 1, h, n, d, tuple(pats), False)
+            runnable, errors, times = [], {}, {}
             for bname in backends:
                 backend = get_backend(bname)
                 reason = backend.unsupported(call)
@@ -121,12 +129,21 @@ def run(shapes, densities, kinds, backends, dtype=torch.bfloat16, check=True, lo
                     log(f"  skip {bname}: {reason}")
                     continue
                 out, _ = backend.run(q, k, v, call, scale)  # warm-up: compile, caches
-                err = spot_check(out, q, k, v, pats, scale) if check else None
-                ms = median_ms(lambda: backend.run(q, k, v, call, scale))
+                errors[bname] = spot_check(out, q, k, v, pats, scale) if check else None
+                del out
+                runnable.append((bname, backend))
+                times[bname] = []
+            for _ in range(rounds):
+                for bname, backend in runnable:
+                    times[bname].append(median_ms(lambda: backend.run(q, k, v, call, scale)))
+            for bname, _ in runnable:
+                ms, err = statistics.median(times[bname]), errors[bname]
                 eff = cudnn_ms * density / ms
                 rows.append(dict(backend=bname, shape=shape_name, shape_str=shape_str, pattern=kind, density=density,
-                                 target_density=dens, ms=ms, cudnn_dense_ms=cudnn_ms, efficiency=eff, spot_rel_err=err))
-                log(f"  {bname:9s} {kind:15s} density {density:6.1%}  {ms:8.3f} ms  efficiency {eff:5.2f}  err {err:.1e}")
+                                 target_density=dens, ms=ms, cudnn_dense_ms=cudnn_ms, efficiency=eff, spot_rel_err=err,
+                                 ms_rounds=times[bname]))
+                log(f"  {bname:9s} {kind:15s} density {density:6.1%}  {ms:8.3f} ms  efficiency {eff:5.2f}"
+                    + (f"  err {err:.1e}" if err is not None else ""))
         del q, k, v
         torch.cuda.empty_cache()
     return rows
@@ -183,6 +200,8 @@ def main(argv=None, prog: str | None = None) -> int:
                         help="result JSON (default bench/results/kernels-<gpu>.json; "
                              "with --calibrate bench/results/cost-<shape>-<gpu>.json)")
     parser.add_argument("--no-check", action="store_true", help="skip the float32 spot check of each output")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="time every row this many times (backends interleaved) and keep the median")
     parser.add_argument("--calibrate", action="store_true",
                         help="write the cost model's calibration table instead (search/cost.py CostModel.calibrate): "
                              "relative kernel time (kernel ms / cuDNN dense ms) per pattern family and density at "
@@ -206,7 +225,7 @@ def main(argv=None, prog: str | None = None) -> int:
             parser.error(str(exc))
         return 0
     rows = run(shapes, densities, args.patterns.split(","), (args.backends or "flex,triton").split(","),
-               check=not args.no_check)
+               check=not args.no_check, rounds=args.rounds)
     print_table(rows)
     out = args.out or f"bench/results/kernels-{gpu_slug()}.json"
     path = write_json(out, {**environment(), "rows": rows})

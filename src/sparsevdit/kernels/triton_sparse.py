@@ -117,7 +117,7 @@ def _key_loop(acc, l_i, m_i, q, K, desc_k, desc_v, V, k_base, v_base, stride_kn,
               idx_ptr, lo, hi, offs_m, N, qk_scale, window, alpha,
               HEAD_DIM: tl.constexpr, BLOCK: tl.constexpr, BLOCK_N: tl.constexpr,
               MASK_N: tl.constexpr, USE_DIST: tl.constexpr, USE_DESC: tl.constexpr,
-              WARP_SPEC: tl.constexpr, DOT_F32: tl.constexpr):
+              WARP_SPEC: tl.constexpr, DOT_F32: tl.constexpr, HOST_DESC: tl.constexpr = True):
     KSUB: tl.constexpr = BLOCK // BLOCK_N
     offs_d = tl.arange(0, HEAD_DIM)
     for j in tl.range(lo, hi, warp_specialize=WARP_SPEC):
@@ -127,9 +127,12 @@ def _key_loop(acc, l_i, m_i, q, K, desc_k, desc_v, V, k_base, v_base, stride_kn,
             start_n = tl.load(idx_ptr + j // KSUB) * BLOCK + (j % KSUB) * BLOCK_N
         start_n = tl.multiple_of(start_n, BLOCK_N)
         if USE_DESC:
-            # 4-D descriptors [B, h, N, D] over the tensors' own strides: only full blocks come this way.
-            k = desc_k.load([b, hk, start_n, 0]).reshape(BLOCK_N, HEAD_DIM)
-            v = desc_v.load([b, hk, start_n, 0]).reshape(BLOCK_N, HEAD_DIM)
+            if HOST_DESC:  # 4-D descriptors [B, h, N, D] over the tensors' own strides
+                k = desc_k.load([b, hk, start_n, 0]).reshape(BLOCK_N, HEAD_DIM)
+                v = desc_v.load([b, hk, start_n, 0]).reshape(BLOCK_N, HEAD_DIM)
+            else:  # 2-D descriptors [N, D] of this program's (batch, head)
+                k = desc_k.load([start_n, 0])
+                v = desc_v.load([start_n, 0])
         else:
             offs_n = (start_n + tl.arange(0, BLOCK_N)).to(tl.int64)
             k_ptrs = K + k_base + offs_n[:, None] * stride_kn + offs_d[None, :]
@@ -164,9 +167,10 @@ def _block_sparse_fwd(
     # gathered and O rows scattered by pointer in the prologue/epilogue, once per tile.
     QSUB: tl.constexpr = BLOCK // BLOCK_M
     KSUB: tl.constexpr = BLOCK // BLOCK_N
-    # Warp specialisation needs the TMA path and Q through a descriptor: Triton 3.6's pass fails on the
-    # pointer gather of permuted Q rows, so a permuted call runs the same config unspecialised.
-    WS: tl.constexpr = WARP_SPEC and USE_DESC and not PERMUTED
+    # Warp specialisation (Triton 3.6, Hopper) needs descriptors made in the kernel (with host-built ones
+    # the specialised kernel hangs: docs/kernel.md) and Q through a descriptor (its pass fails on the
+    # pointer gather of permuted Q rows): otherwise the same config runs unspecialised.
+    WS: tl.constexpr = WARP_SPEC and USE_DESC and not HOST_DESC and not PERMUTED
     pid = tl.program_id(0)
     qsub = pid % QSUB
     rest = pid // QSUB
@@ -203,31 +207,34 @@ def _block_sparse_fwd(
         rows = offs_m.to(tl.int64)
 
     if USE_DESC:
-        # 4-D descriptors [B, H_QO | H_KV, N, D] over the tensors' strides (bounds per (b, head): a partial
-        # last query block reads zeros and its store clips). Host-built once per call by default.
+        # Host-built (default, once per call): 4-D descriptors [B, H_QO | H_KV, N, D] over the tensors'
+        # strides (bounds per (b, head): a partial last query block reads zeros and its store clips).
         if HOST_DESC:
             desc_q = Qd
             desc_k = Kd
             desc_v = Vd
             desc_o = Od
         else:
-            desc_q = tl.make_tensor_descriptor(Q, shape=[B, H_QO, N, HEAD_DIM],
-                                               strides=[stride_qb, stride_qh, stride_qn, 1],
-                                               block_shape=[1, 1, BLOCK_M, HEAD_DIM])
-            desc_k = tl.make_tensor_descriptor(K, shape=[B, H_KV, N, HEAD_DIM],
-                                               strides=[stride_kb, stride_kh, stride_kn, 1],
-                                               block_shape=[1, 1, BLOCK_N, HEAD_DIM])
-            desc_v = tl.make_tensor_descriptor(V, shape=[B, H_KV, N, HEAD_DIM],
-                                               strides=[stride_vb, stride_vh, stride_vn, 1],
-                                               block_shape=[1, 1, BLOCK_N, HEAD_DIM])
-            desc_o = tl.make_tensor_descriptor(O, shape=[B, H_QO, N, HEAD_DIM],
-                                               strides=[stride_ob, stride_oh, stride_on, 1],
-                                               block_shape=[1, 1, BLOCK_M, HEAD_DIM])
+            # Built in the program, per (batch, head) as 2-D [N, D] views (rows past N zero-filled on load,
+            # clipped on store): tiles need no reshape, and Triton 3.6's warp specialisation on Hopper
+            # works only with descriptors made in the kernel (host-built ones hang it; its pass rejects
+            # the reshape of a 4-D tile).
+            desc_q = tl.make_tensor_descriptor(Q + q_base, shape=[N, HEAD_DIM], strides=[stride_qn, 1],
+                                               block_shape=[BLOCK_M, HEAD_DIM])
+            desc_k = tl.make_tensor_descriptor(K + k_base, shape=[N, HEAD_DIM], strides=[stride_kn, 1],
+                                               block_shape=[BLOCK_N, HEAD_DIM])
+            desc_v = tl.make_tensor_descriptor(V + v_base, shape=[N, HEAD_DIM], strides=[stride_vn, 1],
+                                               block_shape=[BLOCK_N, HEAD_DIM])
+            desc_o = tl.make_tensor_descriptor(O + o_base, shape=[N, HEAD_DIM], strides=[stride_on, 1],
+                                               block_shape=[BLOCK_M, HEAD_DIM])
     else:
         desc_k = 0
         desc_v = 0
     if USE_DESC and not PERMUTED:
-        q = desc_q.load([b, hq, start_m, 0]).reshape(BLOCK_M, HEAD_DIM)
+        if HOST_DESC:
+            q = desc_q.load([b, hq, start_m, 0]).reshape(BLOCK_M, HEAD_DIM)
+        else:
+            q = desc_q.load([start_m, 0])
     else:
         q_ptrs = Q + q_base + rows[:, None] * stride_qn + offs_d[None, :]
         q = tl.load(q_ptrs, mask=row_ok[:, None], other=0.0)
@@ -243,7 +250,7 @@ def _block_sparse_fwd(
         # pass fails on a kernel with a second (pointer-load) key loop after the specialised one.
         acc, l_i, m_i = _key_loop(acc, l_i, m_i, q, K, desc_k, desc_v, V, k_base, v_base, stride_kn, stride_vn,
                                   b, hk, idx_ptr, 0, n_iter, offs_m, N, qk_scale, window, alpha,
-                                  HEAD_DIM, BLOCK, BLOCK_N, not EVEN_N, USE_DIST, USE_DESC, WS, DOT_F32)
+                                  HEAD_DIM, BLOCK, BLOCK_N, not EVEN_N, USE_DIST, USE_DESC, WS, DOT_F32, HOST_DESC)
     else:
         # Lists are ascending: the partial last key block, when kept, is the last entry; that step runs
         # in its own loop with a column mask, through the same descriptors (zero-filled past N; a pointer
@@ -251,18 +258,20 @@ def _block_sparse_fwd(
         n_full = n_iter - has_tail.to(tl.int32) * KSUB
         acc, l_i, m_i = _key_loop(acc, l_i, m_i, q, K, desc_k, desc_v, V, k_base, v_base, stride_kn, stride_vn,
                                   b, hk, idx_ptr, 0, n_full, offs_m, N, qk_scale, window, alpha,
-                                  HEAD_DIM, BLOCK, BLOCK_N, False, USE_DIST, USE_DESC, WS, DOT_F32)
+                                  HEAD_DIM, BLOCK, BLOCK_N, False, USE_DIST, USE_DESC, WS, DOT_F32, HOST_DESC)
         acc, l_i, m_i = _key_loop(acc, l_i, m_i, q, K, desc_k, desc_v, V, k_base, v_base, stride_kn, stride_vn,
                                   b, hk, idx_ptr, n_full, n_iter, offs_m, N, qk_scale, window, alpha,
-                                  HEAD_DIM, BLOCK, BLOCK_N, True, USE_DIST, USE_DESC, False, DOT_F32)
+                                  HEAD_DIM, BLOCK, BLOCK_N, True, USE_DIST, USE_DESC, False, DOT_F32, HOST_DESC)
 
     # epilogue: rows with no kept key (l == 0) give 0 and lse = -inf
     empty = l_i == 0.0
     l_safe = tl.where(empty, 1.0, l_i)
     out = (acc / l_safe[:, None]).to(O.dtype.element_ty)
-    if USE_DESC and not PERMUTED and not WS:
-        # (Triton 3.6's warp specialisation pass rejects a descriptor store here: O goes by pointer then.)
-        desc_o.store([b, hq, start_m, 0], out.reshape(1, 1, BLOCK_M, HEAD_DIM))
+    if USE_DESC and not PERMUTED:
+        if HOST_DESC:
+            desc_o.store([b, hq, start_m, 0], out.reshape(1, 1, BLOCK_M, HEAD_DIM))
+        else:
+            desc_o.store([start_m, 0], out)
     else:
         o_ptrs = O + o_base + rows[:, None] * stride_on + offs_d[None, :]
         tl.store(o_ptrs, out, mask=row_ok[:, None])
@@ -646,7 +655,8 @@ def block_sparse_attention(
             raise ValueError(f"config {cfg.label()} does not tile block_size {bs}")
         # An explicit descriptor config also runs under the interpreter (tests of the TMA path's indexing).
         use_desc = cfg.use_desc and (hopper or interpret_mode()) and tma_ok
-        host_desc = cfg.host_desc or not use_desc
+        # warp specialisation needs descriptors built in the kernel (see the kernel's WS flag)
+        host_desc = (cfg.host_desc and not cfg.warp_spec) or not use_desc
         if interpret_mode():
             _interpreter_compat()
         elif use_desc and not host_desc:
