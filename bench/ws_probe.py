@@ -2,16 +2,19 @@
 
     PYTHONPATH=src python bench/ws_probe.py --out $OUT/ws-probe.json
 
-Our block-sparse kernel with ``warp_specialize=True`` (4 warps) compiles once O is stored by pointer,
+Our block-sparse kernel with ``warp_specialize=True`` (4 warps) compiled once O was stored by pointer,
 but hung on the H100 (2026-11-23). This isolates why: each variant is one key loop of the same
-flash-attention step, differing only in where the key block's offset comes from:
+flash-attention step, differing in where the key block's offset comes from:
 
 * ``affine``: ``j * BLOCK_N`` (a dense loop, like the leads' dense kernel);
 * ``loaded``: ``tl.load(IDX + j) * BLOCK_N`` (our kernel: a scalar load in the loop feeds the TMA coordinate);
 * ``select``: the index list loaded once as a vector before the loop, element j picked by a masked sum.
 
-Each variant runs in its own process under a timeout (a hung kernel is a result): correctness against
-SDPA on a small shape, then time at 1 x 12 x 32,768 x 128 dense against cuDNN in the same process.
+and in where the TMA descriptors are built (``host``: ``TensorDescriptor`` on the host, as in the first
+run, where every specialised variant hung; ``device``: ``tl.make_tensor_descriptor`` in the kernel, which
+Triton's Hopper warp specialisation is said to need). Each variant runs in its own process under a timeout
+(a hung kernel is a result): correctness against SDPA on a small shape, then time at 1 x 12 x 32,768 x 128
+dense against cuDNN in the same process. Case syntax: ``mode:ws(0/1):block_n:stages[:host|device]``.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import sys
 VARIANTS = ("affine", "loaded", "select")
 
 
-def run_variant(mode: str, ws: bool, block_n: int, stages: int) -> dict:
+def run_variant(mode: str, ws: bool, block_n: int, stages: int, desc: str = "host") -> dict:
     import torch
     import triton
     import triton.language as tl
@@ -33,9 +36,17 @@ def run_variant(mode: str, ws: bool, block_n: int, stages: int) -> dict:
 
     @triton.jit
     def fwd(Qd, Kd, Vd, O, IDX, N, NB, qk_scale, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
-            BLOCK_N: tl.constexpr, MODE: tl.constexpr, WS: tl.constexpr, NB_P2: tl.constexpr):
+            BLOCK_N: tl.constexpr, MODE: tl.constexpr, WS: tl.constexpr, NB_P2: tl.constexpr,
+            DEVICE_DESC: tl.constexpr, ROWS: tl.constexpr):
         pid = tl.program_id(0)
         h = tl.program_id(1)
+        if DEVICE_DESC:  # Qd/Kd/Vd are plain pointers to [ROWS, HEAD_DIM] row-major storage here
+            Qd = tl.make_tensor_descriptor(Qd, shape=[ROWS, HEAD_DIM], strides=[HEAD_DIM, 1],
+                                           block_shape=[BLOCK_M, HEAD_DIM])
+            Kd = tl.make_tensor_descriptor(Kd, shape=[ROWS, HEAD_DIM], strides=[HEAD_DIM, 1],
+                                           block_shape=[BLOCK_N, HEAD_DIM])
+            Vd = tl.make_tensor_descriptor(Vd, shape=[ROWS, HEAD_DIM], strides=[HEAD_DIM, 1],
+                                           block_shape=[BLOCK_N, HEAD_DIM])
         start_m = pid * BLOCK_M
         q = Qd.load([h * N + start_m, 0])
         m_i = tl.zeros([BLOCK_M], dtype=tl.float32) - float("inf")
@@ -72,14 +83,20 @@ def run_variant(mode: str, ws: bool, block_n: int, stages: int) -> dict:
         nb = n // block_n
         idx = torch.arange(nb, dtype=torch.int32, device="cuda")
         o = torch.empty_like(q)
-        descs = [TensorDescriptor.from_tensor(t.view(h * n, d), [bm, d]) for t, bm in ((q, 128), (k, block_n), (v, block_n))]
+        if desc == "host":
+            descs = [TensorDescriptor.from_tensor(t.view(h * n, d), [bm, d])
+                     for t, bm in ((q, 128), (k, block_n), (v, block_n))]
+        else:
+            descs = [q, k, v]
         fwd[(n // 128, h)](*descs, o, idx, n, nb, d ** -0.5 * 1.4426950408889634, HEAD_DIM=d, BLOCK_M=128,
                            BLOCK_N=block_n, MODE=VARIANTS.index(mode), WS=ws, NB_P2=triton.next_power_of_2(nb),
-                           num_warps=4, num_stages=stages)
+                           DEVICE_DESC=desc == "device", ROWS=h * n, num_warps=4, num_stages=stages)
         return o
 
+    if desc == "device":
+        triton.set_allocator(lambda size, alignment, stream: torch.empty(size, dtype=torch.int8, device="cuda"))
     torch.manual_seed(0)
-    row = {"mode": mode, "warp_specialize": ws, "block_n": block_n, "stages": stages}
+    row = {"mode": mode, "warp_specialize": ws, "block_n": block_n, "stages": stages, "descriptors": desc}
     q, k, v = (torch.randn(1, 2, 2048, 128, device="cuda", dtype=torch.bfloat16) for _ in range(3))
     ref = torch.nn.functional.scaled_dot_product_attention(q, k, v)
     row["small_err"] = float((attn(q, k, v).float() - ref.float()).norm() / ref.float().norm())
@@ -97,15 +114,15 @@ def run_variant(mode: str, ws: bool, block_n: int, stages: int) -> dict:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--cases", default="affine:1:128:2,loaded:1:128:2,select:1:128:2,affine:0:64:2,loaded:1:64:2",
-                    help="mode:warp_specialize(0/1):block_n:stages, comma separated")
+    ap.add_argument("--cases", default="affine:1:128:2:device,loaded:1:64:2:device,affine:0:64:2:device,affine:1:128:2",
+                    help="mode:warp_specialize(0/1):block_n:stages[:host|device], comma separated")
     ap.add_argument("--timeout", type=float, default=40.0)
     ap.add_argument("--out", default=None)
     ap.add_argument("--one", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.one:
-        mode, ws, bn, st = args.one.split(":")
-        print(json.dumps(run_variant(mode, ws == "1", int(bn), int(st))))
+        mode, ws, bn, st, *desc = args.one.split(":")
+        print(json.dumps(run_variant(mode, ws == "1", int(bn), int(st), *desc)))
         return 0
     rows = []
     for case in args.cases.split(","):

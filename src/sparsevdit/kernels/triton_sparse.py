@@ -310,7 +310,7 @@ class KernelConfig:
     block_n: int
     num_warps: int
     num_stages: int
-    warp_spec: bool = False  # tl.range(warp_specialize=...): see HOPPER_CONFIGS for why it is off
+    warp_spec: bool = False  # tl.range(warp_specialize=...); implies in-kernel descriptors (see the kernel)
     use_desc: bool = True  # TMA tensor descriptors (Hopper); False: plain pointer loads
     host_desc: bool = True  # descriptors built on the host once per call; False: in each program
     one_loop: bool = False  # partial last key block in the main (TMA) loop, column-masked: one key loop
@@ -322,8 +322,8 @@ class KernelConfig:
 
 
 # Hopper autotune space per head_dim, narrowed by bench/triton_tune.py on an H100 (docs/kernel.md).
-# No warp specialisation: in Triton 3.6 its pass crashed on this kernel with 4 warps (an MLIR
-# dominance assertion), and with 8 warps ran no faster than without it.
+# No warp specialisation yet: with 8 warps it ran slower; with 4 warps it hangs on host-built descriptors
+# and its in-kernel-descriptor form (label -ws-devdesc; the autotuner can launch it) is not yet timed.
 HOPPER_CONFIGS: dict[int, list[KernelConfig]] = {
     # H100, 1 x 12 x 32760 x 64 bf16, random masks 10/50/100%: the best three of a 12-config grid
     64: [
@@ -484,7 +484,7 @@ def _autotuned_kernel(head_dim: int):
     if head_dim not in _AUTOTUNED:
         configs = [
             triton.Config({"BLOCK_M": c.block_m, "BLOCK_N": c.block_n, "WARP_SPEC": c.warp_spec,
-                           "ONE_LOOP": c.one_loop},
+                           "ONE_LOOP": c.one_loop, "HOST_DESC": c.host_desc and not c.warp_spec},
                           num_warps=c.num_warps, num_stages=c.num_stages, pre_hook=_set_block_shapes)
             for c in HOPPER_CONFIGS.get(head_dim, HOPPER_CONFIGS[128])
         ]
@@ -648,7 +648,9 @@ def block_sparse_attention(
         descs = _host_descriptors(q, k, v, out, cfg0.block_m, cfg0.block_n)  # block shapes set per config
         kernel = _autotuned_kernel(head_dim)
         grid = lambda meta: (n_items * (bs // meta["BLOCK_M"]),)  # noqa: E731
-        kernel[grid](q, k, v, out, *descs, *args, **common, USE_DESC=True, HOST_DESC=True)
+        if any(not c.host_desc or c.warp_spec for c in HOPPER_CONFIGS.get(head_dim, HOPPER_CONFIGS[128])):
+            _ensure_allocator()  # a config builds its descriptors in the kernel (scratch from the allocator)
+        kernel[grid](q, k, v, out, *descs, *args, **common, USE_DESC=True)
     else:
         cfg = config or fallback_config(bs, q.device)
         if cfg.block_m > bs or bs % cfg.block_m or cfg.block_n > bs or bs % cfg.block_n:
