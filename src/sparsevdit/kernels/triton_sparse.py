@@ -264,6 +264,9 @@ def _block_sparse_fwd(
                                   HEAD_DIM, BLOCK, BLOCK_N, True, USE_DIST, USE_DESC, False, DOT_F32, HOST_DESC)
 
     # epilogue: rows with no kept key (l == 0) give 0 and lse = -inf
+    if PERMUTED:  # read again (a distinct address expression, so not merged with the prologue's load):
+        # kept live across the key loop, the scatter rows cost ptxas ~0.9 KB of spills a thread
+        rows = tl.load(PERM + tl.minimum(offs_m, N - 1), mask=row_ok, other=0).to(tl.int64)
     empty = l_i == 0.0
     l_safe = tl.where(empty, 1.0, l_i)
     out = (acc / l_safe[:, None]).to(O.dtype.element_ty)
