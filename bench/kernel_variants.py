@@ -47,7 +47,12 @@ def main(argv=None) -> int:
     ap.add_argument("--configs", default="M128N128w8s3,M64N128w4s2,M64N64w4s3",
                     help="forced KernelConfig labels besides auto")
     ap.add_argument("--out", default="bench/results/kernel-variants.json")
+    ap.add_argument("--timeout", type=float, default=None,
+                    help="run each config in its own process with this limit in seconds (a kernel that hangs "
+                         "or a compiler crash then costs only its own rows); the rows are merged into --out")
     args = ap.parse_args(argv)
+    if args.timeout:
+        return run_isolated(args, argv if argv is not None else sys.argv[1:])
     cases = [(c.split(":")[0], float(c.split(":")[1])) for c in args.cases.split(",") if c]
     configs = [parse_config(c) for c in args.configs.split(",") if c]
     rows = []
@@ -92,6 +97,41 @@ def main(argv=None) -> int:
         del q, k, v
         torch.cuda.empty_cache()
     write_json(args.out, result)
+    print(f"wrote {args.out}")
+    return 0
+
+
+def run_isolated(args, argv: list[str]) -> int:
+    """One child process per config (each also times ``auto`` beside it), under ``args.timeout``."""
+    import json
+    import subprocess
+    import tempfile
+
+    base, skip = [], False
+    for a in argv:  # the parent's arguments without --configs/--out/--timeout
+        if skip:
+            skip = False
+        elif a in ("--configs", "--out", "--timeout"):
+            skip = True
+        elif not a.startswith(("--configs=", "--out=", "--timeout=")):
+            base.append(a)
+    rows = []
+    result = {**environment(), "benchmark": "kernel-variants", "rows": rows}
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, label in enumerate(c for c in args.configs.split(",") if c):
+            part = os.path.join(tmp, f"{i}.json")
+            cmd = [sys.executable, __file__, *base, "--configs", label, "--out", part]
+            try:
+                code = subprocess.run(cmd, timeout=args.timeout, check=False).returncode
+                status = f"the process exited with code {code}" if code else None
+            except subprocess.TimeoutExpired:
+                status = f"no result within {args.timeout:g} s (the kernel hangs, or the limit is too short)"
+                print(f"{label}: {status}", flush=True)
+            done = json.load(open(part))["rows"] if os.path.exists(part) else []
+            rows += [dict(r, process=label) for r in done]
+            if status:
+                rows.append(dict(variant=label, process=label, error=status))
+            write_json(args.out, result)
     print(f"wrote {args.out}")
     return 0
 
