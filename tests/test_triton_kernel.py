@@ -335,6 +335,18 @@ def test_schedule_orders():
     assert ts.make_schedule(counts, "natural").tolist() == [0, 1, 2, 3, 4, 5]
 
 
+@here
+def test_launch_records():
+    # 2 heads x 3 query blocks over 300 tokens (block 128: the last block is partial)
+    lists = torch.tensor([[[0, 2, 0], [1, 0, 0], [0, 1, 2]], [[2, 0, 0], [0, 0, 0], [0, 1, 0]]], dtype=torch.int32)
+    counts = torch.tensor([[2, 1, 3], [1, 0, 2]], dtype=torch.int32)
+    rec = ts.index_from_tensors(lists, counts, 128, 300).launch_records("head").cpu()
+    # head-major, longest list first in each head: (item, count, ends with the partial block, 0)
+    assert rec.tolist() == [[2, 3, 1, 0], [0, 2, 1, 0], [1, 1, 0, 0], [5, 2, 0, 0], [3, 1, 1, 0], [4, 0, 0, 0]]
+    even = ts.index_from_tensors(lists, counts, 128, 384).launch_records("head").cpu()
+    assert even[:, 2].tolist() == [0] * 6  # no partial block when N is a multiple of the block
+
+
 def test_index_cache_per_patterns():
     layout = layout_of(300)
     a = sv.patterns.build("diagonal", layout, block_size=64, width=100)

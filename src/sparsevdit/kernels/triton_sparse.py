@@ -162,9 +162,10 @@ def _block_sparse_fwd(
     HEAD_MAP: tl.constexpr = True,
 ):
     # Q/O (and LSE) are [B, H_QO, N, D] with any strides: the call's head i is head HMAP_QO[i] there;
-    # K/V are [B, H_KV, N, D] likewise through HMAP_KV (both identity when HEAD_MAP is off). PERMUTED: the index lists are over a reordered
-    # sequence whose position j is token PERM[j] of Q/O (K/V come already reordered), so Q rows are
-    # gathered and O rows scattered by pointer in the prologue/epilogue, once per tile.
+    # K/V are [B, H_KV, N, D] likewise through HMAP_KV (both identity when HEAD_MAP is off).
+    # PERMUTED: the index lists are over a reordered sequence whose position j is token PERM[j] of Q/O
+    # (K/V come already reordered), so Q rows are gathered and O rows scattered by pointer in the
+    # prologue/epilogue, once per tile.
     QSUB: tl.constexpr = BLOCK // BLOCK_M
     KSUB: tl.constexpr = BLOCK // BLOCK_N
     # Warp specialisation (Triton 3.6, Hopper) needs descriptors made in the kernel (with host-built ones
@@ -245,9 +246,9 @@ def _block_sparse_fwd(
 
     n_iter = cnt * KSUB
     if EVEN_N or ((ONE_LOOP or WS) and USE_DESC):
-        # ONE_LOOP: the partial last key block goes through the same TMA loop (the 4-D descriptors
-        # zero-fill rows past N) with a column mask on every tile. Warp specialisation implies it: Triton 3.6's
-        # pass fails on a kernel with a second (pointer-load) key loop after the specialised one.
+        # ONE_LOOP: the partial last key block goes through the same TMA loop (the descriptors zero-fill
+        # rows past N) with a column mask on every tile. Warp specialisation implies it: Triton 3.6's pass
+        # fails on a kernel with a second key loop after the specialised one (pointer or TMA loads alike).
         acc, l_i, m_i = _key_loop(acc, l_i, m_i, q, K, desc_k, desc_v, V, k_base, v_base, stride_kn, stride_vn,
                                   b, hk, idx_ptr, 0, n_iter, offs_m, N, qk_scale, window, alpha,
                                   HEAD_DIM, BLOCK, BLOCK_N, not EVEN_N, USE_DIST, USE_DESC, WS, DOT_F32, HOST_DESC)
