@@ -29,14 +29,14 @@ from sparsevdit.kernels import triton_sparse as ts  # noqa: E402
 
 def parse_config(label: str) -> ts.KernelConfig:
     """``M128N64w4s2`` (optional ``-ws``: warp specialisation, ``-devdesc``: descriptors built in the
-    kernel, ``-1l``: one key loop; the order of ``KernelConfig.label``) -> KernelConfig."""
+    kernel, ``-1l``: one key loop, ``-p``: persistent grid; the order of ``KernelConfig.label``) -> KernelConfig."""
     import re
 
-    m = re.fullmatch(r"M(\d+)N(\d+)w(\d+)s(\d+)(-ws)?(-devdesc)?(-1l)?", label)
+    m = re.fullmatch(r"M(\d+)N(\d+)w(\d+)s(\d+)(-ws)?(-devdesc)?(-1l)?(-p)?", label)
     if not m:
-        raise argparse.ArgumentTypeError(f"bad config label {label!r} (e.g. M128N64w4s2-ws-devdesc-1l)")
+        raise argparse.ArgumentTypeError(f"bad config label {label!r} (e.g. M128N64w4s2-ws-devdesc-1l-p)")
     return ts.KernelConfig(int(m[1]), int(m[2]), int(m[3]), int(m[4]), bool(m[5]), host_desc=not m[6],
-                           one_loop=bool(m[7]))
+                           one_loop=bool(m[7]), persistent=bool(m[8]))
 
 
 def main(argv=None) -> int:

@@ -48,3 +48,10 @@ def test_warp_specialised_config_compiles():
     # specialised: a producer and two consumer warpgroups with register reallocation;
     # permuted Q rows (a pointer gather) run the same config unspecialised
     assert tail["setmaxnreg"] > 0 and permuted["setmaxnreg"] == 0, (tail, permuted)
+
+
+def test_persistent_configs_compile():
+    rows = compile_rows(["M128N32w4s2-p", "M128N64w4s2-ws-devdesc-p"], 128, "tail,lse")
+    assert all("error" not in r for r in rows), rows
+    # two 4-warp persistent programs with 32-key tiles fit one SM (228 KB): persistent_programs relies on it
+    assert all(r["shared_bytes"] <= 114 * 1024 for r in rows if r["config"] == "M128N32w4s2-p"), rows

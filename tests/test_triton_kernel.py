@@ -183,6 +183,8 @@ def test_distance_hook(window, alpha):
     ts.KernelConfig(128, 128, 4, 1, False, True, False),  # descriptors built inside the kernel
     ts.KernelConfig(128, 64, 4, 1, False, True, one_loop=True),  # partial block in the TMA loop
     ws_param,  # warp specialised (on Hopper), in-kernel descriptors
+    ts.KernelConfig(128, 64, 4, 2, False, True, persistent=True),  # persistent grid: programs loop over tiles
+    ts.KernelConfig(64, 64, 4, 1, False, False, persistent=True),  # persistent, pointer path, half-block tiles
 ], ids=lambda c: c.label())
 def test_tiles_and_descriptor_path(cfg):
     n, bs = 300, 128
@@ -207,6 +209,7 @@ def _token_major(batch, heads, n, dim, dtype, gen):
     ts.KernelConfig(128, 64, 4, 1, False, True),    # descriptor (TMA) path over the strided views
     ts.KernelConfig(128, 64, 4, 1, False, True, False),  # 2-D per-head descriptors built in the kernel
     ws_param,  # warp specialised on Hopper (unspecialised if reordered)
+    ts.KernelConfig(128, 32, 4, 2, False, True, persistent=True),  # persistent grid over the strided views
 ], ids=lambda c: c.label())
 @pytest.mark.parametrize("permuted", [False, True], ids=["frame_order", "reordered"])
 def test_in_place_head_group(cfg, permuted):

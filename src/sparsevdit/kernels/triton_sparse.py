@@ -148,7 +148,8 @@ def _key_loop(acc, l_i, m_i, q, K, desc_k, desc_v, V, k_base, v_base, stride_kn,
     return acc, l_i, m_i
 
 @_kernel_fn
-def _block_sparse_fwd(
+def _attend_tile(
+    pid,
     Q, K, V, O, Qd, Kd, Vd, Od, LSE, KV_IDX, SCHED, HMAP_QO, HMAP_KV, PERM,
     stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_kn,
     stride_vb, stride_vh, stride_vn, stride_ob, stride_oh, stride_on,
@@ -159,8 +160,9 @@ def _block_sparse_fwd(
     EVEN_N: tl.constexpr, USE_DIST: tl.constexpr, STORE_LSE: tl.constexpr,
     USE_DESC: tl.constexpr, WARP_SPEC: tl.constexpr, HOST_DESC: tl.constexpr = True,
     DOT_F32: tl.constexpr = False, PERMUTED: tl.constexpr = False, ONE_LOOP: tl.constexpr = False,
-    HEAD_MAP: tl.constexpr = True,
+    HEAD_MAP: tl.constexpr = True, PERSISTENT: tl.constexpr = False,
 ):
+    # One query tile: program ``pid`` of the launch order (several per program when PERSISTENT).
     # Q/O (and LSE) are [B, H_QO, N, D] with any strides: the call's head i is head HMAP_QO[i] there;
     # K/V are [B, H_KV, N, D] likewise through HMAP_KV (both identity when HEAD_MAP is off).
     # PERMUTED: the index lists are over a reordered sequence whose position j is token PERM[j] of Q/O
@@ -172,7 +174,6 @@ def _block_sparse_fwd(
     # the specialised kernel hangs: docs/kernel.md) and Q through a descriptor (its pass fails on the
     # pointer gather of permuted Q rows): otherwise the same config runs unspecialised.
     WS: tl.constexpr = WARP_SPEC and USE_DESC and not HOST_DESC and not PERMUTED
-    pid = tl.program_id(0)
     qsub = pid % QSUB
     rest = pid // QSUB
     b = rest % B
@@ -245,10 +246,11 @@ def _block_sparse_fwd(
     acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
 
     n_iter = cnt * KSUB
-    if EVEN_N or ((ONE_LOOP or WS) and USE_DESC):
+    if EVEN_N or ((ONE_LOOP or WS or PERSISTENT) and USE_DESC):
         # ONE_LOOP: the partial last key block goes through the same TMA loop (the descriptors zero-fill
         # rows past N) with a column mask on every tile. Warp specialisation implies it: Triton 3.6's pass
-        # fails on a kernel with a second key loop after the specialised one (pointer or TMA loads alike).
+        # fails on a kernel with a second key loop after the specialised one (pointer or TMA loads alike);
+        # a persistent program's tile loop fuses with one inner loop only.
         acc, l_i, m_i = _key_loop(acc, l_i, m_i, q, K, desc_k, desc_v, V, k_base, v_base, stride_kn, stride_vn,
                                   b, hk, idx_ptr, 0, n_iter, offs_m, N, qk_scale, window, alpha,
                                   HEAD_DIM, BLOCK, BLOCK_N, not EVEN_N, USE_DIST, USE_DESC, WS, DOT_F32, HOST_DESC)
@@ -285,6 +287,41 @@ def _block_sparse_fwd(
 
 
 @_kernel_fn
+def _block_sparse_fwd(
+    Q, K, V, O, Qd, Kd, Vd, Od, LSE, KV_IDX, SCHED, HMAP_QO, HMAP_KV, PERM,
+    stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_kn,
+    stride_vb, stride_vh, stride_vn, stride_ob, stride_oh, stride_on,
+    qk_scale, window, alpha,
+    N, H, B, NQB, MAXW, H_QO, H_KV,
+    HEAD_DIM: tl.constexpr, BLOCK: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    EVEN_N: tl.constexpr, USE_DIST: tl.constexpr, STORE_LSE: tl.constexpr,
+    USE_DESC: tl.constexpr, WARP_SPEC: tl.constexpr, HOST_DESC: tl.constexpr = True,
+    DOT_F32: tl.constexpr = False, PERMUTED: tl.constexpr = False, ONE_LOOP: tl.constexpr = False,
+    HEAD_MAP: tl.constexpr = True, PERSISTENT: tl.constexpr = False,
+):
+    # One program per query tile; PERSISTENT: a grid of about two programs per SM, each taking tiles
+    # pid, pid + grid, ... of the launch order in one flattened loop, so the software pipeline runs on
+    # from one tile's last key blocks into the next tile's first ones (no fill/drain per tile).
+    if PERSISTENT:
+        total = H * NQB * B * (BLOCK // BLOCK_M)
+        for t in tl.range(tl.program_id(0), total, tl.num_programs(0), flatten=True):
+            _attend_tile(t, Q, K, V, O, Qd, Kd, Vd, Od, LSE, KV_IDX, SCHED, HMAP_QO, HMAP_KV, PERM,
+                stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_kn,
+                stride_vb, stride_vh, stride_vn, stride_ob, stride_oh, stride_on,
+                qk_scale, window, alpha, N, H, B, NQB, MAXW, H_QO, H_KV,
+                HEAD_DIM, BLOCK, BLOCK_M, BLOCK_N, EVEN_N, USE_DIST, STORE_LSE, USE_DESC, WARP_SPEC,
+                HOST_DESC, DOT_F32, PERMUTED, ONE_LOOP, HEAD_MAP, PERSISTENT)
+    else:
+        _attend_tile(tl.program_id(0), Q, K, V, O, Qd, Kd, Vd, Od, LSE, KV_IDX, SCHED, HMAP_QO, HMAP_KV, PERM,
+                stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_kn,
+                stride_vb, stride_vh, stride_vn, stride_ob, stride_oh, stride_on,
+                qk_scale, window, alpha, N, H, B, NQB, MAXW, H_QO, H_KV,
+                HEAD_DIM, BLOCK, BLOCK_M, BLOCK_N, EVEN_N, USE_DIST, STORE_LSE, USE_DESC, WARP_SPEC,
+                HOST_DESC, DOT_F32, PERMUTED, ONE_LOOP, HEAD_MAP, PERSISTENT)
+
+
+@_kernel_fn
 def _gather_heads_rows(SRC, DST, HMAP, PERM, N, stride_sb, stride_sh, stride_sn, H_OUT,
                        HEAD_DIM: tl.constexpr, ROWS: tl.constexpr, PERMUTED: tl.constexpr):
     # DST [B, H_OUT, N, D] contiguous <- SRC[b, HMAP[h], PERM[j] (or j), :] (one pass, rows of D elements).
@@ -318,11 +355,13 @@ class KernelConfig:
     use_desc: bool = True  # TMA tensor descriptors (Hopper); False: plain pointer loads
     host_desc: bool = True  # descriptors built on the host once per call; False: in each program
     one_loop: bool = False  # partial last key block in the main (TMA) loop, column-masked: one key loop
+    persistent: bool = False  # ~2 programs per SM looping over tiles in one flattened loop (implies one_loop)
 
     def label(self) -> str:
         return (f"M{self.block_m}N{self.block_n}w{self.num_warps}s{self.num_stages}"
                 f"{'-ws' if self.warp_spec else ''}{'' if self.use_desc else '-ptr'}"
-                f"{'-devdesc' if self.use_desc and not self.host_desc else ''}{'-1l' if self.one_loop else ''}")
+                f"{'-devdesc' if self.use_desc and not self.host_desc else ''}{'-1l' if self.one_loop else ''}"
+                f"{'-p' if self.persistent else ''}")
 
 
 # Hopper autotune space per head_dim, narrowed by bench/triton_tune.py on an H100 (docs/kernel.md).
@@ -488,7 +527,8 @@ def _autotuned_kernel(head_dim: int):
     if head_dim not in _AUTOTUNED:
         configs = [
             triton.Config({"BLOCK_M": c.block_m, "BLOCK_N": c.block_n, "WARP_SPEC": c.warp_spec,
-                           "ONE_LOOP": c.one_loop, "HOST_DESC": c.host_desc and not c.warp_spec},
+                           "ONE_LOOP": c.one_loop, "HOST_DESC": c.host_desc and not c.warp_spec,
+                           "PERSISTENT": c.persistent},
                           num_warps=c.num_warps, num_stages=c.num_stages, pre_hook=_set_block_shapes)
             for c in HOPPER_CONFIGS.get(head_dim, HOPPER_CONFIGS[128])
         ]
@@ -651,7 +691,11 @@ def block_sparse_attention(
         cfg0 = HOPPER_CONFIGS.get(head_dim, HOPPER_CONFIGS[128])[0]
         descs = _host_descriptors(q, k, v, out, cfg0.block_m, cfg0.block_n)  # block shapes set per config
         kernel = _autotuned_kernel(head_dim)
-        grid = lambda meta: (n_items * (bs // meta["BLOCK_M"]),)  # noqa: E731
+        def grid(meta):
+            tiles = n_items * (bs // meta["BLOCK_M"])
+            if not meta.get("PERSISTENT"):
+                return (tiles,)
+            return (persistent_programs(tiles, meta["BLOCK_N"], meta.get("num_warps", 4), meta["WARP_SPEC"], q.device),)
         if any(not c.host_desc or c.warp_spec for c in HOPPER_CONFIGS.get(head_dim, HOPPER_CONFIGS[128])):
             _ensure_allocator()  # a config builds its descriptors in the kernel (scratch from the allocator)
         kernel[grid](q, k, v, out, *descs, *args, **common, USE_DESC=True)
@@ -669,13 +713,28 @@ def block_sparse_attention(
             _ensure_allocator()
         descs = (_host_descriptors(q, k, v, out, cfg.block_m, cfg.block_n) if use_desc and host_desc
                  else (q, k, v, out))
-        _block_sparse_fwd[(n_items * (bs // cfg.block_m),)](
+        tiles = n_items * (bs // cfg.block_m)
+        programs = (persistent_programs(tiles, cfg.block_n, cfg.num_warps, cfg.warp_spec, q.device)
+                    if cfg.persistent else tiles)
+        _block_sparse_fwd[(programs,)](
             q, k, v, out, *descs, *args, **common, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, USE_DESC=use_desc,
-            WARP_SPEC=cfg.warp_spec and hopper, HOST_DESC=host_desc, ONE_LOOP=cfg.one_loop,
+            WARP_SPEC=cfg.warp_spec and hopper, HOST_DESC=host_desc, ONE_LOOP=cfg.one_loop, PERSISTENT=cfg.persistent,
             DOT_F32=interpret_mode() and q.dtype == torch.bfloat16,
             num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         )
     return out, (lse if return_lse else None)
+
+
+def persistent_programs(tiles: int, block_n: int, num_warps: int, warp_spec: bool, device: torch.device) -> int:
+    """Grid of a persistent launch: as many programs as the GPU holds at once, never more than the tiles.
+    Two per SM only for 4-warp programs with 32-key tiles: at head_dim 128 a persistent program also
+    buffers the next tile's Q, 131 KB of shared memory with 64-key tiles against 98 KB with 32 (sm_90
+    compile, bench/compile_check.py), and an SM has 228 KB; warp-specialised or 8-warp programs take one
+    SM each by registers. Under the interpreter 3, so that the tests walk programs through several tiles."""
+    if device.type != "cuda":
+        return min(tiles, 3)
+    per_sm = 2 if (num_warps == 4 and not warp_spec and block_n <= 32) else 1
+    return min(tiles, per_sm * torch.cuda.get_device_properties(device).multi_processor_count)
 
 
 @lru_cache(maxsize=64)
