@@ -98,15 +98,20 @@ def check(out, lse, ref_out, ref_lse, dtype):
         assert out.double()[inf_ref].abs().max() == 0 if inf_ref.any() else True
 
 
-def run_kernel(masks, n, dim, dtype, block_size, heads=None, batch=1, seed=0, return_lse=True, **kw):
-    heads = masks.shape[0]
-    gen = torch.Generator().manual_seed(seed)
-    q, k, v = (torch.randn(batch, heads, n, dim, generator=gen).to(DEVICE, dtype) for _ in range(3))
+def index_of_masks(masks, block_size, n, device=DEVICE):
+    """BlockIndex of block masks [h, nb, nb] (ascending lists)."""
     counts = masks.sum(-1).to(torch.int32)
     width = max(1, int(counts.max()))
     order = torch.sort((~masks).to(torch.int8), dim=-1, stable=True).indices[..., :width]
     indices = torch.where(torch.arange(width) < counts[..., None], order, -1).to(torch.int32)
-    index = ts.index_from_tensors(indices.to(DEVICE), counts.to(DEVICE), block_size, n)
+    return ts.index_from_tensors(indices.to(device), counts.to(device), block_size, n)
+
+
+def run_kernel(masks, n, dim, dtype, block_size, heads=None, batch=1, seed=0, return_lse=True, **kw):
+    heads = masks.shape[0]
+    gen = torch.Generator().manual_seed(seed)
+    q, k, v = (torch.randn(batch, heads, n, dim, generator=gen).to(DEVICE, dtype) for _ in range(3))
+    index = index_of_masks(masks, block_size, n)
     scale = 1.0 / math.sqrt(dim)
     out, lse = ts.block_sparse_attention(q, k, v, index, scale, return_lse=return_lse, **kw)
     ref_out, ref_lse = reference(q.cpu(), k.cpu(), v.cpu(), masks, block_size, scale,
@@ -196,6 +201,99 @@ def test_tiles_and_descriptor_path(cfg):
 
 
 # --------------------------------------------------------------------------------------------
+# key chunks: one launch per contiguous key range, merged through the lse
+# --------------------------------------------------------------------------------------------
+@here
+@pytest.mark.parametrize("cfg", [
+    ts.KernelConfig(64, 64, 4, 1, False, False),    # pointer path
+    ts.KernelConfig(128, 64, 4, 1, False, True),    # host descriptors (merge reads O through them)
+    ts.KernelConfig(128, 64, 4, 1, False, True, False),  # in-kernel descriptors
+    ts.KernelConfig(128, 64, 4, 2, False, True, persistent=True),  # persistent grid over fewer records
+], ids=lambda c: c.label())
+@pytest.mark.parametrize("chunks", [2, 3])
+@pytest.mark.parametrize("return_lse", [True, False], ids=["lse", "no_lse"])
+def test_key_chunks(cfg, chunks, return_lse):
+    n, bs = 600, 128  # 5 key blocks, the last one partial
+    nb = num_blocks(n, bs)
+    masks = torch.stack([random_mask(nb, 0.5, 51, empty_rows=[0], dense_rows=[2]), random_mask(nb, 0.3, 52)])
+    masks[1, 3] = False
+    masks[1, 3, 0] = True  # a row whose only key is in the first range
+    masks[1, 4] = False
+    masks[1, 4, -1] = True  # a row whose only key is the partial last block
+    out, lse, ref_out, ref_lse = run_kernel(masks, n, 64, torch.float16, bs, config=cfg, kv_chunks=chunks,
+                                            return_lse=return_lse)
+    check(out, lse, ref_out, ref_lse, torch.float16)
+
+
+@here
+@pytest.mark.parametrize("cfg", [ts.KernelConfig(64, 64, 4, 1, False, False), ts.KernelConfig(128, 64, 4, 1, False, True)],
+                         ids=lambda c: c.label())
+def test_key_chunks_in_place_reordered(cfg):
+    batch, total, n, dim, bs = 1, 3, 600, 64, 128
+    gen = torch.Generator().manual_seed(61)
+    q, k, v = _token_major(batch, total, n, dim, torch.float16, gen)
+    nb = num_blocks(n, bs)
+    masks = torch.stack([random_mask(nb, 0.6, 62, empty_rows=[1]), random_mask(nb, 0.4, 63)])
+    index = index_of_masks(masks, bs, n)
+    perm = torch.randperm(n, generator=gen)
+    group = [0, 2]
+    out = torch.full_like(q, 7.0)
+    scale = 1.0 / math.sqrt(dim)
+    _, none = ts.block_sparse_attention(q, k, v, index, scale, config=cfg, heads=torch.tensor(group, device=DEVICE),
+                                        perm=perm.to(DEVICE), out=out, kv_chunks=2)
+    assert none is None
+    qg, kg, vg = (t.cpu()[:, group][:, :, perm] for t in (q, k, v))
+    ref_out, _ = reference(qg, kg, vg, masks, bs, scale)
+    check(out.cpu()[:, group][:, :, perm], None, ref_out, None, torch.float16)
+    assert (out.cpu()[:, 1] == 7.0).all()
+
+
+def test_chunk_records():
+    # 1 head x 4 query blocks over 500 tokens (the last block partial), two key ranges: blocks 0-1, 2-3
+    lists = torch.tensor([[[0, 3, 0], [1, 2, 3], [0, 0, 0], [2, 0, 0]]], dtype=torch.int32)
+    counts = torch.tensor([[2, 3, 0, 1]], dtype=torch.int32)
+    first, second = (r.cpu().tolist() for r in ts.index_from_tensors(lists, counts, 128, 500).chunk_records(2))
+    # (item, slice length, flags, slice start): the empty item runs once, in the first launch
+    assert first == [[0, 1, 0, 0], [1, 1, 0, 0], [2, 0, 0, 0]]
+    merge, tail = ts.REC_MERGE, ts.REC_TAIL
+    assert second == [[1, 2, merge | tail, 1], [0, 1, merge | tail, 1], [3, 1, 0, 0]]
+    whole = ts.index_from_tensors(lists, counts, 128, 500).chunk_records(1)[0].cpu().tolist()
+    assert whole == [[1, 3, tail, 0], [0, 2, tail, 0], [3, 1, 0, 0], [2, 0, 0, 0]]
+
+
+def test_head_footprints_and_auto_chunks():
+    nb = 8
+    dense = torch.ones(1, nb, nb, dtype=torch.bool)
+    band = (torch.arange(nb)[:, None] - torch.arange(nb)[None, :]).abs() <= 1
+    index = index_of_masks(torch.cat([dense, band[None]]), 128, nb * 128, device="cpu")
+    # two programs in flight: a dense head's pairs touch all 8 blocks; the band's pairs in launch order
+    # (longest lists first: rows 1-6, then 0 and 7) touch 4 each
+    assert index.head_footprints(2).tolist() == [8.0, 4.0]
+    assert index.head_footprints(nb).tolist() == [8.0, 8.0]
+    assert ts.auto_kv_chunks(index, 128, 2, torch.device("cpu")) == 1  # only on a GPU
+    with pytest.raises(ValueError, match="kv_chunks"):
+        ts.block_sparse_attention(*(torch.zeros(1, 2, nb * 128, 64, device=DEVICE, dtype=torch.float16) for _ in range(3)),
+                                  index_of_masks(torch.cat([dense, band[None]]), 128, nb * 128), kv_chunks=0)
+
+
+def test_auto_kv_chunks_rule(monkeypatch):
+    class Props:  # a GPU whose L2 holds 64 of these 64 KB K/V blocks (head_dim 128, bf16)
+        L2_cache_size = 4 * 2**20
+        multi_processor_count = 32
+
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: Props())
+    cuda = torch.device("cuda")
+    nb = 96  # a head's K/V: 6 MB, over half the L2
+    chunks = lambda masks: ts.auto_kv_chunks(index_of_masks(masks, 128, nb * 128, device="cpu"), 128, 2, cuda)  # noqa: E731
+    assert chunks(torch.ones(1, nb, nb, dtype=torch.bool)) == 1  # dense: programs read in step
+    assert chunks(random_mask(nb, 0.5, 1)[None]) == 3  # scattered: 6 MB / 2 MB
+    assert chunks(random_mask(nb, 0.2, 2)[None]) == 1  # ~19 blocks a row: slices would be too short
+    small = 48  # 3 MB a head: 2 ranges (rows of ~29 blocks)
+    assert ts.auto_kv_chunks(index_of_masks(random_mask(small, 0.6, 3)[None], 128, small * 128, device="cpu"),
+                             128, 2, cuda) == 2
+
+
+# --------------------------------------------------------------------------------------------
 # in place: a head group of token-major [B, N, H, D] tensors, with a token reordering
 # --------------------------------------------------------------------------------------------
 def _token_major(batch, heads, n, dim, dtype, gen):
@@ -220,11 +318,7 @@ def test_in_place_head_group(cfg, permuted):
     nb = num_blocks(n, bs)
     masks = torch.stack([random_mask(nb, 0.5, 40, empty_rows=[1]), random_mask(nb, 1.0, 41),
                          random_mask(nb, 0.3, 42, dense_rows=[0])])
-    counts = masks.sum(-1).to(torch.int32)
-    width = max(1, int(counts.max()))
-    order = torch.sort((~masks).to(torch.int8), dim=-1, stable=True).indices[..., :width]
-    indices = torch.where(torch.arange(width) < counts[..., None], order, -1).to(torch.int32)
-    index = ts.index_from_tensors(indices.to(DEVICE), counts.to(DEVICE), bs, n)
+    index = index_of_masks(masks, bs, n)
     perm = torch.randperm(n, generator=gen) if permuted else None
     out = torch.full_like(q, 7.0)  # heads outside the group must stay untouched
     assert out.stride() == q.stride()
@@ -385,9 +479,10 @@ def test_gpu_warp_specialised_in_subprocess():
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("dim", [64, 128])
-def test_gpu_large(dtype, dim):
+@pytest.mark.parametrize("kv_chunks", [None, 3], ids=["auto_chunks", "3_chunks"])
+def test_gpu_large(dtype, dim, kv_chunks):
     n, bs = 4100, 128
     nb = num_blocks(n, bs)
     masks = torch.stack([random_mask(nb, d, 20 + i, empty_rows=[3]) for i, d in enumerate((0.1, 0.5, 1.0))])
-    out, lse, ref_out, ref_lse = run_kernel(masks, n, dim, dtype, bs)
+    out, lse, ref_out, ref_lse = run_kernel(masks, n, dim, dtype, bs, kv_chunks=kv_chunks)
     check(out, lse, ref_out, ref_lse, dtype)

@@ -141,12 +141,22 @@ def run(shapes, densities, kinds, backends, dtype=torch.bfloat16, check=True, lo
                 eff = cudnn_ms * density / ms
                 rows.append(dict(backend=bname, shape=shape_name, shape_str=shape_str, pattern=kind, density=density,
                                  target_density=dens, ms=ms, cudnn_dense_ms=cudnn_ms, efficiency=eff, spot_rel_err=err,
-                                 ms_rounds=times[bname]))
+                                 ms_rounds=times[bname], **_kernel_facts(bname, pats, d, q)))
                 log(f"  {bname:9s} {kind:15s} density {density:6.1%}  {ms:8.3f} ms  efficiency {eff:5.2f}"
                     + (f"  err {err:.1e}" if err is not None else ""))
         del q, k, v
         torch.cuda.empty_cache()
     return rows
+
+
+def _kernel_facts(backend: str, patterns, head_dim: int, q: torch.Tensor) -> dict:
+    """What the triton row ran with: the number of key ranges ``auto_kv_chunks`` chose."""
+    if backend != "triton":
+        return {}
+    from ..kernels import triton_sparse as ts
+
+    index = ts.block_index_for(patterns, q.device)
+    return {"kv_chunks": ts.auto_kv_chunks(index, head_dim, q.element_size(), q.device)}
 
 
 def print_table(rows: list[dict]) -> None:

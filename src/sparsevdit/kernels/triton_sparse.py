@@ -154,13 +154,13 @@ def _attend_tile(
     stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_kn,
     stride_vb, stride_vh, stride_vn, stride_ob, stride_oh, stride_on,
     qk_scale, window, alpha,
-    N, H, B, NQB, MAXW, H_QO, H_KV,
+    N, NREC, B, NQB, MAXW, H_QO, H_KV,
     HEAD_DIM: tl.constexpr, BLOCK: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     EVEN_N: tl.constexpr, USE_DIST: tl.constexpr, STORE_LSE: tl.constexpr,
     USE_DESC: tl.constexpr, WARP_SPEC: tl.constexpr, HOST_DESC: tl.constexpr = True,
     DOT_F32: tl.constexpr = False, PERMUTED: tl.constexpr = False, ONE_LOOP: tl.constexpr = False,
-    HEAD_MAP: tl.constexpr = True, PERSISTENT: tl.constexpr = False,
+    HEAD_MAP: tl.constexpr = True, PERSISTENT: tl.constexpr = False, CHUNKED: tl.constexpr = False,
 ):
     # One query tile: program ``pid`` of the launch order (several per program when PERSISTENT).
     # Q/O (and LSE) are [B, H_QO, N, D] with any strides: the call's head i is head HMAP_QO[i] there;
@@ -183,7 +183,8 @@ def _attend_tile(
     rec = SCHED + (rest // B) * 4
     item = tl.load(rec)
     cnt = tl.load(rec + 1)
-    has_tail = tl.load(rec + 2) != 0
+    flags = tl.load(rec + 2)
+    has_tail = (flags & 1) != 0  # REC_TAIL
     head = item // NQB
     qb = item % NQB
     if HEAD_MAP:
@@ -192,7 +193,7 @@ def _attend_tile(
     else:
         hq = head
         hk = head
-    idx_ptr = KV_IDX + item.to(tl.int64) * MAXW
+    idx_ptr = KV_IDX + item.to(tl.int64) * MAXW + tl.load(rec + 3)  # the slice of a key-chunked launch
 
     start_m = qb * BLOCK + qsub * BLOCK_M
     offs_m = start_m + tl.arange(0, BLOCK_M)
@@ -272,18 +273,39 @@ def _attend_tile(
         rows = tl.load(PERM + tl.minimum(offs_m, N - 1), mask=row_ok, other=0).to(tl.int64)
     empty = l_i == 0.0
     l_safe = tl.where(empty, 1.0, l_i)
-    out = (acc / l_safe[:, None]).to(O.dtype.element_ty)
+    out = acc / l_safe[:, None]
+    lse_ptrs = LSE + (b64 * H_QO + hq) * N + rows
+    o_ptrs = O + o_base + rows[:, None] * stride_on + offs_d[None, :]
+    if STORE_LSE:
+        lse = tl.where(empty, float("-inf"), (m_i + tl.math.log2(l_safe)) * 0.6931471805599453)
+        if CHUNKED:
+            if (flags & 2) != 0:  # REC_MERGE: combine with the rows an earlier launch wrote (same slots)
+                lse_old = tl.load(lse_ptrs, mask=row_ok, other=float("-inf"))
+                if USE_DESC and not PERMUTED:
+                    if HOST_DESC:
+                        o_old = desc_o.load([b, hq, start_m, 0]).reshape(BLOCK_M, HEAD_DIM)
+                    else:
+                        o_old = desc_o.load([start_m, 0])
+                else:
+                    o_old = tl.load(o_ptrs, mask=row_ok[:, None], other=0.0)
+                top = tl.maximum(lse_old, lse)
+                top = tl.where(top == float("-inf"), 0.0, top)
+                w_old = tl.exp(lse_old - top)
+                w_new = tl.exp(lse - top)
+                total = w_old + w_new
+                none = total == 0.0
+                total = tl.where(none, 1.0, total)
+                out = out * (w_new / total)[:, None] + o_old.to(tl.float32) * (w_old / total)[:, None]
+                lse = tl.where(none, float("-inf"), top + tl.log(total))
+        tl.store(lse_ptrs, lse, mask=row_ok)
+    out = out.to(O.dtype.element_ty)
     if USE_DESC and not PERMUTED:
         if HOST_DESC:
             desc_o.store([b, hq, start_m, 0], out.reshape(1, 1, BLOCK_M, HEAD_DIM))
         else:
             desc_o.store([start_m, 0], out)
     else:
-        o_ptrs = O + o_base + rows[:, None] * stride_on + offs_d[None, :]
         tl.store(o_ptrs, out, mask=row_ok[:, None])
-    if STORE_LSE:
-        lse = tl.where(empty, float("-inf"), (m_i + tl.math.log2(l_safe)) * 0.6931471805599453)
-        tl.store(LSE + (b64 * H_QO + hq) * N + rows, lse, mask=row_ok)
 
 
 @_kernel_fn
@@ -292,33 +314,33 @@ def _block_sparse_fwd(
     stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_kn,
     stride_vb, stride_vh, stride_vn, stride_ob, stride_oh, stride_on,
     qk_scale, window, alpha,
-    N, H, B, NQB, MAXW, H_QO, H_KV,
+    N, NREC, B, NQB, MAXW, H_QO, H_KV,
     HEAD_DIM: tl.constexpr, BLOCK: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     EVEN_N: tl.constexpr, USE_DIST: tl.constexpr, STORE_LSE: tl.constexpr,
     USE_DESC: tl.constexpr, WARP_SPEC: tl.constexpr, HOST_DESC: tl.constexpr = True,
     DOT_F32: tl.constexpr = False, PERMUTED: tl.constexpr = False, ONE_LOOP: tl.constexpr = False,
-    HEAD_MAP: tl.constexpr = True, PERSISTENT: tl.constexpr = False,
+    HEAD_MAP: tl.constexpr = True, PERSISTENT: tl.constexpr = False, CHUNKED: tl.constexpr = False,
 ):
     # One program per query tile; PERSISTENT: a grid of about two programs per SM, each taking tiles
     # pid, pid + grid, ... of the launch order in one flattened loop, so the software pipeline runs on
     # from one tile's last key blocks into the next tile's first ones (no fill/drain per tile).
     if PERSISTENT:
-        total = H * NQB * B * (BLOCK // BLOCK_M)
+        total = NREC * B * (BLOCK // BLOCK_M)
         for t in tl.range(tl.program_id(0), total, tl.num_programs(0), flatten=True):
             _attend_tile(t, Q, K, V, O, Qd, Kd, Vd, Od, LSE, KV_IDX, SCHED, HMAP_QO, HMAP_KV, PERM,
                 stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_kn,
                 stride_vb, stride_vh, stride_vn, stride_ob, stride_oh, stride_on,
-                qk_scale, window, alpha, N, H, B, NQB, MAXW, H_QO, H_KV,
+                qk_scale, window, alpha, N, NREC, B, NQB, MAXW, H_QO, H_KV,
                 HEAD_DIM, BLOCK, BLOCK_M, BLOCK_N, EVEN_N, USE_DIST, STORE_LSE, USE_DESC, WARP_SPEC,
-                HOST_DESC, DOT_F32, PERMUTED, ONE_LOOP, HEAD_MAP, PERSISTENT)
+                HOST_DESC, DOT_F32, PERMUTED, ONE_LOOP, HEAD_MAP, PERSISTENT, CHUNKED)
     else:
         _attend_tile(tl.program_id(0), Q, K, V, O, Qd, Kd, Vd, Od, LSE, KV_IDX, SCHED, HMAP_QO, HMAP_KV, PERM,
                 stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_kn,
                 stride_vb, stride_vh, stride_vn, stride_ob, stride_oh, stride_on,
-                qk_scale, window, alpha, N, H, B, NQB, MAXW, H_QO, H_KV,
+                qk_scale, window, alpha, N, NREC, B, NQB, MAXW, H_QO, H_KV,
                 HEAD_DIM, BLOCK, BLOCK_M, BLOCK_N, EVEN_N, USE_DIST, STORE_LSE, USE_DESC, WARP_SPEC,
-                HOST_DESC, DOT_F32, PERMUTED, ONE_LOOP, HEAD_MAP, PERSISTENT)
+                HOST_DESC, DOT_F32, PERMUTED, ONE_LOOP, HEAD_MAP, PERSISTENT, CHUNKED)
 
 
 @_kernel_fn
@@ -414,17 +436,73 @@ class BlockIndex:
 
     def launch_records(self, kind: str = "head") -> torch.Tensor:
         """int32 [h * QB, 4], one row per program in launch order (``make_schedule``): flat item
-        (head * QB + query block), its list length, 1 if the list ends with a partial last key block, 0."""
-        if kind not in self._schedules:
-            order = make_schedule(self._counts_cpu, kind).long()
-            counts = self._counts_cpu.reshape(-1).long()
-            lists = self.kv_indices.reshape(counts.numel(), -1).cpu()
-            last = lists.gather(1, (counts - 1).clamp(min=0)[:, None])[:, 0]
-            partial = self.num_tokens % self.block_size != 0
-            tail = (counts > 0) & (last == self.num_q_blocks - 1) & partial
-            rec = torch.stack([order, counts[order], tail[order].long(), torch.zeros_like(order)], dim=1)
-            self._schedules[kind] = rec.to(torch.int32).contiguous().to(self.kv_counts.device)
-        return self._schedules[kind]
+        (head * QB + query block), its list length, flags (``REC_TAIL``: the list ends with a partial last
+        key block), and the list position to start at (0)."""
+        return self.chunk_records(1, kind)[0]
+
+    def chunk_records(self, chunks: int, kind: str = "head") -> list[torch.Tensor]:
+        """Launch records of a key-chunked call: one int32 [programs, 4] tensor per launch.
+
+        The key blocks are cut into ``chunks`` equal contiguous ranges and launch j runs every query
+        block's list entries inside range j (a contiguous slice: lists are ascending), so while it runs
+        the head in flight touches only that range of K/V, which fits in L2 where a whole head does not
+        (docs/kernel.md, "key chunks"). A record is (item, slice length, flags, slice start). An item's
+        first non-empty slice writes its rows; later ones carry ``REC_MERGE`` and merge into them through
+        the log-sum-exp. Items with no key at all run once, in launch 0, to write zeros and lse -inf.
+        """
+        key = (kind, int(chunks))
+        if key not in self._schedules:
+            self._schedules[key] = [r.to(self.kv_counts.device) for r in self._chunk_records_cpu(int(chunks), kind)]
+        return self._schedules[key]
+
+    def _chunk_records_cpu(self, chunks: int, kind: str) -> list[torch.Tensor]:
+        counts = self._counts_cpu.reshape(-1).long()
+        lists = self.kv_indices.reshape(counts.numel(), -1).cpu().long()
+        valid = torch.arange(lists.shape[1])[None, :] < counts[:, None]
+        nk = self.num_q_blocks  # key blocks = query blocks (one block size)
+        edges = [round(nk * j / chunks) for j in range(chunks + 1)]
+        # position of each range's first entry in every list: the number of entries below its edge
+        starts = torch.stack([((lists < e) & valid).sum(1) for e in edges], dim=1)  # [items, chunks + 1]
+        starts[:, -1] = counts
+        partial = self.num_tokens % self.block_size != 0
+        last = lists.gather(1, (counts - 1).clamp(min=0)[:, None])[:, 0]
+        tail = (counts > 0) & (last == nk - 1) & partial  # in the last range: it holds block nk - 1
+        out = []
+        for j in range(chunks):
+            start, length = starts[:, j], starts[:, j + 1] - starts[:, j]
+            run = (length > 0) | ((counts == 0) & (j == 0))
+            flags = (tail & (j == chunks - 1)).long() * REC_TAIL + (start > 0).long() * REC_MERGE
+            order = make_schedule(torch.where(run, length, -1).reshape(self._counts_cpu.shape), kind).long()
+            order = order[run[order]]
+            rec = torch.stack([order, length[order], flags[order], start[order]], dim=1)
+            out.append(rec.to(torch.int32).contiguous())
+        return out
+
+    def head_footprints(self, resident: int) -> torch.Tensor:
+        """Key blocks that ``resident`` programs in flight together touch, per head: for each head, its
+        query blocks in launch order cut into groups of ``resident``, the size of each group's union of
+        lists, averaged over the head's query blocks. float [h]. (A band pattern's groups touch their band;
+        a random or dense head's touch all of it.)"""
+        key = ("footprint", int(resident))
+        if key not in self._schedules:
+            h, nq = self._counts_cpu.shape
+            lists = self.kv_indices.cpu().long()
+            valid = torch.arange(lists.shape[-1])[None, None, :] < self._counts_cpu[..., None].long()
+            order = make_schedule(self._counts_cpu, "head").long().reshape(h, nq) % nq
+            group = torch.empty(h, nq, dtype=torch.long)
+            group.scatter_(1, order, (torch.arange(nq) // resident).expand(h, nq))
+            n_groups = -(-nq // resident)
+            touched = torch.zeros(h * n_groups, nq, dtype=torch.bool)
+            rows = (torch.arange(h)[:, None, None] * n_groups + group[..., None]).expand_as(lists)
+            touched.index_put_((rows[valid], lists[valid]), torch.ones((), dtype=torch.bool))
+            unions = touched.view(h, n_groups, nq).sum(-1).float()
+            sizes = torch.tensor([min(resident, nq - g * resident) for g in range(n_groups)], dtype=torch.float32)
+            self._schedules[key] = (unions * sizes).sum(1) / sizes.sum()
+        return self._schedules[key]
+
+
+REC_TAIL = 1  # launch record flag: the slice ends with the partial last key block (column mask)
+REC_MERGE = 2  # launch record flag: earlier launches wrote these rows; merge through the lse
 
 
 def make_schedule(counts: torch.Tensor, kind: str = "head") -> torch.Tensor:
@@ -616,6 +694,7 @@ def block_sparse_attention(
     perm: torch.Tensor | None = None,
     out: torch.Tensor | None = None,
     lse: torch.Tensor | None = None,
+    kv_chunks: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Block-sparse attention forward over ``[B, H, N, D]`` tensors (any strides with a unit last one).
 
@@ -631,6 +710,9 @@ def block_sparse_attention(
     lse -inf. ``distance_window``/``alpha``: multiply positive logits of pairs with
     ``|q_idx - k_idx| > distance_window`` (positions in the reordered sequence) by ``alpha`` (off when None).
     ``config`` forces one kernel configuration (else autotuned on Hopper, a fixed fallback elsewhere).
+    ``kv_chunks``: run the key blocks in that many contiguous ranges, one launch each, merged through the
+    lse (so a head's K/V in flight fits in L2 at long sequences); None picks it (``auto_kv_chunks``, 1
+    off Hopper).
     """
     if q.dim() != 4 or q.shape != k.shape or q.shape != v.shape:
         raise ValueError(f"q, k, v must share one shape [B, H, N, D]; got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
@@ -669,24 +751,42 @@ def block_sparse_attention(
     else:
         kv_heads = heads
     scale = 1.0 / math.sqrt(head_dim) if scale is None else float(scale)
-    records = index.launch_records(schedule)
     use_dist = distance_window is not None
     window = int(distance_window) if use_dist else 0
     bs = index.block_size
+    hopper = hopper_features(q.device)
+    if kv_chunks is None:
+        kv_chunks = auto_kv_chunks(index, head_dim, q.element_size(), q.device) if hopper else 1
+    elif int(kv_chunks) < 1:
+        raise ValueError(f"kv_chunks must be a positive number of key ranges, got {kv_chunks!r}")
+    chunked = int(kv_chunks) > 1
+    if chunked and not return_lse:  # the launches merge through the lse: keep it in a scratch buffer
+        lse = torch.empty((batch, total_heads, n), dtype=torch.float32, device=q.device)
     common = dict(
         qk_scale=scale * LOG2E, window=window, alpha=float(alpha),
-        N=n, H=index.heads, B=batch, NQB=index.num_q_blocks, MAXW=index.kv_indices.shape[-1],
+        N=n, B=batch, NQB=index.num_q_blocks, MAXW=index.kv_indices.shape[-1],
         H_QO=total_heads, H_KV=k.shape[1],
-        HEAD_DIM=head_dim, BLOCK=bs, EVEN_N=(n % bs == 0), USE_DIST=use_dist, STORE_LSE=return_lse,
-        PERMUTED=perm is not None, HEAD_MAP=head_map,
+        HEAD_DIM=head_dim, BLOCK=bs, EVEN_N=(n % bs == 0), USE_DIST=use_dist, STORE_LSE=return_lse or chunked,
+        PERMUTED=perm is not None, HEAD_MAP=head_map, CHUNKED=chunked,
     )
     strides = (*q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3])
-    args = (lse if return_lse else out, index.kv_indices, records, heads, kv_heads,
-            perm if perm is not None else heads, *strides)
-    n_items = records.shape[0] * batch
-
-    hopper = hopper_features(q.device)
     tma_ok = all(_tma_ready(t) for t in (q, k, v, out))
+    # One launch per key range, in order (a launch merges into the rows the earlier ones wrote).
+    for records in index.chunk_records(int(kv_chunks), schedule):
+        if records.shape[0] == 0:
+            continue
+        args = (lse if common["STORE_LSE"] else out, index.kv_indices, records, heads, kv_heads,
+                perm if perm is not None else heads, *strides)
+        _launch(q, k, v, out, args, common, records.shape[0], config, hopper, tma_ok)
+    return out, (lse if return_lse else None)
+
+
+def _launch(q, k, v, out, args, common, n_records: int, config, hopper: bool, tma_ok: bool) -> None:
+    """One kernel launch over ``n_records`` launch records: autotuned on Hopper, else ``config`` or the
+    fallback."""
+    bs, head_dim = common["BLOCK"], common["HEAD_DIM"]
+    n_items = n_records * common["B"]
+    common = dict(common, NREC=n_records)
     if config is None and hopper and bs == 128 and tma_ok:
         cfg0 = HOPPER_CONFIGS.get(head_dim, HOPPER_CONFIGS[128])[0]
         descs = _host_descriptors(q, k, v, out, cfg0.block_m, cfg0.block_n)  # block shapes set per config
@@ -699,30 +799,61 @@ def block_sparse_attention(
         if any(not c.host_desc or c.warp_spec for c in HOPPER_CONFIGS.get(head_dim, HOPPER_CONFIGS[128])):
             _ensure_allocator()  # a config builds its descriptors in the kernel (scratch from the allocator)
         kernel[grid](q, k, v, out, *descs, *args, **common, USE_DESC=True)
-    else:
-        cfg = config or fallback_config(bs, q.device)
-        if cfg.block_m > bs or bs % cfg.block_m or cfg.block_n > bs or bs % cfg.block_n:
-            raise ValueError(f"config {cfg.label()} does not tile block_size {bs}")
-        # An explicit descriptor config also runs under the interpreter (tests of the TMA path's indexing).
-        use_desc = cfg.use_desc and (hopper or interpret_mode()) and tma_ok
-        # warp specialisation needs descriptors built in the kernel (see the kernel's WS flag)
-        host_desc = (cfg.host_desc and not cfg.warp_spec) or not use_desc
-        if interpret_mode():
-            _interpreter_compat()
-        elif use_desc and not host_desc:
-            _ensure_allocator()
-        descs = (_host_descriptors(q, k, v, out, cfg.block_m, cfg.block_n) if use_desc and host_desc
-                 else (q, k, v, out))
-        tiles = n_items * (bs // cfg.block_m)
-        programs = (persistent_programs(tiles, cfg.block_n, cfg.num_warps, cfg.warp_spec, q.device)
-                    if cfg.persistent else tiles)
-        _block_sparse_fwd[(programs,)](
-            q, k, v, out, *descs, *args, **common, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, USE_DESC=use_desc,
-            WARP_SPEC=cfg.warp_spec and hopper, HOST_DESC=host_desc, ONE_LOOP=cfg.one_loop, PERSISTENT=cfg.persistent,
-            DOT_F32=interpret_mode() and q.dtype == torch.bfloat16,
-            num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-        )
-    return out, (lse if return_lse else None)
+        return
+    cfg = config or fallback_config(bs, q.device)
+    if cfg.block_m > bs or bs % cfg.block_m or cfg.block_n > bs or bs % cfg.block_n:
+        raise ValueError(f"config {cfg.label()} does not tile block_size {bs}")
+    # An explicit descriptor config also runs under the interpreter (tests of the TMA path's indexing).
+    use_desc = cfg.use_desc and (hopper or interpret_mode()) and tma_ok
+    # warp specialisation needs descriptors built in the kernel (see the kernel's WS flag)
+    host_desc = (cfg.host_desc and not cfg.warp_spec) or not use_desc
+    if interpret_mode():
+        _interpreter_compat()
+    elif use_desc and not host_desc:
+        _ensure_allocator()
+    descs = (_host_descriptors(q, k, v, out, cfg.block_m, cfg.block_n) if use_desc and host_desc
+             else (q, k, v, out))
+    tiles = n_items * (bs // cfg.block_m)
+    programs = (persistent_programs(tiles, cfg.block_n, cfg.num_warps, cfg.warp_spec, q.device)
+                if cfg.persistent else tiles)
+    _block_sparse_fwd[(programs,)](
+        q, k, v, out, *descs, *args, **common, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, USE_DESC=use_desc,
+        WARP_SPEC=cfg.warp_spec and hopper, HOST_DESC=host_desc, ONE_LOOP=cfg.one_loop, PERSISTENT=cfg.persistent,
+        DOT_F32=interpret_mode() and q.dtype == torch.bfloat16,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )
+
+
+# Key chunks (docs/kernel.md, "key chunks"; measured on the H100, bench/results/kv-chunks-h100.json):
+# chunk when the K/V that one head's programs in flight touch exceeds L2_SHARE of L2 and is not the
+# same list for all of them (touched >= SCATTER_MIN x a row's list; dense heads, whose programs read in
+# step, lost 1-2% chunked), keeping at least MIN_SLICE key blocks per row and launch (each launch
+# re-reads Q and merges O).
+L2_SHARE = 0.5
+SCATTER_MIN = 1.5
+MIN_SLICE = 12
+MAX_KV_CHUNKS = 4
+
+
+def auto_kv_chunks(index: BlockIndex, head_dim: int, element_size: int, device: torch.device) -> int:
+    """Number of key ranges for a call on ``device`` (1 off CUDA). Per head: the key blocks its programs
+    in flight touch (``BlockIndex.head_footprints``, two programs per SM) against its mean list length.
+    On the H100 (50 MB L2) random heads take 2 at Wan2.1-14B (38.7 MB of K/V a head) and 3 at
+    HunyuanVideo (61 MB); Wan2.1-1.3B (16.8 MB) and dense heads stay at 1."""
+    if device.type != "cuda":
+        return 1
+    props = torch.cuda.get_device_properties(device)
+    l2 = getattr(props, "L2_cache_size", 0)
+    if not l2:
+        return 1
+    touched = index.head_footprints(2 * props.multi_processor_count)
+    mean_list = index._counts_cpu.float().mean(1).clamp(min=1)
+    block_bytes = index.block_size * head_dim * 2 * element_size  # K and V
+    need = torch.ceil(touched * block_bytes / (L2_SHARE * l2))
+    need = torch.where(touched / mean_list >= SCATTER_MIN, need, torch.ones_like(need))
+    chunks = int(need.max())
+    chunks = min(chunks, MAX_KV_CHUNKS, max(1, int(float(index._counts_cpu.float().mean()) // MIN_SLICE)))
+    return max(1, chunks)
 
 
 def persistent_programs(tiles: int, block_n: int, num_warps: int, warp_spec: bool, device: torch.device) -> int:
