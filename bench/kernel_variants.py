@@ -51,6 +51,8 @@ def main(argv=None) -> int:
                     help="run each config in its own process with this limit in seconds (a kernel that hangs "
                          "or a compiler crash then costs only its own rows); the rows are merged into --out")
     args = ap.parse_args(argv)
+    # timing experiments may run the warp-specialised configs the library refuses (docs/kernel.md)
+    os.environ.setdefault("SPARSEVDIT_EXPERIMENTAL_WS", "1")
     if args.timeout:
         return run_isolated(args, argv if argv is not None else sys.argv[1:])
     cases = [(c.split(":")[0], float(c.split(":")[1])) for c in args.cases.split(",") if c]

@@ -803,6 +803,11 @@ def _launch(q, k, v, out, args, common, n_records: int, config, hopper: bool, tm
     cfg = config or fallback_config(bs, q.device)
     if cfg.block_m > bs or bs % cfg.block_m or cfg.block_n > bs or bs % cfg.block_n:
         raise ValueError(f"config {cfg.label()} does not tile block_size {bs}")
+    if cfg.warp_spec and hopper and os.environ.get(EXPERIMENTAL_WS_ENV) != "1":
+        raise ValueError(
+            f"config {cfg.label()}: warp specialisation is experimental. On the H100 with Triton 3.6 it "
+            "wrote a wrong lse for rows without kept keys and ran slower than the default config "
+            f"(docs/kernel.md); use a config without warp_spec, or set {EXPERIMENTAL_WS_ENV}=1 to run it anyway")
     # An explicit descriptor config also runs under the interpreter (tests of the TMA path's indexing).
     use_desc = cfg.use_desc and (hopper or interpret_mode()) and tma_ok
     # warp specialisation needs descriptors built in the kernel (see the kernel's WS flag)
@@ -823,6 +828,9 @@ def _launch(q, k, v, out, args, common, n_records: int, config, hopper: bool, tm
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
 
+
+# Warp-specialised configs run on a GPU only with this set to 1 (benchmarks; see _launch).
+EXPERIMENTAL_WS_ENV = "SPARSEVDIT_EXPERIMENTAL_WS"
 
 # Key chunks (docs/kernel.md, "key chunks"; measured on the H100, bench/results/kv-chunks-h100.json):
 # chunk when the K/V that one head's programs in flight touch exceeds L2_SHARE of L2 and is not the
