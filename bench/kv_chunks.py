@@ -1,4 +1,4 @@
-"""Key chunks side by side: our kernel with the keys in 1, 2, 3, 4 ranges, and what ``auto`` picks (GPU).
+"""Key chunks side by side: our kernel with the keys in 1, 2, 3, 4 ranges (and launch orders), and what ``auto`` picks (GPU).
 
     PYTHONPATH=src python bench/kv_chunks.py --shapes wan1.3b,wan14b,hunyuan --out $OUT/kv-chunks.json
 
@@ -31,12 +31,13 @@ def main(argv=None) -> int:
     ap.add_argument("--shapes", default="wan1.3b,wan14b,hunyuan")
     ap.add_argument("--cases", default="dense:1.0,random:0.05,random:0.1,random:0.25,random:0.5,diagonal:0.1,diag+stripes:0.25")
     ap.add_argument("--chunks", default="1,2,3,4")
+    ap.add_argument("--schedules", default="head", help="launch orders to compare (make_schedule kinds)")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    counts = [int(c) for c in args.chunks.split(",")]
+    variants = [f"{c}/{sched}" for c in args.chunks.split(",") for sched in args.schedules.split(",")]
     rows = []
     for shape_name in args.shapes.split(","):
         shape = SHAPES[shape_name]
@@ -54,11 +55,12 @@ def main(argv=None) -> int:
             density = sum(p.density for p in pats) / len(pats)
             index = ts.block_index_for(pats, q.device)
             auto = ts.auto_kv_chunks(index, d, q.element_size(), q.device)
-            fns = {c: (lambda c=c: ts.block_sparse_attention(q, k, v, index, 1 / math.sqrt(d), kv_chunks=c)[0])
-                   for c in counts}
-            ref = fns[1]()
-            diff = {c: float((fns[c]().float() - ref.float()).abs().max()) for c in counts}
-            times = {c: [] for c in counts}
+            fns = {c: (lambda c=c: ts.block_sparse_attention(q, k, v, index, 1 / math.sqrt(d), kv_chunks=int(c.split("/")[0]),
+                                                             schedule=c.split("/")[1])[0])
+                   for c in variants}
+            ref = fns[variants[0]]()
+            diff = {c: float((fns[c]().float() - ref.float()).abs().max()) for c in variants}
+            times = {c: [] for c in variants}
             dense_times = []
             for _ in range(args.rounds):
                 dense_times.append(median_ms(cudnn))
@@ -67,11 +69,11 @@ def main(argv=None) -> int:
             cudnn_ms = statistics.median(dense_times)
             med = {c: statistics.median(t) for c, t in times.items()}
             row = dict(shape=shape_name, case=case, density=density, auto_kv_chunks=auto, cudnn_dense_ms=cudnn_ms,
-                       ms={str(c): med[c] for c in counts}, ms_rounds={str(c): times[c] for c in counts},
-                       efficiency={str(c): cudnn_ms * density / med[c] for c in counts},
-                       best=min(med, key=med.get), max_abs_diff_vs_1=diff)
+                       ms={str(c): med[c] for c in variants}, ms_rounds={str(c): times[c] for c in variants},
+                       efficiency={str(c): cudnn_ms * density / med[c] for c in variants},
+                       best=min(med, key=med.get), max_abs_diff_vs_first=diff)
             rows.append(row)
-            eff = "  ".join(f"{c}:{row['efficiency'][str(c)]:.3f}" for c in counts)
+            eff = "  ".join(f"{c}:{row['efficiency'][str(c)]:.3f}" for c in variants)
             print(f"{shape_name:8s} {case:18s} auto={auto} best={row['best']}  eff {eff}", flush=True)
         del q, k, v
         torch.cuda.empty_cache()

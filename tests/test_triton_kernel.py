@@ -429,6 +429,13 @@ def test_schedule_orders():
     assert ts.make_schedule(counts, "head").tolist() == [1, 2, 0, 5, 3, 4]
     assert ts.make_schedule(counts, "lpt").tolist() == [5, 1, 3, 2, 0, 4]
     assert ts.make_schedule(counts, "natural").tolist() == [0, 1, 2, 3, 4, 5]
+    assert ts.make_schedule(counts, "head_strict").tolist() == [1, 2, 0, 5, 3, 4]
+    # long lists (> 3 x the mean, like text rows over every key) start first, over all heads
+    text = torch.tensor([[1, 1, 10], [1, 1, 1], [1, 12, 1]], dtype=torch.int32)
+    assert ts.make_schedule(text, "head").tolist() == [7, 2, 0, 1, 3, 4, 5, 6, 8]
+    assert ts.make_schedule(text, "head_strict").tolist() == [2, 0, 1, 3, 4, 5, 7, 6, 8]
+    with pytest.raises(ValueError, match="unknown schedule"):
+        ts.make_schedule(text, "longest")
 
 
 @here
