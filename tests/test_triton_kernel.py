@@ -269,6 +269,14 @@ def test_head_footprints_and_auto_chunks():
     # (longest lists first: rows 1-6, then 0 and 7) touch 4 each
     assert index.head_footprints(2).tolist() == [8.0, 4.0]
     assert index.head_footprints(nb).tolist() == [8.0, 8.0]
+    wide = 16
+    band16 = (torch.arange(wide)[:, None] - torch.arange(wide)[None, :]).abs() <= 1
+    text_row = band16.clone()
+    text_row[-1] = True  # a row over every key (a text query block): launched first, counted in its head
+    long_index = index_of_masks(torch.stack([band16, text_row]), 128, wide * 128, device="cpu")
+    assert long_index.launch_records()[0, 0].item() == 2 * wide - 1
+    band_fp, text_fp = long_index.head_footprints(2).tolist()
+    assert band_fp == 4.0 and 4.0 < text_fp < wide  # the pair holding the text row touches all 16
     assert ts.auto_kv_chunks(index, 128, 2, torch.device("cpu")) == 1  # only on a GPU
     with pytest.raises(ValueError, match="kv_chunks"):
         ts.block_sparse_attention(*(torch.zeros(1, 2, nb * 128, 64, device=DEVICE, dtype=torch.float16) for _ in range(3)),

@@ -488,7 +488,7 @@ class BlockIndex:
             h, nq = self._counts_cpu.shape
             lists = self.kv_indices.cpu().long()
             valid = torch.arange(lists.shape[-1])[None, None, :] < self._counts_cpu[..., None].long()
-            order = make_schedule(self._counts_cpu, "head").long().reshape(h, nq) % nq
+            order = make_schedule(self._counts_cpu, "head_strict").long().reshape(h, nq) % nq  # per head
             group = torch.empty(h, nq, dtype=torch.long)
             group.scatter_(1, order, (torch.arange(nq) // resident).expand(h, nq))
             n_groups = -(-nq // resident)
