@@ -848,10 +848,12 @@ def _launch(q, k, v, out, args, common, n_records: int, config, hopper: bool, tm
 EXPERIMENTAL_WS_ENV = "SPARSEVDIT_EXPERIMENTAL_WS"
 
 # Key chunks (docs/kernel.md, "key chunks"; measured on the H100, bench/results/kv-chunks-h100.json):
-# chunk when the K/V that one head's programs in flight touch exceeds L2_SHARE of L2 and is not the
-# same list for all of them (touched >= SCATTER_MIN x a row's list; dense heads, whose programs read in
-# step, lost 1-2% chunked), keeping at least MIN_SLICE key blocks per row and launch (each launch
-# re-reads Q and merges O).
+# chunk when the K/V that one head's programs in flight touch exceeds L2_MIN_SHARE of L2 (band patterns
+# at HunyuanVideo touch ~0.6 of it and gained nothing; random heads at Wan2.1-14B, ~0.75, gained) and is
+# not the same list for all of them (touched >= SCATTER_MIN x a row's list; dense heads, whose programs
+# read in step, lost 1-2% chunked), into ranges of at most L2_SHARE of L2, keeping at least MIN_SLICE
+# key blocks per row and launch (each launch re-reads Q and merges O).
+L2_MIN_SHARE = 0.7
 L2_SHARE = 0.5
 SCATTER_MIN = 1.5
 MIN_SLICE = 12
@@ -862,7 +864,7 @@ def auto_kv_chunks(index: BlockIndex, head_dim: int, element_size: int, device: 
     """Number of key ranges for a call on ``device`` (1 off CUDA). Per head: the key blocks its programs
     in flight touch (``BlockIndex.head_footprints``, two programs per SM) against its mean list length.
     On the H100 (50 MB L2) random heads take 2 at Wan2.1-14B (38.7 MB of K/V a head) and 3 at
-    HunyuanVideo (61 MB); Wan2.1-1.3B (16.8 MB) and dense heads stay at 1."""
+    HunyuanVideo (61 MB); Wan2.1-1.3B (16.8 MB), dense heads and narrow bands stay at 1."""
     if device.type != "cuda":
         return 1
     props = torch.cuda.get_device_properties(device)
@@ -873,7 +875,8 @@ def auto_kv_chunks(index: BlockIndex, head_dim: int, element_size: int, device: 
     mean_list = index._counts_cpu.float().mean(1).clamp(min=1)
     block_bytes = index.block_size * head_dim * 2 * element_size  # K and V
     need = torch.ceil(touched * block_bytes / (L2_SHARE * l2))
-    need = torch.where(touched / mean_list >= SCATTER_MIN, need, torch.ones_like(need))
+    chunk = (touched * block_bytes > L2_MIN_SHARE * l2) & (touched / mean_list >= SCATTER_MIN)
+    need = torch.where(chunk, need, torch.ones_like(need))
     chunks = int(need.max())
     chunks = min(chunks, MAX_KV_CHUNKS, max(1, int(float(index._counts_cpu.float().mean()) // MIN_SLICE)))
     return max(1, chunks)
