@@ -79,7 +79,7 @@ def main(argv=None) -> int:
 
         with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
             cudnn_ms = median_ms(sdpa)
-        per_block_dense = cudnn_ms / (nb * nb)
+        per_block_dense = cudnn_ms / (h * nb * nb)  # cuDNN ms per (head, query block, key block)
 
         def timed(name: str, launches: list[ts.BlockIndex]) -> None:
             def fn():
