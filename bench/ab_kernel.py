@@ -23,7 +23,7 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
 
 from sparsevdit.bench.common import environment, median_ms, write_json  # noqa: E402
-from sparsevdit.bench.kernels import SHAPES, patterns_at  # noqa: E402
+from sparsevdit.bench.kernels import SHAPES, patterns_at, shape_tensors  # noqa: E402
 from sparsevdit.kernels import triton_sparse as current  # noqa: E402
 
 
@@ -52,9 +52,8 @@ def main(argv=None) -> int:
     for case in args.cases.split(","):
         shape_name, kind, dens = case.split(":")
         shape = SHAPES[shape_name]
-        n, h, d = shape.layout.num_tokens, shape.heads, shape.head_dim
-        gen = torch.Generator(device="cuda").manual_seed(0)
-        q, k, v = (torch.randn(1, h, n, d, device="cuda", dtype=torch.bfloat16, generator=gen) for _ in range(3))
+        d = shape.head_dim
+        q, k, v = shape_tensors(shape)
         pats = patterns_at(kind, shape, float(dens))
         fns, outs = {}, {}
         for name, mod in versions.items():

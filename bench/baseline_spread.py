@@ -21,7 +21,7 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
 
 from sparsevdit.bench.common import environment, median_ms, write_json  # noqa: E402
-from sparsevdit.bench.kernels import SHAPES, patterns_at  # noqa: E402
+from sparsevdit.bench.kernels import SHAPES, cudnn_dense, patterns_at, shape_tensors  # noqa: E402
 from sparsevdit.kernels import triton_sparse as ts  # noqa: E402
 
 
@@ -39,23 +39,16 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=8)
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
     rows = []
     for shape_name in args.shapes.split(","):
         shape = SHAPES[shape_name]
-        n, h, d = shape.layout.num_tokens, shape.heads, shape.head_dim
-        gen = torch.Generator(device="cuda").manual_seed(0)
-        q, k, v = (torch.randn(1, h, n, d, device="cuda", dtype=torch.bfloat16, generator=gen) for _ in range(3))
+        d = shape.head_dim
+        q, k, v = shape_tensors(shape)
         dense_index = ts.block_index_for(patterns_at("dense", shape, 1.0), q.device)
         sparse_pats = patterns_at("random", shape, 0.1)
         sparse_index = ts.block_index_for(sparse_pats, q.device)
 
-        def cudnn():
-            with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
-                return torch.nn.functional.scaled_dot_product_attention(q, k, v)
-
-        fns = {"cudnn": cudnn,
+        fns = {"cudnn": lambda: cudnn_dense(q, k, v),
                "triton_dense": lambda: ts.block_sparse_attention(q, k, v, dense_index, 1 / math.sqrt(d)),
                "triton_random10": lambda: ts.block_sparse_attention(q, k, v, sparse_index, 1 / math.sqrt(d))}
         for fn in fns.values():

@@ -23,7 +23,7 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
 
 from sparsevdit.bench.common import environment, median_ms, write_json  # noqa: E402
-from sparsevdit.bench.kernels import SHAPES, patterns_at, spot_check  # noqa: E402
+from sparsevdit.bench.kernels import SHAPES, cudnn_dense, patterns_at, shape_tensors, spot_check  # noqa: E402
 from sparsevdit.kernels import triton_sparse as ts  # noqa: E402
 
 
@@ -62,13 +62,9 @@ def main(argv=None) -> int:
     for shape_name in args.shapes.split(","):
         shape = SHAPES[shape_name]
         n, h, d = shape.layout.num_tokens, shape.heads, shape.head_dim
-        gen = torch.Generator(device="cuda").manual_seed(0)
-        q, k, v = (torch.randn(1, h, n, d, device="cuda", dtype=torch.bfloat16, generator=gen) for _ in range(3))
+        q, k, v = shape_tensors(shape)
         scale = 1.0 / math.sqrt(d)
-        from torch.nn.attention import SDPBackend, sdpa_kernel
-
-        with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
-            cudnn_ms = median_ms(lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v))
+        cudnn_ms = median_ms(lambda: cudnn_dense(q, k, v))
         print(f"{shape_name} 1x{h}x{n}x{d}: cuDNN dense {cudnn_ms:.2f} ms", flush=True)
         rows.append(dict(shape=shape_name, case="dense", variant="cudnn", density=1.0, ms=cudnn_ms, efficiency=1.0))
         for kind, dens in cases:

@@ -11,7 +11,6 @@ rule (docs/kernel.md, "key chunks") can be checked against the best measured cou
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import statistics
@@ -22,7 +21,7 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
 
 from sparsevdit.bench.common import environment, median_ms, write_json  # noqa: E402
-from sparsevdit.bench.kernels import SHAPES, patterns_at  # noqa: E402
+from sparsevdit.bench.kernels import SHAPES, cudnn_dense, patterns_at, shape_tensors  # noqa: E402
 from sparsevdit.kernels import triton_sparse as ts  # noqa: E402
 
 
@@ -35,19 +34,13 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
     variants = [f"{c}/{sched}" for c in args.chunks.split(",") for sched in args.schedules.split(",")]
     rows = []
     for shape_name in args.shapes.split(","):
         shape = SHAPES[shape_name]
-        n, h, d = shape.layout.num_tokens, shape.heads, shape.head_dim
-        gen = torch.Generator(device="cuda").manual_seed(0)
-        q, k, v = (torch.randn(1, h, n, d, device="cuda", dtype=torch.bfloat16, generator=gen) for _ in range(3))
-
-        def cudnn():
-            with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
-                return torch.nn.functional.scaled_dot_product_attention(q, k, v)
+        d = shape.head_dim
+        q, k, v = shape_tensors(shape)
+        cudnn = lambda: cudnn_dense(q, k, v)  # noqa: E731
 
         for case in args.cases.split(","):
             kind, dens = case.split(":")

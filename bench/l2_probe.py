@@ -29,7 +29,7 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
 
 from sparsevdit.bench.common import environment, median_ms, write_json  # noqa: E402
-from sparsevdit.bench.kernels import SHAPES  # noqa: E402
+from sparsevdit.bench.kernels import SHAPES, cudnn_dense, shape_tensors  # noqa: E402
 from sparsevdit.kernels import triton_sparse as ts  # noqa: E402
 
 
@@ -72,13 +72,8 @@ def main(argv=None) -> int:
         n, h, d, bs = shape.layout.num_tokens, shape.heads, shape.head_dim, 128
         nb = -(-n // bs)
         keep = max(1, round(args.density * nb))
-        gen = torch.Generator(device="cuda").manual_seed(0)
-        q, k, v = (torch.randn(1, h, n, d, device="cuda", dtype=torch.bfloat16, generator=gen) for _ in range(3))
-        sdpa = lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v)  # noqa: E731
-        from torch.nn.attention import SDPBackend, sdpa_kernel
-
-        with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
-            cudnn_ms = median_ms(sdpa)
+        q, k, v = shape_tensors(shape)
+        cudnn_ms = median_ms(lambda: cudnn_dense(q, k, v))
         per_block_dense = cudnn_ms / (h * nb * nb)  # cuDNN ms per (head, query block, key block)
 
         def timed(name: str, launches: list[ts.BlockIndex]) -> None:

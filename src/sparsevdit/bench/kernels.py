@@ -36,6 +36,21 @@ SHAPES = {
 KINDS = ("random", "diagonal", "multi_diagonal", "diag+stripes")
 
 
+def shape_tensors(shape: Shape, dtype: torch.dtype = torch.bfloat16, seed: int = 0) -> tuple[torch.Tensor, ...]:
+    """Random q, k, v [1, H, N, D] of a benchmark shape on the GPU (every timing script uses the same)."""
+    gen = torch.Generator(device="cuda").manual_seed(seed)
+    n, h, d = shape.layout.num_tokens, shape.heads, shape.head_dim
+    return tuple(torch.randn(1, h, n, d, device="cuda", dtype=dtype, generator=gen) for _ in range(3))
+
+
+def cudnn_dense(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Dense SDPA through cuDNN: the baseline every efficiency figure divides by."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v)
+
+
 def _with_width(build, layout: TokenLayout, target: float) -> P.BlockPattern:
     """The band pattern whose density is closest to ``target`` (bisection on its width)."""
     lo, hi = 1, 2 * layout.num_tokens
@@ -103,14 +118,9 @@ def run(shapes, densities, kinds, backends, dtype=torch.bfloat16, check=True, lo
     for shape_name in shapes:
         shape = SHAPES[shape_name]
         n, h, d = shape.layout.num_tokens, shape.heads, shape.head_dim
-        gen = torch.Generator(device="cuda").manual_seed(0)
-        q, k, v = (torch.randn(1, h, n, d, device="cuda", dtype=dtype, generator=gen) for _ in range(3))
+        q, k, v = shape_tensors(shape, dtype)
         scale = 1.0 / math.sqrt(d)
-        from torch.nn.attention import SDPBackend, sdpa_kernel
-
-        with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
-            cudnn_rounds = [median_ms(lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v))
-                            for _ in range(rounds)]
+        cudnn_rounds = [median_ms(lambda: cudnn_dense(q, k, v)) for _ in range(rounds)]
         cudnn_ms = statistics.median(cudnn_rounds)
         shape_str = f"1x{h}x{n}x{d}" + (f" (+{shape.layout.num_text} text {shape.layout.text_position})" if shape.layout.num_text else "")
         log(f"{shape_name} {shape_str}: cuDNN dense {cudnn_ms:.2f} ms")
