@@ -148,6 +148,20 @@ def _key_loop(acc, l_i, m_i, q, K, desc_k, desc_v, V, k_base, v_base, stride_kn,
     return acc, l_i, m_i
 
 @_kernel_fn
+def _load_rows(desc, ptrs, row_ok, b, h, start_m, BLOCK_M: tl.constexpr, HEAD_DIM: tl.constexpr,
+               BY_DESC: tl.constexpr, HOST_DESC: tl.constexpr):
+    # One query tile's rows of Q or O: through the 4-D host descriptor, the 2-D in-kernel one, or the
+    # pointers (permuted rows, no TMA).
+    if BY_DESC:
+        if HOST_DESC:
+            tile = desc.load([b, h, start_m, 0]).reshape(BLOCK_M, HEAD_DIM)
+        else:
+            tile = desc.load([start_m, 0])
+    else:
+        tile = tl.load(ptrs, mask=row_ok[:, None], other=0.0)
+    return tile
+
+@_kernel_fn
 def _attend_tile(
     pid,
     Q, K, V, O, Qd, Kd, Vd, Od, LSE, KV_IDX, SCHED, HMAP_QO, HMAP_KV, PERM,
@@ -231,16 +245,12 @@ def _attend_tile(
             desc_o = tl.make_tensor_descriptor(O + o_base, shape=[N, HEAD_DIM], strides=[stride_on, 1],
                                                block_shape=[BLOCK_M, HEAD_DIM])
     else:
+        desc_q = 0
         desc_k = 0
         desc_v = 0
-    if USE_DESC and not PERMUTED:
-        if HOST_DESC:
-            q = desc_q.load([b, hq, start_m, 0]).reshape(BLOCK_M, HEAD_DIM)
-        else:
-            q = desc_q.load([start_m, 0])
-    else:
-        q_ptrs = Q + q_base + rows[:, None] * stride_qn + offs_d[None, :]
-        q = tl.load(q_ptrs, mask=row_ok[:, None], other=0.0)
+        desc_o = 0
+    q = _load_rows(desc_q, Q + q_base + rows[:, None] * stride_qn + offs_d[None, :], row_ok, b, hq, start_m,
+                   BLOCK_M, HEAD_DIM, USE_DESC and not PERMUTED, HOST_DESC)
 
     m_i = tl.zeros([BLOCK_M], dtype=tl.float32) - float("inf")
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
@@ -281,13 +291,8 @@ def _attend_tile(
         if CHUNKED:
             if (flags & 2) != 0:  # REC_MERGE: combine with the rows an earlier launch wrote (same slots)
                 lse_old = tl.load(lse_ptrs, mask=row_ok, other=float("-inf"))
-                if USE_DESC and not PERMUTED:
-                    if HOST_DESC:
-                        o_old = desc_o.load([b, hq, start_m, 0]).reshape(BLOCK_M, HEAD_DIM)
-                    else:
-                        o_old = desc_o.load([start_m, 0])
-                else:
-                    o_old = tl.load(o_ptrs, mask=row_ok[:, None], other=0.0)
+                o_old = _load_rows(desc_o, o_ptrs, row_ok, b, hq, start_m, BLOCK_M, HEAD_DIM,
+                                   USE_DESC and not PERMUTED, HOST_DESC)
                 top = tl.maximum(lse_old, lse)
                 top = tl.where(top == float("-inf"), 0.0, top)
                 w_old = tl.exp(lse_old - top)
