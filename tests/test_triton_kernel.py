@@ -292,7 +292,9 @@ def test_auto_kv_chunks_rule(monkeypatch):
     cuda = torch.device("cuda")
     nb = 96  # a head's K/V: 6 MB, over half the L2
     chunks = lambda masks: ts.auto_kv_chunks(index_of_masks(masks, 128, nb * 128, device="cpu"), 128, 2, cuda)  # noqa: E731
-    assert chunks(torch.ones(1, nb, nb, dtype=torch.bool)) == 1  # dense: programs read in step
+    dense_index = index_of_masks(torch.ones(1, nb, nb, dtype=torch.bool), 128, nb * 128, device="cpu")
+    assert ts.auto_kv_chunks(dense_index, 128, 2, cuda) == 1  # dense: programs read in step
+    assert not any(k[0] == "footprint" for k in dense_index._schedules)  # decided without the footprint
     assert chunks(random_mask(nb, 0.5, 1)[None]) == 3  # scattered: 6 MB / 2 MB
     assert chunks(random_mask(nb, 0.2, 2)[None]) == 1  # ~19 blocks a row: slices would be too short
     small = 48  # 3 MB a head: 2 ranges (rows of ~29 blocks)

@@ -491,16 +491,17 @@ class BlockIndex:
         key = ("footprint", int(resident))
         if key not in self._schedules:
             h, nq = self._counts_cpu.shape
-            lists = self.kv_indices.cpu().long()
-            valid = torch.arange(lists.shape[-1])[None, None, :] < self._counts_cpu[..., None].long()
+            dev = self.kv_indices.device  # on the GPU this takes milliseconds (seconds on a CPU at 14B dense)
+            lists = self.kv_indices.long()
+            valid = torch.arange(lists.shape[-1], device=dev)[None, None, :] < self.kv_counts[..., None].long()
             order = make_schedule(self._counts_cpu, "head_strict").long().reshape(h, nq) % nq  # per head
             group = torch.empty(h, nq, dtype=torch.long)
             group.scatter_(1, order, (torch.arange(nq) // resident).expand(h, nq))
             n_groups = -(-nq // resident)
-            touched = torch.zeros(h * n_groups, nq, dtype=torch.bool)
-            rows = (torch.arange(h)[:, None, None] * n_groups + group[..., None]).expand_as(lists)
-            touched.index_put_((rows[valid], lists[valid]), torch.ones((), dtype=torch.bool))
-            unions = touched.view(h, n_groups, nq).sum(-1).float()
+            touched = torch.zeros(h * n_groups, nq, dtype=torch.bool, device=dev)
+            rows = (torch.arange(h)[:, None, None] * n_groups + group[..., None]).to(dev).expand_as(lists)
+            touched.index_put_((rows[valid], lists[valid]), torch.ones((), dtype=torch.bool, device=dev))
+            unions = touched.view(h, n_groups, nq).sum(-1).float().cpu()
             sizes = torch.tensor([min(resident, nq - g * resident) for g in range(n_groups)], dtype=torch.float32)
             self._schedules[key] = (unions * sizes).sum(1) / sizes.sum()
         return self._schedules[key]
@@ -876,9 +877,14 @@ def auto_kv_chunks(index: BlockIndex, head_dim: int, element_size: int, device: 
     l2 = getattr(props, "L2_cache_size", 0)
     if not l2:
         return 1
-    touched = index.head_footprints(2 * props.multi_processor_count)
-    mean_list = index._counts_cpu.float().mean(1).clamp(min=1)
     block_bytes = index.block_size * head_dim * 2 * element_size  # K and V
+    mean_list = index._counts_cpu.float().mean(1).clamp(min=1)
+    key_blocks = index.num_q_blocks
+    if (key_blocks * block_bytes <= L2_MIN_SHARE * l2  # a whole head fits
+            or float(mean_list.mean()) < 2 * MIN_SLICE  # rows too short to cut
+            or bool((key_blocks / mean_list < SCATTER_MIN).all())):  # every head (nearly) dense
+        return 1
+    touched = index.head_footprints(2 * props.multi_processor_count)
     need = torch.ceil(touched * block_bytes / (L2_SHARE * l2))
     chunk = (touched * block_bytes > L2_MIN_SHARE * l2) & (touched / mean_list >= SCATTER_MIN)
     need = torch.where(chunk, need, torch.ones_like(need))
