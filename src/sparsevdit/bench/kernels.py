@@ -108,10 +108,14 @@ def spot_check(out: torch.Tensor, q, k, v, patterns, scale: float, query_blocks=
     return worst
 
 
-def run(shapes, densities, kinds, backends, dtype=torch.bfloat16, check=True, log=print, rounds: int = 1) -> list[dict]:
+def run(shapes, densities, kinds, backends, dtype=torch.bfloat16, check=True, log=print, rounds: int = 1,
+        baseline_per_case: bool = False) -> list[dict]:
     """Rows of ms and efficiency per (shape, pattern, density, backend). With ``rounds`` > 1 every timing
     (cuDNN's baseline too) is repeated that many times, the backends of a case interleaved, and the row
-    keeps the median (``ms_rounds`` lists them): one slow stretch of the GPU then moves no single row."""
+    keeps the median (``ms_rounds`` lists them): one slow stretch of the GPU then moves no single row.
+    ``baseline_per_case``: cuDNN dense is also timed inside every case's rounds, before its backends, and
+    that case's rows divide by it (``cudnn_case_ms_rounds``): on a GPU at its power cap the clocks drift
+    over a shape's cases, and a ratio is fairest between timings taken together."""
     import statistics
 
     rows = []
@@ -143,15 +147,20 @@ def run(shapes, densities, kinds, backends, dtype=torch.bfloat16, check=True, lo
                 del out
                 runnable.append((bname, backend))
                 times[bname] = []
+            case_cudnn = []
             for _ in range(rounds):
+                if baseline_per_case and runnable:
+                    case_cudnn.append(median_ms(lambda: cudnn_dense(q, k, v)))
                 for bname, backend in runnable:
                     times[bname].append(median_ms(lambda: backend.run(q, k, v, call, scale)))
+            base_ms = statistics.median(case_cudnn) if case_cudnn else cudnn_ms
+            extra = {"cudnn_case_ms_rounds": case_cudnn} if case_cudnn else {}
             for bname, _ in runnable:
                 ms, err = statistics.median(times[bname]), errors[bname]
-                eff = cudnn_ms * density / ms
+                eff = base_ms * density / ms
                 rows.append(dict(backend=bname, shape=shape_name, shape_str=shape_str, pattern=kind, density=density,
-                                 target_density=dens, ms=ms, cudnn_dense_ms=cudnn_ms, efficiency=eff, spot_rel_err=err,
-                                 ms_rounds=times[bname], **_kernel_facts(bname, pats, d, q)))
+                                 target_density=dens, ms=ms, cudnn_dense_ms=base_ms, efficiency=eff, spot_rel_err=err,
+                                 ms_rounds=times[bname], **extra, **_kernel_facts(bname, pats, d, q)))
                 log(f"  {bname:9s} {kind:15s} density {density:6.1%}  {ms:8.3f} ms  efficiency {eff:5.2f}"
                     + (f"  err {err:.1e}" if err is not None else ""))
         del q, k, v
@@ -222,6 +231,9 @@ def main(argv=None, prog: str | None = None) -> int:
     parser.add_argument("--no-check", action="store_true", help="skip the float32 spot check of each output")
     parser.add_argument("--rounds", type=int, default=1,
                         help="time every row this many times (backends interleaved) and keep the median")
+    parser.add_argument("--baseline-per-case", action="store_true",
+                        help="time cuDNN dense inside every case's rounds too and divide that case's rows by it "
+                             "(fairer when the GPU's clocks drift, e.g. at its power cap; one more timing per case)")
     parser.add_argument("--calibrate", action="store_true",
                         help="write the cost model's calibration table instead (search/cost.py CostModel.calibrate): "
                              "relative kernel time (kernel ms / cuDNN dense ms) per pattern family and density at "
@@ -245,7 +257,7 @@ def main(argv=None, prog: str | None = None) -> int:
             parser.error(str(exc))
         return 0
     rows = run(shapes, densities, args.patterns.split(","), (args.backends or "flex,triton").split(","),
-               check=not args.no_check, rounds=args.rounds)
+               check=not args.no_check, rounds=args.rounds, baseline_per_case=args.baseline_per_case)
     print_table(rows)
     out = args.out or f"bench/results/kernels-{gpu_slug()}.json"
     path = write_json(out, {**environment(), "rows": rows})
