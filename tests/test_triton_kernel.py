@@ -363,6 +363,8 @@ def test_in_place_arguments_are_checked():
     with pytest.raises(ValueError, match="lse must be"):
         ts.block_sparse_attention(q, q, q, index, heads=torch.tensor([0, 2]), return_lse=True,
                                   lse=torch.zeros(1, 3, n + 1, device=DEVICE))
+    with pytest.raises(ValueError, match="out shares memory with q, k or v"):
+        ts.block_sparse_attention(q, q.clone(), q.clone(), index, heads=torch.tensor([0, 2]), out=q)
 
 
 @here

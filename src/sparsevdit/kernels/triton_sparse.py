@@ -762,6 +762,9 @@ def block_sparse_attention(
         out = torch.empty_like(q)  # keeps q's strides when they are dense ([B, N, H, D] views stay so)
     elif out.shape != q.shape or out.dtype != q.dtype or out.stride(-1) != 1:
         raise ValueError(f"out must be a {tuple(q.shape)} {q.dtype} tensor with a unit last stride")
+    elif any(out.untyped_storage().data_ptr() == t.untyped_storage().data_ptr() for t in (q, k, v)):
+        # K/V rows are read by many programs, and with key chunks later launches read O back
+        raise ValueError("out shares memory with q, k or v: pass a separate output tensor")
     if return_lse and lse is None:
         lse = torch.full((batch, total_heads, n), float("-inf"), dtype=torch.float32, device=q.device)
     elif return_lse and (lse.shape != (batch, total_heads, n) or lse.dtype != torch.float32 or not lse.is_contiguous()):
