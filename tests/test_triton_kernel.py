@@ -260,7 +260,7 @@ def test_chunk_records():
     assert whole == [[1, 3, tail, 0], [0, 2, tail, 0], [3, 1, 0, 0], [2, 0, 0, 0]]
 
 
-def test_head_footprints_and_auto_chunks():
+def test_head_footprints_and_auto_chunks(monkeypatch):
     nb = 8
     dense = torch.ones(1, nb, nb, dtype=torch.bool)
     band = (torch.arange(nb)[:, None] - torch.arange(nb)[None, :]).abs() <= 1
@@ -278,6 +278,11 @@ def test_head_footprints_and_auto_chunks():
     band_fp, text_fp = long_index.head_footprints(2).tolist()
     assert band_fp == 4.0 and 4.0 < text_fp < wide  # the pair holding the text row touches all 16
     assert ts.auto_kv_chunks(index, 128, 2, torch.device("cpu")) == 1  # only on a GPU
+    monkeypatch.setenv(ts.KV_CHUNKS_ENV, "three")
+    with pytest.raises(ValueError, match="SPARSEVDIT_KV_CHUNKS='three'"):
+        ts.block_sparse_attention(*(torch.zeros(1, 2, nb * 128, 64, device=DEVICE, dtype=torch.float16) for _ in range(3)),
+                                  index_of_masks(torch.cat([dense, band[None]]), 128, nb * 128))
+    monkeypatch.delenv(ts.KV_CHUNKS_ENV)
     with pytest.raises(ValueError, match="kv_chunks"):
         ts.block_sparse_attention(*(torch.zeros(1, 2, nb * 128, 64, device=DEVICE, dtype=torch.float16) for _ in range(3)),
                                   index_of_masks(torch.cat([dense, band[None]]), 128, nb * 128), kv_chunks=0)
@@ -384,7 +389,10 @@ def test_gather_heads_rows():
 @here
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("token_major", [False, True], ids=["contiguous", "token_major"])
-def test_sparse_attention_vs_reference_backend(dtype, token_major):
+@pytest.mark.parametrize("kv_chunks", [None, "3"], ids=["auto_chunks", "env_3_chunks"])
+def test_sparse_attention_vs_reference_backend(dtype, token_major, kv_chunks, monkeypatch):
+    if kv_chunks:  # the user-level override reaches every group's launches (head map, reordering)
+        monkeypatch.setenv(ts.KV_CHUNKS_ENV, kv_chunks)
     layout = sv.TokenLayout(3, 6, 10, text_tokens=20, text_position="prefix")  # 200 tokens
     bs = 64
     pats = [

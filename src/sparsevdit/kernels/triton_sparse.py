@@ -732,8 +732,8 @@ def block_sparse_attention(
     ``|q_idx - k_idx| > distance_window`` (positions in the reordered sequence) by ``alpha`` (off when None).
     ``config`` forces one kernel configuration (else autotuned on Hopper, a fixed fallback elsewhere).
     ``kv_chunks``: run the key blocks in that many contiguous ranges, one launch each, merged through the
-    lse (so a head's K/V in flight fits in L2 at long sequences); None picks it (``auto_kv_chunks``, 1
-    off Hopper).
+    lse (so a head's K/V in flight fits in L2 at long sequences); None takes ``SPARSEVDIT_KV_CHUNKS``
+    when set, else picks it (``auto_kv_chunks``, 1 off Hopper).
     """
     if q.dim() != 4 or q.shape != k.shape or q.shape != v.shape:
         raise ValueError(f"q, k, v must share one shape [B, H, N, D]; got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
@@ -779,6 +779,11 @@ def block_sparse_attention(
     window = int(distance_window) if use_dist else 0
     bs = index.block_size
     hopper = hopper_features(q.device)
+    if kv_chunks is None and os.environ.get(KV_CHUNKS_ENV):
+        kv_chunks = os.environ[KV_CHUNKS_ENV]
+        if not kv_chunks.isdigit():
+            raise ValueError(f"{KV_CHUNKS_ENV}={kv_chunks!r}: give a positive whole number of key ranges (1: no chunks)")
+        kv_chunks = int(kv_chunks)
     if kv_chunks is None:
         kv_chunks = auto_kv_chunks(index, head_dim, q.element_size(), q.device) if hopper else 1
     elif int(kv_chunks) < 1:
@@ -855,6 +860,9 @@ def _launch(q, k, v, out, args, common, n_records: int, config, hopper: bool, tm
 
 # Warp-specialised configs run on a GPU only with this set to 1 (benchmarks; see _launch).
 EXPERIMENTAL_WS_ENV = "SPARSEVDIT_EXPERIMENTAL_WS"
+
+# Overrides the key-range count of every call that does not pass kv_chunks (1 turns key chunks off).
+KV_CHUNKS_ENV = "SPARSEVDIT_KV_CHUNKS"
 
 # Key chunks (docs/kernel.md, "key chunks"; measured on the H100, bench/results/kv-chunks-h100.json):
 # chunk when the K/V that one head's programs in flight touch exceeds L2_MIN_SHARE of L2 (band patterns
