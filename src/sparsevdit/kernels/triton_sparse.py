@@ -884,7 +884,13 @@ def auto_kv_chunks(index: BlockIndex, head_dim: int, element_size: int, device: 
     HunyuanVideo (61 MB); Wan2.1-1.3B (16.8 MB), dense heads and narrow bands stay at 1."""
     if device.type != "cuda":
         return 1
-    props = torch.cuda.get_device_properties(device)
+    key = ("kv_chunks", head_dim, element_size, str(device))  # decided once per index: every call runs this
+    if key not in index._schedules:
+        index._schedules[key] = _kv_chunks_rule(index, head_dim, element_size, torch.cuda.get_device_properties(device))
+    return index._schedules[key]
+
+
+def _kv_chunks_rule(index: BlockIndex, head_dim: int, element_size: int, props) -> int:
     l2 = getattr(props, "L2_cache_size", 0)
     if not l2:
         return 1
