@@ -49,7 +49,8 @@ def compile_config(cfg: ts.KernelConfig, head_dim: int, even_n: bool = False, st
     constexprs = dict(HEAD_DIM=head_dim, BLOCK=128, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, EVEN_N=even_n,
                       USE_DIST=False, STORE_LSE=store_lse, USE_DESC=True, WARP_SPEC=cfg.warp_spec,
                       HOST_DESC=cfg.host_desc, DOT_F32=False, PERMUTED=permuted, ONE_LOOP=cfg.one_loop,
-                      HEAD_MAP=permuted, PERSISTENT=cfg.persistent, CHUNKED=chunked)
+                      HEAD_MAP=permuted, PERSISTENT=cfg.persistent, CHUNKED=chunked,
+                      LAZY_RESCALE=cfg.lazy_rescale)
     sig = signature(cfg, head_dim) | {k: "constexpr" for k in constexprs}
     src = ASTSource(ts._block_sparse_fwd, sig, constexprs=constexprs)
     row = {"config": cfg.label(), "head_dim": head_dim, "even_n": even_n, "store_lse": store_lse, "permuted": permuted,

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import statistics
 import sys
 
 import torch
@@ -29,14 +30,14 @@ from sparsevdit.kernels import triton_sparse as ts  # noqa: E402
 
 def parse_config(label: str) -> ts.KernelConfig:
     """``M128N64w4s2`` (optional ``-ws``: warp specialisation, ``-devdesc``: descriptors built in the
-    kernel, ``-1l``: one key loop, ``-p``: persistent grid; the order of ``KernelConfig.label``) -> KernelConfig."""
+    kernel, ``-1l``: one key loop, ``-p``: persistent grid, ``-lz``: lazy softmax rescale; the order of ``KernelConfig.label``) -> KernelConfig."""
     import re
 
-    m = re.fullmatch(r"M(\d+)N(\d+)w(\d+)s(\d+)(-ws)?(-devdesc)?(-1l)?(-p)?", label)
+    m = re.fullmatch(r"M(\d+)N(\d+)w(\d+)s(\d+)(-ws)?(-devdesc)?(-1l)?(-p)?(-lz)?", label)
     if not m:
         raise argparse.ArgumentTypeError(f"bad config label {label!r} (e.g. M128N64w4s2-ws-devdesc-1l-p)")
     return ts.KernelConfig(int(m[1]), int(m[2]), int(m[3]), int(m[4]), bool(m[5]), host_desc=not m[6],
-                           one_loop=bool(m[7]), persistent=bool(m[8]))
+                           one_loop=bool(m[7]), persistent=bool(m[8]), lazy_rescale=bool(m[9]))
 
 
 def main(argv=None) -> int:
@@ -47,6 +48,9 @@ def main(argv=None) -> int:
     ap.add_argument("--configs", default="M128N128w8s3,M64N128w4s2,M64N64w4s3",
                     help="forced KernelConfig labels besides auto")
     ap.add_argument("--out", default="bench/results/kernel-variants.json")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="time every variant this many times, interleaved, with cuDNN dense in every round; "
+                         "efficiency uses the case's median cuDNN time")
     ap.add_argument("--timeout", type=float, default=None,
                     help="run each config in its own process with this limit in seconds (a kernel that hangs "
                          "or a compiler crash then costs only its own rows); the rows are merged into --out")
@@ -73,24 +77,33 @@ def main(argv=None) -> int:
             index = ts.block_index_for(pats, q.device)
             variants = [("auto", {})]
             variants += [(c.label(), dict(config=c)) for c in configs]
+            fns = {}
             for name, kw in variants:
                 try:
-                    fn = lambda: ts.block_sparse_attention(q, k, v, index, scale, **kw)  # noqa: E731
+                    fn = lambda kw=kw: ts.block_sparse_attention(q, k, v, index, scale, **kw)  # noqa: E731
                     out, _ = fn()
-                    err = spot_check(out, q, k, v, pats, scale)
-                    ms = median_ms(fn)
-                    row = dict(shape=shape_name, case=f"{kind} {dens:g}", variant=name, density=density, ms=ms,
-                               efficiency=cudnn_ms * density / ms, spot_err=err)
+                    fns[name] = (fn, spot_check(out, q, k, v, pats, scale))
                     del out
                 except Exception as exc:  # a config that does not compile or fit: record it, go on
-                    row = dict(shape=shape_name, case=f"{kind} {dens:g}", variant=name, density=density,
-                               error=f"{type(exc).__name__}: {str(exc)[:300]}")
-                rows.append(row)
-                if "ms" in row:
-                    print(f"  {kind:15s} {density:6.1%} {name:12s} {row['ms']:9.3f} ms  eff {row['efficiency']:.3f}"
-                          f"  err {row['spot_err']:.1e}", flush=True)
-                else:
-                    print(f"  {kind:15s} {density:6.1%} {name:12s} {row['error']}", flush=True)
+                    rows.append(dict(shape=shape_name, case=f"{kind} {dens:g}", variant=name, density=density,
+                                     error=f"{type(exc).__name__}: {str(exc)[:300]}"))
+                    print(f"  {kind:15s} {density:6.1%} {name:12s} {rows[-1]['error']}", flush=True)
+            # Variants interleaved per round, cuDNN dense timed in every round: the GPU's clocks drift
+            # (power cap), so a ratio is taken between timings made close together; medians kept.
+            times = {name: [] for name in fns}
+            base = []
+            for _ in range(args.rounds):
+                base.append(median_ms(lambda: cudnn_dense(q, k, v)))
+                for name, (fn, _) in fns.items():
+                    times[name].append(median_ms(fn))
+            case_cudnn = statistics.median(base)
+            for name, (fn, err) in fns.items():
+                ms = statistics.median(times[name])
+                rows.append(dict(shape=shape_name, case=f"{kind} {dens:g}", variant=name, density=density, ms=ms,
+                                 ms_rounds=times[name], cudnn_dense_ms=case_cudnn,
+                                 efficiency=case_cudnn * density / ms, spot_err=err))
+                print(f"  {kind:15s} {density:6.1%} {name:12s} {ms:9.3f} ms  eff {rows[-1]['efficiency']:.3f}"
+                      f"  err {err:.1e}", flush=True)
             write_json(args.out, result)
         del q, k, v
         torch.cuda.empty_cache()

@@ -35,6 +35,13 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     variants = [f"{c}/{sched}" for c in args.chunks.split(",") for sched in args.schedules.split(",")]
+    cases = []  # checked before any GPU work: a bad case found late lost a whole run's results
+    for case in args.cases.split(","):
+        kind, _, dens = case.partition(":")
+        try:
+            cases.append((case, kind, float(dens)))
+        except ValueError:
+            ap.error(f"case {case!r} is not kind:density (e.g. random:0.1, diagonal:0.25; dense is random:1.0)")
     rows = []
     for shape_name in args.shapes.split(","):
         shape = SHAPES[shape_name]
@@ -42,9 +49,8 @@ def main(argv=None) -> int:
         q, k, v = shape_tensors(shape)
         cudnn = lambda: cudnn_dense(q, k, v)  # noqa: E731
 
-        for case in args.cases.split(","):
-            kind, dens = case.split(":")
-            pats = patterns_at(kind, shape, float(dens))
+        for case, kind, dens in cases:
+            pats = patterns_at(kind, shape, dens)
             density = sum(p.density for p in pats) / len(pats)
             index = ts.block_index_for(pats, q.device)
             auto = ts.auto_kv_chunks(index, d, q.element_size(), q.device)

@@ -199,6 +199,34 @@ def test_tiles_and_descriptor_path(cfg):
     check(out, lse, ref_out, ref_lse, torch.float16)
 
 
+LAZY_CONFIGS = [
+    ts.KernelConfig(64, 64, 4, 1, False, False, lazy_rescale=True),  # pointer path, stale running max
+    ts.KernelConfig(128, 64, 4, 1, False, True, lazy_rescale=True),  # descriptor path, two key tiles a block
+]
+
+
+@here
+@pytest.mark.parametrize("cfg", LAZY_CONFIGS, ids=lambda c: c.label())
+@pytest.mark.parametrize("chunks", [1, 2])
+def test_lazy_rescale_with_growing_logits(cfg, chunks):
+    # The lazy rescale keeps a stale row max until some row's max grows by more than 2^8: logits that grow
+    # along the keys (small steps under the threshold, one jump over it) exercise both branches.
+    n, bs, dim = 600, 128, 64
+    nb = num_blocks(n, bs)
+    masks = torch.stack([random_mask(nb, 0.7, 61, empty_rows=[1], dense_rows=[0]), random_mask(nb, 1.0, 62)])
+    gen = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(1, 2, n, dim, generator=gen) for _ in range(3))
+    growth = 1 + torch.arange(n, dtype=torch.float32) / 100  # logits' spread grows ~7x along the keys
+    growth[3 * bs: 4 * bs] *= 4  # one block whose logits jump far past the running max
+    k = k * growth[:, None]
+    q, k, v = (t.to(DEVICE, torch.float16) for t in (q, k, v))
+    scale = 1.0 / math.sqrt(dim)
+    out, lse = ts.block_sparse_attention(q, k, v, index_of_masks(masks, bs, n), scale, return_lse=True,
+                                         config=cfg, kv_chunks=chunks)
+    ref_out, ref_lse = reference(q.cpu(), k.cpu(), v.cpu(), masks, bs, scale)
+    check(out.cpu(), lse.cpu(), ref_out, ref_lse, torch.float16)
+
+
 # --------------------------------------------------------------------------------------------
 # key chunks: one launch per contiguous key range, merged through the lse
 # --------------------------------------------------------------------------------------------

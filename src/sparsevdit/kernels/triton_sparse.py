@@ -88,7 +88,8 @@ def hopper_features(device: torch.device) -> bool:
 # ----------------------------------------------------------------------------------------------
 @_kernel_fn
 def _tile_step(acc, l_i, m_i, q, k, v, offs_m, start_n, N, qk_scale, window, alpha,
-               BLOCK_N: tl.constexpr, MASK_N: tl.constexpr, USE_DIST: tl.constexpr, DOT_F32: tl.constexpr):
+               BLOCK_N: tl.constexpr, MASK_N: tl.constexpr, USE_DIST: tl.constexpr, DOT_F32: tl.constexpr,
+               LAZY_RESCALE: tl.constexpr = False):
     if DOT_F32:  # interpreter: its dot multiplies bf16 as raw uint16 bits, so upcast first
         qk = tl.dot(q.to(tl.float32), tl.trans(k.to(tl.float32)))
     else:
@@ -102,10 +103,23 @@ def _tile_step(acc, l_i, m_i, q, k, v, offs_m, start_n, N, qk_scale, window, alp
     if MASK_N:
         qk = tl.where(offs_n[None, :] < N, qk, float("-inf"))
     m_ij = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
-    p = tl.math.exp2(qk * qk_scale - m_ij[:, None])
-    corr = tl.math.exp2(m_i - m_ij)
-    l_i = l_i * corr + tl.sum(p, 1)
-    acc = acc * corr[:, None]
+    if LAZY_RESCALE:
+        # Keep a stale running max (p <= 2^8 then, exact after the final division) and rescale
+        # acc/l only when some row's max grew past that: after the first tiles of a row almost never, which
+        # saves the acc multiply (BLOCK_M x HEAD_DIM per tile). One block-wide reduction decides.
+        if tl.max((m_ij > m_i + 8.0).to(tl.int32), 0) > 0:
+            corr = tl.math.exp2(m_i - m_ij)
+            l_i = l_i * corr
+            acc = acc * corr[:, None]
+            m_i = m_ij
+        m_ij = m_i
+        p = tl.math.exp2(qk * qk_scale - m_ij[:, None])
+        l_i = l_i + tl.sum(p, 1)
+    else:
+        p = tl.math.exp2(qk * qk_scale - m_ij[:, None])
+        corr = tl.math.exp2(m_i - m_ij)
+        l_i = l_i * corr + tl.sum(p, 1)
+        acc = acc * corr[:, None]
     if DOT_F32:
         acc = tl.dot(p.to(v.dtype).to(tl.float32), v.to(tl.float32), acc)
     else:
@@ -117,7 +131,8 @@ def _key_loop(acc, l_i, m_i, q, K, desc_k, desc_v, V, k_base, v_base, stride_kn,
               idx_ptr, lo, hi, offs_m, N, qk_scale, window, alpha,
               HEAD_DIM: tl.constexpr, BLOCK: tl.constexpr, BLOCK_N: tl.constexpr,
               MASK_N: tl.constexpr, USE_DIST: tl.constexpr, USE_DESC: tl.constexpr,
-              WARP_SPEC: tl.constexpr, DOT_F32: tl.constexpr, HOST_DESC: tl.constexpr = True):
+              WARP_SPEC: tl.constexpr, DOT_F32: tl.constexpr, HOST_DESC: tl.constexpr = True,
+              LAZY_RESCALE: tl.constexpr = False):
     KSUB: tl.constexpr = BLOCK // BLOCK_N
     offs_d = tl.arange(0, HEAD_DIM)
     for j in tl.range(lo, hi, warp_specialize=WARP_SPEC):
@@ -144,7 +159,7 @@ def _key_loop(acc, l_i, m_i, q, K, desc_k, desc_v, V, k_base, v_base, stride_kn,
                 k = tl.load(k_ptrs)
                 v = tl.load(v_ptrs)
         acc, l_i, m_i = _tile_step(acc, l_i, m_i, q, k, v, offs_m, start_n, N, qk_scale, window, alpha,
-                                   BLOCK_N, MASK_N, USE_DIST, DOT_F32)
+                                   BLOCK_N, MASK_N, USE_DIST, DOT_F32, LAZY_RESCALE)
     return acc, l_i, m_i
 
 @_kernel_fn
@@ -175,6 +190,7 @@ def _attend_tile(
     USE_DESC: tl.constexpr, WARP_SPEC: tl.constexpr, HOST_DESC: tl.constexpr = True,
     DOT_F32: tl.constexpr = False, PERMUTED: tl.constexpr = False, ONE_LOOP: tl.constexpr = False,
     HEAD_MAP: tl.constexpr = True, PERSISTENT: tl.constexpr = False, CHUNKED: tl.constexpr = False,
+    LAZY_RESCALE: tl.constexpr = False,
 ):
     # One query tile: program ``pid`` of the launch order (several per program when PERSISTENT).
     # Q/O (and LSE) are [B, H_QO, N, D] with any strides: the call's head i is head HMAP_QO[i] there;
@@ -264,7 +280,8 @@ def _attend_tile(
         # a persistent program's tile loop fuses with one inner loop only.
         acc, l_i, m_i = _key_loop(acc, l_i, m_i, q, K, desc_k, desc_v, V, k_base, v_base, stride_kn, stride_vn,
                                   b, hk, idx_ptr, 0, n_iter, offs_m, N, qk_scale, window, alpha,
-                                  HEAD_DIM, BLOCK, BLOCK_N, not EVEN_N, USE_DIST, USE_DESC, WS, DOT_F32, HOST_DESC)
+                                  HEAD_DIM, BLOCK, BLOCK_N, not EVEN_N, USE_DIST, USE_DESC, WS, DOT_F32, HOST_DESC,
+                                  LAZY_RESCALE)
     else:
         # Lists are ascending: the partial last key block, when kept, is the last entry; that step runs
         # in its own loop with a column mask, through the same descriptors (zero-filled past N; a pointer
@@ -272,10 +289,12 @@ def _attend_tile(
         n_full = n_iter - has_tail.to(tl.int32) * KSUB
         acc, l_i, m_i = _key_loop(acc, l_i, m_i, q, K, desc_k, desc_v, V, k_base, v_base, stride_kn, stride_vn,
                                   b, hk, idx_ptr, 0, n_full, offs_m, N, qk_scale, window, alpha,
-                                  HEAD_DIM, BLOCK, BLOCK_N, False, USE_DIST, USE_DESC, WS, DOT_F32, HOST_DESC)
+                                  HEAD_DIM, BLOCK, BLOCK_N, False, USE_DIST, USE_DESC, WS, DOT_F32, HOST_DESC,
+                                  LAZY_RESCALE)
         acc, l_i, m_i = _key_loop(acc, l_i, m_i, q, K, desc_k, desc_v, V, k_base, v_base, stride_kn, stride_vn,
                                   b, hk, idx_ptr, n_full, n_iter, offs_m, N, qk_scale, window, alpha,
-                                  HEAD_DIM, BLOCK, BLOCK_N, True, USE_DIST, USE_DESC, False, DOT_F32, HOST_DESC)
+                                  HEAD_DIM, BLOCK, BLOCK_N, True, USE_DIST, USE_DESC, False, DOT_F32, HOST_DESC,
+                                  LAZY_RESCALE)
 
     # epilogue: rows with no kept key (l == 0) give 0 and lse = -inf
     if PERMUTED:  # read again (a distinct address expression, so not merged with the prologue's load):
@@ -326,6 +345,7 @@ def _block_sparse_fwd(
     USE_DESC: tl.constexpr, WARP_SPEC: tl.constexpr, HOST_DESC: tl.constexpr = True,
     DOT_F32: tl.constexpr = False, PERMUTED: tl.constexpr = False, ONE_LOOP: tl.constexpr = False,
     HEAD_MAP: tl.constexpr = True, PERSISTENT: tl.constexpr = False, CHUNKED: tl.constexpr = False,
+    LAZY_RESCALE: tl.constexpr = False,
 ):
     # One program per query tile; PERSISTENT: a grid of about two programs per SM, each taking tiles
     # pid, pid + grid, ... of the launch order in one flattened loop, so the software pipeline runs on
@@ -338,14 +358,14 @@ def _block_sparse_fwd(
                 stride_vb, stride_vh, stride_vn, stride_ob, stride_oh, stride_on,
                 qk_scale, window, alpha, N, NREC, B, NQB, MAXW, H_QO, H_KV,
                 HEAD_DIM, BLOCK, BLOCK_M, BLOCK_N, EVEN_N, USE_DIST, STORE_LSE, USE_DESC, WARP_SPEC,
-                HOST_DESC, DOT_F32, PERMUTED, ONE_LOOP, HEAD_MAP, PERSISTENT, CHUNKED)
+                HOST_DESC, DOT_F32, PERMUTED, ONE_LOOP, HEAD_MAP, PERSISTENT, CHUNKED, LAZY_RESCALE)
     else:
         _attend_tile(tl.program_id(0), Q, K, V, O, Qd, Kd, Vd, Od, LSE, KV_IDX, SCHED, HMAP_QO, HMAP_KV, PERM,
                 stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_kn,
                 stride_vb, stride_vh, stride_vn, stride_ob, stride_oh, stride_on,
                 qk_scale, window, alpha, N, NREC, B, NQB, MAXW, H_QO, H_KV,
                 HEAD_DIM, BLOCK, BLOCK_M, BLOCK_N, EVEN_N, USE_DIST, STORE_LSE, USE_DESC, WARP_SPEC,
-                HOST_DESC, DOT_F32, PERMUTED, ONE_LOOP, HEAD_MAP, PERSISTENT, CHUNKED)
+                HOST_DESC, DOT_F32, PERMUTED, ONE_LOOP, HEAD_MAP, PERSISTENT, CHUNKED, LAZY_RESCALE)
 
 
 @_kernel_fn
@@ -383,12 +403,13 @@ class KernelConfig:
     host_desc: bool = True  # descriptors built on the host once per call; False: in each program
     one_loop: bool = False  # partial last key block in the main (TMA) loop, column-masked: one key loop
     persistent: bool = False  # ~2 programs per SM looping over tiles in one flattened loop (implies one_loop)
+    lazy_rescale: bool = False  # softmax rescale only when a row's max grows by > 2^8 (FlashAttention-4's)
 
     def label(self) -> str:
         return (f"M{self.block_m}N{self.block_n}w{self.num_warps}s{self.num_stages}"
                 f"{'-ws' if self.warp_spec else ''}{'' if self.use_desc else '-ptr'}"
                 f"{'-devdesc' if self.use_desc and not self.host_desc else ''}{'-1l' if self.one_loop else ''}"
-                f"{'-p' if self.persistent else ''}")
+                f"{'-p' if self.persistent else ''}{'-lz' if self.lazy_rescale else ''}")
 
 
 # Hopper autotune space per head_dim, narrowed by bench/triton_tune.py on an H100 (docs/kernel.md).
@@ -627,7 +648,7 @@ def _autotuned_kernel(head_dim: int):
         configs = [
             triton.Config({"BLOCK_M": c.block_m, "BLOCK_N": c.block_n, "WARP_SPEC": c.warp_spec,
                            "ONE_LOOP": c.one_loop, "HOST_DESC": c.host_desc and not c.warp_spec,
-                           "PERSISTENT": c.persistent},
+                           "PERSISTENT": c.persistent, "LAZY_RESCALE": c.lazy_rescale},
                           num_warps=c.num_warps, num_stages=c.num_stages, pre_hook=_set_block_shapes)
             for c in HOPPER_CONFIGS.get(head_dim, HOPPER_CONFIGS[128])
         ]
@@ -853,6 +874,7 @@ def _launch(q, k, v, out, args, common, n_records: int, config, hopper: bool, tm
     _block_sparse_fwd[(programs,)](
         q, k, v, out, *descs, *args, **common, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, USE_DESC=use_desc,
         WARP_SPEC=cfg.warp_spec and hopper, HOST_DESC=host_desc, ONE_LOOP=cfg.one_loop, PERSISTENT=cfg.persistent,
+        LAZY_RESCALE=cfg.lazy_rescale,
         DOT_F32=interpret_mode() and q.dtype == torch.bfloat16,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
