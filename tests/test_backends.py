@@ -210,6 +210,70 @@ def test_dense_heads_go_to_sdpa_and_match_reference():
         sv.sparse_attention(q, k, v, P.build("diagonal", layout, block_size=16, width=8), layout=layout, backend="sdpa")
 
 
+@pytest.mark.parametrize("return_lse", [False, True], ids=["out", "lse"])
+def test_auto_sends_dense_heads_of_a_mixed_layer_to_sdpa(monkeypatch, return_lse):
+    # A layer mixing dense and sparse heads: with "auto" the dense heads form their own group (the
+    # sdpa backend: cuDNN on CUDA), unless the lse is asked for (sdpa gives none: one fused group then).
+    layout = LAYOUTS["suffix"]
+    dense = P.build("dense", layout, block_size=16)
+    diag = P.build("diagonal", layout, block_size=16, width=8)
+    multi = P.build("multi_diagonal", layout, block_size=16, width=8)
+    pats = [diag, dense, multi, dense]
+    q, k, v = rand_qkv(layout, heads=4)
+    from sparsevdit.kernels import api
+
+    chosen = []
+    real = api.select_backend
+
+    def recording(name, call):
+        impl = real(name, call)
+        chosen.append((impl.name, call.heads))
+        return impl
+
+    ref = sv.sparse_attention(q, k, v, pats, layout=layout, backend="reference", return_lse=return_lse)
+    monkeypatch.setattr(api, "select_backend", recording)
+    got = sv.sparse_attention(q, k, v, pats, layout=layout, return_lse=return_lse)
+    if return_lse:
+        assert all(name != "sdpa" for name, _ in chosen) and len(chosen) == 2  # frame-major + reordered
+        torch.testing.assert_close(got[1], ref[1], atol=1e-5, rtol=1e-5)
+        got, ref = got[0], ref[0]
+    else:
+        assert ("sdpa", 2) in chosen
+    torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("heads", [[0, 1, 2], [1], [0, 2]], ids=["all", "one", "gap"])
+def test_sdpa_backend_writes_its_heads_in_place(heads):
+    # run_into on a [B, N, H, D]-backed view (diffusers' layout), head subsets included; the others untouched
+    layout = LAYOUTS["plain"]
+    pat = P.build("dense", layout, block_size=16)
+    q, k, v = (t.transpose(1, 2).contiguous().transpose(1, 2) for t in rand_qkv(layout))
+    out = torch.full_like(q, 7.0)
+    backend = get_backend("sdpa")
+    from sparsevdit.kernels.registry import AttentionCall
+
+    call = AttentionCall(q.device, q.dtype, 2, len(heads), layout.num_tokens, 16, (pat,) * len(heads), False)
+    backend.run_into(q, k, v, call, 0.25, heads=torch.tensor(heads, dtype=torch.int32), perm=None, out=out, lse=None)
+    ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, scale=0.25)
+    others = [h for h in range(3) if h not in heads]
+    torch.testing.assert_close(out[:, heads], ref[:, heads], atol=1e-5, rtol=1e-5)
+    assert (out[:, others] == 7.0).all()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_auto_mixed_layer():
+    # On a GPU: the dense heads through sdpa (cuDNN first) in place, the sparse ones through the best
+    # sparse backend, together equal to the reference backend
+    layout = sv.TokenLayout(4, 8, 16)  # 512 tokens
+    dense = P.build("dense", layout, block_size=128)
+    diag = P.build("diagonal", layout, block_size=128, width=128)
+    pats = [diag, dense, dense, diag]
+    q, k, v = rand_qkv(layout, heads=4, batch=1, dim=128, dtype=torch.bfloat16, device="cuda")
+    got = sv.sparse_attention(q, k, v, pats, layout=layout)
+    ref = sv.sparse_attention(q, k, v, pats, layout=layout, backend="reference")
+    close(got, ref, torch.bfloat16)
+
+
 def test_auto_on_cpu_runs():
     layout = LAYOUTS["plain"]
     pat = P.build("diagonal", layout, block_size=16, width=12)

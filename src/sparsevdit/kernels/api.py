@@ -69,19 +69,24 @@ def sparse_attention(
     scale = 1.0 / math.sqrt(head_dim) if scale is None else float(scale)
     grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
 
+    # With backend "auto", a layer's dense heads form a group of their own, so they run on the fastest
+    # dense kernel (the sdpa backend: cuDNN on CUDA) rather than through a sparse kernel's block lists
+    # (ours runs dense heads at 0.91-0.93 of cuDNN: docs/kernel.md). Not when the lse is asked for: the
+    # sdpa backend gives none, and the split would only cost a second launch.
+    split_dense = backend == "auto" and not return_lse
     groups: dict[tuple, list[int]] = defaultdict(list)
     for h, p in enumerate(patterns):
         if not p.is_empty:
-            groups[(p.ordering, p.block_size)].append(h)
+            groups[(p.ordering, p.block_size, split_dense and p.is_dense)].append(h)
 
     covered = sum(len(hs) for hs in groups.values()) == heads
     calls = {}
-    for (ordering, block), hs in groups.items():
+    for key, hs in groups.items():
         call = AttentionCall(
             device=q.device, dtype=q.dtype, batch=batch, heads=len(hs), num_tokens=n, head_dim=head_dim,
             patterns=tuple(patterns[h] for h in hs), return_lse=return_lse, requires_grad=grad,
         )
-        calls[(ordering, block)] = (call, select_backend(backend, call))
+        calls[key] = (call, select_backend(backend, call))
     in_place = all(hasattr(impl, "run_into") for _, impl in calls.values())
 
     if in_place:
@@ -108,9 +113,9 @@ def sparse_attention(
     out = torch.empty_like(q, memory_format=torch.contiguous_format) if covered else torch.zeros_like(q, memory_format=torch.contiguous_format)
     lse = torch.full((batch, heads, n), float("-inf"), dtype=torch.float32, device=q.device) if return_lse else None
 
-    for (ordering, block), hs in groups.items():
-        call, impl = calls[(ordering, block)]
-        hidx, perm = _group_index(tuple(hs), layout, ordering, q.device)
+    for key, hs in groups.items():
+        call, impl = calls[key]
+        hidx, perm = _group_index(tuple(hs), layout, key[0], q.device)
         if perm is None:
             qg, kg, vg = (t.index_select(1, hidx) for t in (q, k, v))
         else:

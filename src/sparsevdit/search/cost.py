@@ -4,8 +4,10 @@ Every time here is *relative*: 1.0 is one head of the model's dense attention th
 SDPA (cuDNN / FlashAttention on a GPU). A layer whose heads are all dense runs exactly that (the
 ``sdpa`` backend takes it), so it costs 1.0 per head; a layer with any sparse head runs its
 frame-major heads in one block-sparse launch and its position-major heads in another, and each head
-costs what the table says for its pattern family at its density (a dense head inside such a launch
-costs the sparse kernel's dense time, usually a little over 1.0). ``skip`` heads cost 0.
+costs what the table says for its pattern family at its density. Its dense heads run on fused SDPA too
+(``sparse_attention(backend="auto")`` gives them a launch of their own), so in ``layer_time`` they
+cost 1.0; ``head_time("dense")`` (the search's per-head price) is the sparse kernel's dense time,
+a little over 1.0. ``skip`` heads cost 0.
 
 Three sources of the table (``CostModel.kind``):
 
@@ -42,7 +44,7 @@ from ..layout import TokenLayout
 from ..patterns import BlockPattern
 
 FAMILIES = ("dense", "skip", "diagonal", "multi_diagonal", "vertical_stripe", "diag+stripes", "multi+stripes", "random")
-DEFAULT_KERNEL_TABLE = Path(__file__).resolve().parents[3] / "bench" / "results" / "kernels-h100.json"
+DEFAULT_KERNEL_TABLE = Path(__file__).resolve().parents[3] / "bench" / "results" / "kernels-h200.json"
 _BORROW = {"vertical_stripe": "random", "multi+stripes": "diag+stripes", "random_blocks": "random"}
 
 
@@ -105,9 +107,8 @@ class CostModel:
         if patterns is None:
             return 1.0
         patterns = list(patterns)
-        if all(p.is_dense for p in patterns):
-            return 1.0
-        return sum(self.pattern_time(p) for p in patterns) / len(patterns)
+        # dense heads run on fused SDPA in their own launch (sparse_attention's "auto"): 1.0 each
+        return sum(1.0 if p.is_dense else self.pattern_time(p) for p in patterns) / len(patterns)
 
     def plan_time(self, plan, steps: int) -> dict:
         """Predicted attention time of ``plan`` over ``steps`` denoising steps, relative to dense."""
@@ -140,7 +141,7 @@ class CostModel:
     @classmethod
     def measured(cls, path: str | os.PathLike | None = None, *, shape: str | None = None, backend: str | None = None,
                  num_tokens: int | None = None) -> "CostModel":
-        """From a kernel benchmark result file (default ``bench/results/kernels-h100.json``).
+        """From a kernel benchmark result file (default ``bench/results/kernels-h200.json``, the newest).
 
         ``shape``: which benchmark shape (default: nearest ``num_tokens`` on a log scale, else the
         first); ``backend``: triton if it has rows for that shape, else flex.
