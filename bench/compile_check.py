@@ -57,7 +57,8 @@ def compile_config(cfg: ts.KernelConfig, head_dim: int, even_n: bool = False, st
            "chunked": chunked}
     try:
         kernel = triton.compile(src, target=GPUTarget("cuda", 90, 128),
-                                options={"num_warps": cfg.num_warps, "num_stages": cfg.num_stages})
+                                options={"num_warps": cfg.num_warps, "num_stages": cfg.num_stages,
+                                         **({"maxnreg": cfg.maxnreg} if cfg.maxnreg else {})})
     except Exception as exc:  # a config the compiler rejects is a result, not a crash
         row["error"] = str(exc).strip().splitlines()[-1][:200]
         return row

@@ -30,14 +30,15 @@ from sparsevdit.kernels import triton_sparse as ts  # noqa: E402
 
 def parse_config(label: str) -> ts.KernelConfig:
     """``M128N64w4s2`` (optional ``-ws``: warp specialisation, ``-devdesc``: descriptors built in the
-    kernel, ``-1l``: one key loop, ``-p``: persistent grid, ``-lz``: lazy softmax rescale; the order of ``KernelConfig.label``) -> KernelConfig."""
+    kernel, ``-1l``: one key loop, ``-p``: persistent grid, ``-lz``: lazy softmax rescale, ``-rN``: at most N registers a thread; the order of ``KernelConfig.label``) -> KernelConfig."""
     import re
 
-    m = re.fullmatch(r"M(\d+)N(\d+)w(\d+)s(\d+)(-ws)?(-devdesc)?(-1l)?(-p)?(-lz)?", label)
+    m = re.fullmatch(r"M(\d+)N(\d+)w(\d+)s(\d+)(-ws)?(-devdesc)?(-1l)?(-p)?(-lz)?(?:-r(\d+))?", label)
     if not m:
         raise argparse.ArgumentTypeError(f"bad config label {label!r} (e.g. M128N64w4s2-ws-devdesc-1l-p)")
     return ts.KernelConfig(int(m[1]), int(m[2]), int(m[3]), int(m[4]), bool(m[5]), host_desc=not m[6],
-                           one_loop=bool(m[7]), persistent=bool(m[8]), lazy_rescale=bool(m[9]))
+                           one_loop=bool(m[7]), persistent=bool(m[8]), lazy_rescale=bool(m[9]),
+                           maxnreg=int(m[10]) if m[10] else None)
 
 
 def main(argv=None) -> int:

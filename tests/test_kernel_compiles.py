@@ -56,3 +56,11 @@ def test_persistent_configs_compile():
     assert all("error" not in r for r in rows), rows
     # two 4-warp persistent programs with 32-key tiles fit one SM (228 KB): persistent_programs relies on it
     assert all(r["shared_bytes"] <= 114 * 1024 for r in rows if r["config"] == "M128N32w4s2-p"), rows
+
+
+def test_register_cap_and_lazy_rescale_compile():
+    # measurement-only options (docs/kernel.md step table): -rN reaches ptxas as maxnreg, -lz compiles
+    capped, lazy = compile_rows(["M128N32w4s2-r168", "M128N64w4s2-lz"], 128, "even")
+    assert "error" not in capped and "error" not in lazy, (capped, lazy)
+    if "registers" in capped:
+        assert capped["registers"] <= 168, capped

@@ -404,12 +404,14 @@ class KernelConfig:
     one_loop: bool = False  # partial last key block in the main (TMA) loop, column-masked: one key loop
     persistent: bool = False  # ~2 programs per SM looping over tiles in one flattened loop (implies one_loop)
     lazy_rescale: bool = False  # softmax rescale only when a row's max grows by > 2^8 (FlashAttention-4's)
+    maxnreg: int | None = None  # register cap a thread (ptxas), e.g. to fit a third program on an SM
 
     def label(self) -> str:
         return (f"M{self.block_m}N{self.block_n}w{self.num_warps}s{self.num_stages}"
                 f"{'-ws' if self.warp_spec else ''}{'' if self.use_desc else '-ptr'}"
                 f"{'-devdesc' if self.use_desc and not self.host_desc else ''}{'-1l' if self.one_loop else ''}"
-                f"{'-p' if self.persistent else ''}{'-lz' if self.lazy_rescale else ''}")
+                f"{'-p' if self.persistent else ''}{'-lz' if self.lazy_rescale else ''}"
+                f"{f'-r{self.maxnreg}' if self.maxnreg else ''}")
 
 
 # Hopper autotune space per head_dim, narrowed by bench/triton_tune.py on an H100 (docs/kernel.md).
@@ -649,7 +651,7 @@ def _autotuned_kernel(head_dim: int):
             triton.Config({"BLOCK_M": c.block_m, "BLOCK_N": c.block_n, "WARP_SPEC": c.warp_spec,
                            "ONE_LOOP": c.one_loop, "HOST_DESC": c.host_desc and not c.warp_spec,
                            "PERSISTENT": c.persistent, "LAZY_RESCALE": c.lazy_rescale},
-                          num_warps=c.num_warps, num_stages=c.num_stages, pre_hook=_set_block_shapes)
+                          num_warps=c.num_warps, num_stages=c.num_stages, maxnreg=c.maxnreg, pre_hook=_set_block_shapes)
             for c in HOPPER_CONFIGS.get(head_dim, HOPPER_CONFIGS[128])
         ]
         _AUTOTUNED[head_dim] = triton.autotune(configs, key=_TUNE_KEY, cache_results=True)(_block_sparse_fwd)
@@ -876,7 +878,7 @@ def _launch(q, k, v, out, args, common, n_records: int, config, hopper: bool, tm
         WARP_SPEC=cfg.warp_spec and hopper, HOST_DESC=host_desc, ONE_LOOP=cfg.one_loop, PERSISTENT=cfg.persistent,
         LAZY_RESCALE=cfg.lazy_rescale,
         DOT_F32=interpret_mode() and q.dtype == torch.bfloat16,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **({"maxnreg": cfg.maxnreg} if cfg.maxnreg else {}),
     )
 
 
