@@ -19,10 +19,12 @@ Gluon (``triton.experimental.gluon``, in Triton 3.6) lets us write it by hand:
   wgmma accumulator's registers, P converted to the A-operand register layout, O += P V (async wgmma,
   V from shared memory), then frees the buffer.
 
-Status (2026-11-29): written and compiled for sm_90 on a CPU machine (``--compile-only``: registers,
-shared memory, no spills); **not yet run on a GPU** (the session's device time was spent). The GPU mode
-checks it against SDPA on a small problem, then times it dense at ``--shape`` beside cuDNN, and on a
-random 10% block list. If it reaches >= 0.95 of cuDNN dense, the design moves into the library kernel.
+Status (2026-11-29, H200, ``bench/results/gluon-probe-h200.json``): exact on its first run (2.2e-3 against
+float32 SDPA, dense and 30% lists) and **0.957 of cuDNN dense at 12 x 32,768** (our ``tl`` kernel: 0.93),
+0.949 at 40 x 75,776; on random 10% lists 0.887 / 0.874 (our kernel 0.91): one CTA per SM fills and
+drains its pipeline per query block, which a persistent loop over tiles would hide. One timed run each,
+not rounds. The GPU mode checks it against SDPA on a small problem, then times it dense at ``--shape``
+beside cuDNN, and on a random 10% block list.
 Inputs here are contiguous [B*H*N, D] views with N a multiple of 128 (no partial blocks, no head maps).
 """
 
@@ -48,6 +50,11 @@ def _gluon():
 
 gluon, gl, hopper = _gluon()
 mbarrier, tma = hopper.mbarrier, hopper.tma
+# Two builds both called Triton 3.6.0 name the TMA load differently: the lent GPU's has
+# async_copy_global_to_shared, the PyPI wheel async_load (and raises on the old name). The kernel calls
+# tma.async_load; alias it where only the old name exists.
+if not hasattr(tma, "async_load"):
+    tma.async_load = tma.async_copy_global_to_shared
 
 
 @gluon.constexpr_function
