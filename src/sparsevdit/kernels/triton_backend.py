@@ -7,10 +7,19 @@ per (pattern keys, device) and cached.
 
 from __future__ import annotations
 
-import torch
-
 from . import triton_sparse as ts
 from .registry import AttentionCall, register_backend
+
+
+def forward_kernel_reasons(call: AttentionCall, kernel: str) -> str | None:
+    """What our forward kernels (triton, gluon) share: no autograd, fp16/bf16, head_dim 64 or 128."""
+    if getattr(call, "requires_grad", False):
+        return f"forward only: the {kernel} kernel has no backward pass (autograd needs another backend)"
+    if call.dtype not in ts.SUPPORTED_DTYPES:
+        return f"dtype {call.dtype} is not float16 or bfloat16"
+    if call.head_dim not in ts.SUPPORTED_HEAD_DIMS:
+        return f"head_dim {call.head_dim} is not 64 or 128"
+    return None
 
 
 class TritonBackend:
@@ -23,12 +32,9 @@ class TritonBackend:
         if call.device.type != "cuda" and not (call.device.type == "cpu" and ts.interpret_mode()):
             return (f"the Triton kernel runs on CUDA devices (or on the CPU under TRITON_INTERPRET=1), "
                     f"not {call.device.type}")
-        if getattr(call, "requires_grad", False):
-            return "forward only: the Triton kernel has no backward pass (autograd needs another backend)"
-        if call.dtype not in ts.SUPPORTED_DTYPES:
-            return f"dtype {call.dtype} is not float16 or bfloat16"
-        if call.head_dim not in ts.SUPPORTED_HEAD_DIMS:
-            return f"head_dim {call.head_dim} is not 64 or 128"
+        reason = forward_kernel_reasons(call, "Triton")
+        if reason:
+            return reason
         bs = call.patterns[0].block_size
         if bs not in ts.SUPPORTED_BLOCK_SIZES:
             return (f"block_size {bs} is not 64 or 128: the query tile must equal the block (or half of it) "

@@ -1,0 +1,242 @@
+"""Block-sparse attention forward for Hopper in Gluon: FlashAttention-3's structure over our block lists.
+
+Imported only when the ``gluon`` backend launches or a compile check builds it (importing Triton fixes
+its interpreter mode, see triton_sparse.py). Design (docs/kernel.md, "The way past it"):
+
+* A persistent grid of one CTA per SM walks query tiles (128 rows of one (batch, head) query block) in
+  the launch order of ``BlockIndex.launch_records`` (longest lists first), tile ``pid, pid + grid, ...``.
+* Three ``gl.warp_specialize`` partitions per CTA: a loader warp (24 registers) that TMA-loads each
+  tile's Q (two 64-row halves) and then K and V of every listed key block into a ring of ``STAGES``
+  buffers; and two consumer warpgroups of 64 query rows that share every K/V tile. The loader runs on
+  into the next tile's keys while the consumers finish the current one, so a short list does not drain
+  the pipeline (the probe without this lost 10% at 10% density).
+* mbarriers: ``q_ready`` (loader -> consumers) and ``q_empty`` (both consumers -> loader) per tile;
+  ``k_ready`` / ``v_ready`` per buffer (S = QK^T starts before V lands) and ``kv_empty`` per buffer (both
+  consumers arrive). Phases follow running counters, so the ring continues across tiles.
+* A consumer: S = Q K^T and O += P V as async wgmma (Q, K, V from shared memory, P from registers in the
+  A-operand layout), online softmax in base 2 in the accumulator's registers. Rows with no kept key give
+  0 and lse -inf.
+* Inputs are contiguous [B, H, N, D]; TMA reads them as [B*H*N, D] rows, so a tile near a head's end
+  reads the next head's rows: the partial last key block (always the last entry of an ascending list)
+  is column-masked, and query rows past N are read but never stored. Rows past the tensor's end read 0.
+* Constexpr flags cannot pass through Triton 3.6's worker-partition arguments, so the tail mask and
+  the lse store are runtime branches (once per tile / per last key block).
+"""
+
+from __future__ import annotations
+
+import triton
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia import hopper
+
+mbarrier = hopper.mbarrier
+tma = hopper.tma
+# Two builds both called Triton 3.6.0 name the TMA load differently: the lent H200's has
+# async_copy_global_to_shared, PyPI's wheel async_load (and raises on the old name).
+if not hasattr(tma, "async_load"):
+    tma.async_load = tma.async_copy_global_to_shared
+
+BLOCK = 128  # query rows per tile (two consumers of HALF) = keys per K/V tile = the pattern block
+HALF = 64
+MAX_REGISTERS = 168  # 3 warpgroups x 128 threads x 168 fit the register file; setmaxnreg shifts them
+CONSUMER_REGISTERS = gl.constexpr(232)  # read inside the kernel: module constants must be constexpr
+LOADER_REGISTERS = gl.constexpr(24)
+
+
+@gluon.constexpr_function
+def _wgmma_layout(n):
+    """Accumulator layout of a one-warpgroup wgmma with n columns (16-bit operands)."""
+    n = int(getattr(n, "value", n))
+    return gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, n, 16])
+
+
+@gluon.jit
+def _tile_record(SCHED, t, B, NQB):
+    # Tile t of the launch: record t // B (item = head * NQB + query block, list length, flags), batch t % B.
+    rec = SCHED + (t // B) * 4
+    item = gl.load(rec)
+    return item, gl.load(rec + 1), gl.load(rec + 2), t % B, item // NQB, item % NQB
+
+
+@gluon.jit
+def _consume(q_smem, k_bufs, v_bufs, q_ready, q_empty, k_ready, v_ready, kv_empty, O, LSE, SCHED,
+             N, NQB, B, H, n_tiles, store_lse, qk_scale, HALF_IDX: gl.constexpr):
+    # One consumer warpgroup: rows HALF_IDX * 64 .. + 64 of every tile this CTA takes.
+    STAGES: gl.constexpr = k_bufs.type.shape[0]
+    BLOCK_N: gl.constexpr = k_bufs.type.shape[1]
+    HEAD_DIM: gl.constexpr = k_bufs.type.shape[2]
+    s_layout: gl.constexpr = _wgmma_layout(BLOCK_N)
+    o_layout: gl.constexpr = _wgmma_layout(HEAD_DIM)
+    p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
+    s_rows: gl.constexpr = gl.SliceLayout(1, s_layout)
+    o_rows: gl.constexpr = gl.SliceLayout(1, o_layout)
+
+    q = q_smem.index(HALF_IDX)
+    s_zero = gl.zeros([64, BLOCK_N], gl.float32, s_layout)
+    tail_keys = N - (NQB - 1) * BLOCK_N  # valid keys in the last key block
+    cols = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, s_layout))
+    it = 0
+    tile_i = 0
+    for t in range(gl.program_id(0), n_tiles, gl.num_programs(0)):
+        item, cnt, flags, b, head, qb = _tile_record(SCHED, t, B, NQB)
+        last_masked = gl.where((flags & 1) != 0, cnt - 1, -1)  # the list ends with the partial block
+        m_i = gl.full([64], float("-inf"), gl.float32, s_rows)
+        l_i = gl.full([64], 0.0, gl.float32, s_rows)
+        acc = gl.zeros([64, HEAD_DIM], gl.float32, o_layout)
+        mbarrier.wait(q_ready, tile_i & 1)
+        for j in range(cnt):
+            slot = it % STAGES
+            phase = (it // STAGES) & 1
+            mbarrier.wait(k_ready.index(slot), phase)
+            s = hopper.warpgroup_mma(q, k_bufs.index(slot).permute((1, 0)), s_zero, use_acc=False, is_async=True)
+            s = hopper.warpgroup_mma_wait(num_outstanding=0, deps=(s,))
+            if j == last_masked:
+                s = gl.where(gl.expand_dims(cols < tail_keys, 0), s, float("-inf"))
+            m_new = gl.maximum(m_i, gl.max(s, 1) * qk_scale)
+            p = gl.exp2(s * qk_scale - gl.expand_dims(m_new, 1))
+            alpha = gl.exp2(m_i - m_new)
+            l_i = l_i * alpha + gl.sum(p, 1)
+            acc = acc * gl.expand_dims(gl.convert_layout(alpha, o_rows), 1)
+            p16 = gl.convert_layout(p.to(q_smem.dtype), p_layout)
+            mbarrier.wait(v_ready.index(slot), phase)
+            acc = hopper.warpgroup_mma(p16, v_bufs.index(slot), acc, is_async=True)
+            acc = hopper.warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
+            mbarrier.arrive(kv_empty.index(slot), count=1)
+            m_i = m_new
+            it += 1
+        mbarrier.arrive(q_empty, count=1)  # this tile's Q is no longer read: the loader may refill it
+        tile_i += 1
+
+        empty = l_i == 0.0
+        l_safe = gl.where(empty, 1.0, l_i)
+        out = acc / gl.expand_dims(gl.convert_layout(l_safe, o_rows), 1)
+        rows = qb * BLOCK_N + HALF_IDX * 64 + gl.arange(0, 64, layout=o_rows)
+        base = (b * H + head).to(gl.int64) * N
+        offs_d = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, o_layout))
+        ptrs = O + gl.expand_dims((base + rows) * HEAD_DIM, 1) + gl.expand_dims(offs_d, 0)
+        gl.store(ptrs, out.to(O.dtype.element_ty), mask=gl.expand_dims(rows < N, 1))
+        if store_lse != 0:
+            lse = gl.where(empty, float("-inf"), (m_i + gl.log2(l_safe)) * 0.6931471805599453)
+            srows = qb * BLOCK_N + HALF_IDX * 64 + gl.arange(0, 64, layout=s_rows)
+            gl.store(LSE + base + srows, lse, mask=srows < N)
+
+
+@gluon.jit
+def _load(q_desc, k_desc, v_desc, q_smem, k_bufs, v_bufs, q_ready, q_empty, k_ready, v_ready, kv_empty, KV_IDX,
+          SCHED, N, NQB, B, H, MAXW, n_tiles):
+    # The producer warp: per tile, Q (after both consumers released the last one), then K and V of each
+    # listed key block into the ring, running ahead of the consumers by up to STAGES blocks.
+    STAGES: gl.constexpr = k_bufs.type.shape[0]
+    BLOCK_N: gl.constexpr = k_bufs.type.shape[1]
+    it = 0
+    tile_i = 0
+    for t in range(gl.program_id(0), n_tiles, gl.num_programs(0)):
+        item, cnt, flags, b, head, qb = _tile_record(SCHED, t, B, NQB)
+        base = (b * H + head) * N
+        mbarrier.wait(q_empty, (tile_i & 1) ^ 1)  # barriers start as if phase 1 had completed
+        mbarrier.expect(q_ready, 2 * q_desc.block_type.nbytes)
+        tma.async_load(q_desc, [base + qb * BLOCK_N, 0], q_ready, q_smem.index(0))
+        tma.async_load(q_desc, [base + qb * BLOCK_N + 64, 0], q_ready, q_smem.index(1))
+        tile_i += 1
+        idx_ptr = KV_IDX + item.to(gl.int64) * MAXW
+        for j in range(cnt):
+            slot = it % STAGES
+            phase = (it // STAGES) & 1
+            start = base + gl.load(idx_ptr + j) * BLOCK_N
+            mbarrier.wait(kv_empty.index(slot), phase ^ 1)
+            mbarrier.expect(k_ready.index(slot), k_desc.block_type.nbytes)
+            tma.async_load(k_desc, [start, 0], k_ready.index(slot), k_bufs.index(slot))
+            mbarrier.expect(v_ready.index(slot), v_desc.block_type.nbytes)
+            tma.async_load(v_desc, [start, 0], v_ready.index(slot), v_bufs.index(slot))
+            it += 1
+
+
+# Worker partitions share one signature (Triton 3.6): the second consumer and the loader.
+@gluon.jit
+def _second_consumer(q_desc, k_desc, v_desc, q_smem, k_bufs, v_bufs, q_ready, q_empty, k_ready, v_ready, kv_empty,
+                     O, LSE, KV_IDX, SCHED, N, NQB, B, H, MAXW, n_tiles, store_lse, qk_scale):
+    _consume(q_smem, k_bufs, v_bufs, q_ready, q_empty, k_ready, v_ready, kv_empty, O, LSE, SCHED,
+             N, NQB, B, H, n_tiles, store_lse, qk_scale, 1)
+
+
+@gluon.jit
+def _loader(q_desc, k_desc, v_desc, q_smem, k_bufs, v_bufs, q_ready, q_empty, k_ready, v_ready, kv_empty,
+            O, LSE, KV_IDX, SCHED, N, NQB, B, H, MAXW, n_tiles, store_lse, qk_scale):
+    _load(q_desc, k_desc, v_desc, q_smem, k_bufs, v_bufs, q_ready, q_empty, k_ready, v_ready, kv_empty, KV_IDX,
+          SCHED, N, NQB, B, H, MAXW, n_tiles)
+
+
+@gluon.jit
+def _first_consumer(q_smem, k_bufs, v_bufs, q_ready, q_empty, k_ready, v_ready, kv_empty, O, LSE, SCHED,
+                    N, NQB, B, H, n_tiles, store_lse, qk_scale):
+    _consume(q_smem, k_bufs, v_bufs, q_ready, q_empty, k_ready, v_ready, kv_empty, O, LSE, SCHED,
+             N, NQB, B, H, n_tiles, store_lse, qk_scale, 0)
+
+
+@gluon.jit
+def block_sparse_fwd(q_desc, k_desc, v_desc, O, LSE, KV_IDX, SCHED, N, NQB, B, H, MAXW, n_tiles, store_lse, qk_scale,
+                     HEAD_DIM: gl.constexpr, STAGES: gl.constexpr):
+    q_smem = gl.allocate_shared_memory(q_desc.dtype, [2, 64, HEAD_DIM], q_desc.layout)
+    k_bufs = gl.allocate_shared_memory(k_desc.dtype, [STAGES, 128, HEAD_DIM], k_desc.layout)
+    v_bufs = gl.allocate_shared_memory(v_desc.dtype, [STAGES, 128, HEAD_DIM], v_desc.layout)
+    q_ready = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+    q_empty = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+    k_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    v_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    kv_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    mbarrier.init(q_ready, count=1)
+    mbarrier.init(q_empty, count=2)  # both consumers
+    for i in gl.static_range(STAGES):
+        mbarrier.init(k_ready.index(i), count=1)
+        mbarrier.init(v_ready.index(i), count=1)
+        mbarrier.init(kv_empty.index(i), count=2)
+
+    workers = (q_desc, k_desc, v_desc, q_smem, k_bufs, v_bufs, q_ready, q_empty, k_ready, v_ready, kv_empty,
+               O, LSE, KV_IDX, SCHED, N, NQB, B, H, MAXW, n_tiles, store_lse, qk_scale)
+    gl.warp_specialize([
+        (_first_consumer, (q_smem, k_bufs, v_bufs, q_ready, q_empty, k_ready, v_ready, kv_empty, O, LSE, SCHED,
+                           N, NQB, B, H, n_tiles, store_lse, qk_scale)),
+        (_second_consumer, workers),
+        (_loader, workers),
+    ], [4, 1], [CONSUMER_REGISTERS, LOADER_REGISTERS])
+
+
+def descriptors(q, k, v):
+    """TMA descriptors over contiguous [B, H, N, D] tensors read as [B*H*N, D] rows."""
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+    d = q.shape[-1]
+    dtype = gl.bfloat16 if str(q.dtype) == "torch.bfloat16" else gl.float16
+    lay_q = gl.NVMMASharedLayout.get_default_for([HALF, d], dtype)
+    lay_kv = gl.NVMMASharedLayout.get_default_for([BLOCK, d], dtype)
+    return (TensorDescriptor.from_tensor(q.reshape(-1, d), [HALF, d], lay_q),
+            TensorDescriptor.from_tensor(k.reshape(-1, d), [BLOCK, d], lay_kv),
+            TensorDescriptor.from_tensor(v.reshape(-1, d), [BLOCK, d], lay_kv))
+
+
+def launch(q, k, v, out, lse, store_lse: bool, kv_indices, records, num_q_blocks: int, scale: float, grid: int,
+           stages: int) -> None:
+    """One persistent launch over ``records`` (``BlockIndex.launch_records``) x batch tiles, ``grid`` CTAs."""
+    batch, heads, n, d = q.shape
+    block_sparse_fwd[(grid,)](
+        *descriptors(q, k, v), out, lse, kv_indices, records, n, num_q_blocks, batch, heads, kv_indices.shape[-1],
+        records.shape[0] * batch, int(store_lse), scale * 1.4426950408889634, HEAD_DIM=d, STAGES=stages,
+        num_warps=4, maxnreg=MAX_REGISTERS)
+
+
+def compile_for_sm90(head_dim: int, dtype: str = "bf16", stages: int = 2):
+    """Build the kernel for sm_90 without a GPU (CI; bench/compile_check.py): the compiled kernel."""
+    import torch
+    from triton.backends.compiler import GPUTarget
+    from triton.experimental.gluon._runtime import GluonASTSource
+
+    t = torch.zeros(1, 1, 256, head_dim, dtype=torch.bfloat16 if dtype == "bf16" else torch.float16)
+    dq, dk, dv = descriptors(t, t, t)
+    sig = {"q_desc": dq.__mangle__(), "k_desc": dk.__mangle__(), "v_desc": dv.__mangle__(), "O": f"*{dtype}",
+           "LSE": "*fp32", "KV_IDX": "*i32", "SCHED": "*i32", "N": "i32", "NQB": "i32", "B": "i32", "H": "i32",
+           "MAXW": "i32", "n_tiles": "i32", "store_lse": "i32", "qk_scale": "fp32",
+           "HEAD_DIM": "constexpr", "STAGES": "constexpr"}
+    src = GluonASTSource(block_sparse_fwd, sig, constexprs={"HEAD_DIM": head_dim, "STAGES": stages})
+    return triton.compile(src, target=GPUTarget("cuda", 90, 128),
+                          options={"num_warps": 4, "maxnreg": MAX_REGISTERS})

@@ -1,0 +1,107 @@
+"""The experimental Gluon kernel (backend ``gluon``): what it refuses and why (any machine), that it
+compiles for sm_90 without spills (any machine, in a fresh process), and that it matches float64
+attention (Hopper GPU only: Gluon has no interpreter)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+if importlib.util.find_spec("triton") is None:
+    pytest.skip("triton is not installed", allow_module_level=True)
+
+import sparsevdit as sv  # noqa: E402
+from sparsevdit.kernels import BackendError, get_backend  # noqa: E402
+from sparsevdit.kernels import gluon_backend as gb  # noqa: E402
+from sparsevdit.kernels.registry import AttentionCall  # noqa: E402
+from sparsevdit.patterns import num_blocks  # noqa: E402
+from test_triton_kernel import check, index_of_masks, random_mask, reference  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+HOPPER = torch.cuda.is_available() and torch.cuda.get_device_capability()[0] == 9
+hopper_only = pytest.mark.skipif(not HOPPER, reason="the Gluon kernel runs on Hopper GPUs only")
+
+
+def test_refusals_name_the_problem():
+    q = torch.zeros(1, 2, 256, 128, dtype=torch.bfloat16)
+    assert "share one shape" in gb.check_call(q, q[:, :1], q, 128)
+    assert "float16 or bfloat16" in gb.check_call(q.float(), q.float(), q.float(), 128)
+    assert "head_dim 96" in gb.check_call(*(torch.zeros(1, 2, 256, 96, dtype=torch.bfloat16),) * 3, 128)
+    assert "block_size 64" in gb.check_call(q, q, q, 64)
+    if not HOPPER:
+        assert "Hopper GPU" in gb.check_call(q, q, q, 128)
+
+
+def test_backend_is_opt_in():
+    layout = sv.TokenLayout(2, 8, 16)
+    pat = sv.patterns.build("diagonal", layout, block_size=128, width=128)
+    call = AttentionCall(torch.device("cpu"), torch.bfloat16, 1, 2, layout.num_tokens, 128, (pat, pat), False)
+    backend = get_backend("gluon")
+    assert "experimental" in backend.unsuited(call)  # auto never picks it before its GPU run
+    if not HOPPER:
+        assert "Hopper GPU" in backend.unsupported(call)
+        q = torch.zeros(1, 2, layout.num_tokens, 128, dtype=torch.bfloat16)
+        with pytest.raises(BackendError, match="gluon"):
+            sv.sparse_attention(q, q, q, pat, layout=layout, backend="gluon")
+
+
+def test_compiles_for_sm90_without_spills():
+    # a fresh process without TRITON_INTERPRET (other test modules switch this one to the interpreter)
+    code = (
+        "import json, sys\n"
+        f"sys.path[:0] = [{str(ROOT / 'src')!r}, {str(ROOT / 'bench')!r}]\n"
+        "from sparsevdit.kernels import gluon_kernel as gk\n"
+        "from compile_check import cubin_resources\n"
+        "for d in (128, 64):\n"
+        "    for dt in ('bf16', 'fp16'):\n"
+        "        k = gk.compile_for_sm90(d, dt)\n"
+        "        ptx = k.asm['ptx']\n"
+        "        print(json.dumps(dict(head_dim=d, dtype=dt, shared=k.metadata.shared, wgmma=ptx.count('wgmma.mma_async'),\n"
+        "                              setmaxnreg=ptx.count('setmaxnreg'), **cubin_resources(k.asm['cubin']))))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert len(rows) == 4
+    for row in rows:
+        # three partitions with register reallocation, async wgmma, one CTA per SM (228 KB of shared memory)
+        assert row["wgmma"] > 0 and row["setmaxnreg"] > 0 and row["shared"] <= 228 * 1024, row
+        if "stack_bytes" in row:
+            assert row["stack_bytes"] == 0 and row["registers"] <= 168, row
+
+
+@hopper_only
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("dim", [64, 128])
+@pytest.mark.parametrize("n", [600, 1024])  # 600: a partial last block (query rows and keys)
+def test_matches_float64_attention(dtype, dim, n):
+    nb = num_blocks(n, 128)
+    masks = torch.stack([random_mask(nb, 0.5, 81, empty_rows=[1], dense_rows=[0]), random_mask(nb, 0.3, 82),
+                         torch.ones(nb, nb, dtype=torch.bool)])
+    masks[1, :, -1] = True  # the partial last key block kept everywhere in one head
+    gen = torch.Generator().manual_seed(5)
+    q, k, v = (torch.randn(2, 3, n, dim, generator=gen).to("cuda", dtype) for _ in range(3))
+    index = index_of_masks(masks, 128, n, device="cuda")
+    out, lse = gb.gluon_block_sparse_attention(q, k, v, index, dim ** -0.5, return_lse=True)
+    for b in range(2):
+        ref_out, ref_lse = reference(q[b:b + 1].cpu(), k[b:b + 1].cpu(), v[b:b + 1].cpu(), masks, 128, dim ** -0.5)
+        check(out[b:b + 1].cpu(), lse[b:b + 1].cpu(), ref_out, ref_lse, dtype)
+
+
+@hopper_only
+def test_sparse_attention_through_the_backend():
+    layout = sv.TokenLayout(3, 10, 20)  # 600 tokens
+    pats = [sv.patterns.build("diagonal", layout, block_size=128, width=200),
+            sv.patterns.build("dense", layout, block_size=128)]
+    q, k, v = (torch.randn(1, 2, layout.num_tokens, 128, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    got = sv.sparse_attention(q, k, v, pats, layout=layout, backend="gluon")
+    ref = sv.sparse_attention(q, k, v, pats, layout=layout, backend="reference")
+    assert float((got.float() - ref.float()).norm() / ref.float().norm()) < 1.5e-2
