@@ -22,7 +22,7 @@ from sparsevdit.kernels import BackendError, get_backend  # noqa: E402
 from sparsevdit.kernels import gluon_backend as gb  # noqa: E402
 from sparsevdit.kernels.registry import AttentionCall  # noqa: E402
 from sparsevdit.patterns import num_blocks  # noqa: E402
-from test_triton_kernel import check, index_of_masks, random_mask, reference  # noqa: E402
+from test_triton_kernel import _token_major, check, index_of_masks, random_mask, reference  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 HOPPER = torch.cuda.is_available() and torch.cuda.get_device_capability()[0] == 9
@@ -50,6 +50,22 @@ def test_backend_is_opt_in():
         q = torch.zeros(1, 2, layout.num_tokens, 128, dtype=torch.bfloat16)
         with pytest.raises(BackendError, match="gluon"):
             sv.sparse_attention(q, q, q, pat, layout=layout, backend="gluon")
+
+
+def test_row_views_of_the_layouts_we_meet():
+    # how TMA reads a [B, H, N, D] view in place: (rows, width, row stride, ROW_B, ROW_H, COL_H)
+    from sparsevdit.kernels import gluon_kernel as gk
+
+    t = torch.zeros(2, 3, 100, 128, dtype=torch.bfloat16)
+    assert gk.row_view(t) == (600, 128, 128, 300, 100, 0)  # contiguous: [B*H*N, D]
+    token_major = torch.zeros(2, 100, 3, 128, dtype=torch.bfloat16).transpose(1, 2)
+    assert gk.row_view(token_major) == (200, 384, 384, 100, 0, 128)  # diffusers: [B*N, H*D]
+    fused = torch.zeros(2, 100, 3, 3, 128, dtype=torch.bfloat16)[:, :, 1].transpose(1, 2)  # a fused-QKV chunk
+    assert gk.row_view(fused) == (200, 384, 1152, 100, 0, 128)
+    assert gk.row_view(t[:1, 1:]) == (200, 128, 128, 0, 100, 0)  # a head slice of batch 1
+    assert gk.row_view(t.transpose(2, 3)) is None  # no unit last stride: the launcher copies
+    odd = torch.zeros(1, 2, 100, 129, dtype=torch.bfloat16)[..., :128]  # rows of 258 bytes: not TMA-aligned
+    assert gk.row_view(odd) is None
 
 
 def test_compiles_for_sm90_without_spills():
@@ -94,6 +110,46 @@ def test_matches_float64_attention(dtype, dim, n):
     for b in range(2):
         ref_out, ref_lse = reference(q[b:b + 1].cpu(), k[b:b + 1].cpu(), v[b:b + 1].cpu(), masks, 128, dim ** -0.5)
         check(out[b:b + 1].cpu(), lse[b:b + 1].cpu(), ref_out, ref_lse, dtype)
+
+
+@hopper_only
+@pytest.mark.parametrize("permuted", [False, True], ids=["in_order", "reordered"])
+def test_in_place_head_group(permuted):
+    # a head group of a [B, N, H, D]-backed layer (diffusers), written in place; other heads untouched
+    batch, total, n, dim = 2, 5, 300, 64
+    group = [1, 3, 4]
+    gen = torch.Generator().manual_seed(31)
+    q, k, v = _token_major(batch, total, n, dim, torch.float16, gen)
+    nb = num_blocks(n, 128)
+    masks = torch.stack([random_mask(nb, 0.5, 40, empty_rows=[1]), random_mask(nb, 1.0, 41),
+                         random_mask(nb, 0.3, 42, dense_rows=[0])])
+    index = index_of_masks(masks, 128, n, device="cuda")
+    perm = torch.randperm(n, generator=gen) if permuted else None
+    out = torch.full_like(q, 7.0)
+    lse = torch.full((batch, total, n), 5.0, dtype=torch.float32, device="cuda")
+    gb.gluon_block_sparse_attention(q, k, v, index, dim ** -0.5, return_lse=True,
+                                    heads=torch.tensor(group, device="cuda"),
+                                    perm=perm.cuda() if permuted else None, out=out, lse=lse)
+    order_tok = perm if permuted else torch.arange(n)
+    qg, kg, vg = (t.cpu()[:, group][:, :, order_tok] for t in (q, k, v))
+    ref_out, ref_lse = reference(qg, kg, vg, masks, 128, dim ** -0.5)
+    check(out.cpu()[:, group][:, :, order_tok], lse.cpu()[:, group][:, :, order_tok], ref_out, ref_lse, torch.float16)
+    others = [h for h in range(total) if h not in group]
+    assert (out.cpu()[:, others] == 7.0).all() and (lse.cpu()[:, others] == 5.0).all()
+
+
+@hopper_only
+@pytest.mark.parametrize("grid", ["tile", "persistent"])
+def test_both_launch_forms_agree(grid):
+    n = 1000
+    nb = num_blocks(n, 128)
+    masks = torch.stack([random_mask(nb, 0.4, 90 + h, empty_rows=[2]) for h in range(4)])
+    gen = torch.Generator().manual_seed(9)
+    q, k, v = (torch.randn(1, 4, n, 128, generator=gen).to("cuda", torch.bfloat16) for _ in range(3))
+    index = index_of_masks(masks, 128, n, device="cuda")
+    out, lse = gb.gluon_block_sparse_attention(q, k, v, index, return_lse=True, persistent=grid == "persistent")
+    ref_out, ref_lse = reference(q.cpu(), k.cpu(), v.cpu(), masks, 128, 128 ** -0.5)
+    check(out.cpu(), lse.cpu(), ref_out, ref_lse, torch.bfloat16)
 
 
 @hopper_only

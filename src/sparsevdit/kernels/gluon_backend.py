@@ -51,37 +51,49 @@ def check_call(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_size: in
 
 def gluon_block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, index: "ts.BlockIndex",
                                  scale: float | None = None, *, return_lse: bool = False, schedule: str = "head",
-                                 stages: int = STAGES, persistent: bool = True
-                                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Block-sparse attention over contiguous ``[B, H, N, D]`` tensors with the Gluon kernel.
+                                 stages: int = STAGES, persistent: bool = True, heads: torch.Tensor | None = None,
+                                 perm: torch.Tensor | None = None, out: torch.Tensor | None = None,
+                                 lse: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Block-sparse attention over ``[B, H, N, D]`` tensors with the Gluon kernel; the arguments mean what
+    they mean for ``triton_sparse.block_sparse_attention``.
 
-    ``index`` (``triton_sparse.block_index_for``) gives each head its kept key blocks per query block.
-    Returns ``(out, lse or None)`` like ``triton_sparse.block_sparse_attention``: rows that keep no key
-    get 0 and lse -inf. Non-contiguous inputs are copied (the kernel reads [B*H*N, D] rows through TMA).
-    ``persistent=False`` launches one CTA per tile instead of one per SM (the first probe's form: each
-    query block fills and drains the K/V ring on its own).
+    ``index`` gives each of its h heads the kept key blocks per query block; ``heads`` (int tensor [h])
+    runs it on those heads of q/k/v, read in place (contiguous and [B, N, H, D]-backed views alike: see
+    ``gluon_kernel.row_view``; other layouts are copied). ``perm``: the index is over a reordered sequence
+    whose position j is token ``perm[j]``; TMA cannot gather rows, so the group's q/k/v are gathered in one
+    pass each and its output scattered back. ``out``/``lse`` receive the result (covered heads only).
+    Returns ``(out, lse or None)``: rows that keep no key get 0 and lse -inf. ``persistent=False`` launches
+    one CTA per tile instead of one per SM (the first probe's form).
     """
     reason = check_call(q, k, v, index.block_size)
     if reason:
         raise ValueError(reason)
-    batch, heads, n, head_dim = q.shape
-    if heads != index.heads:
-        raise ValueError(f"q has {heads} heads but the index has {index.heads}")
-    if n != index.num_tokens:
-        raise ValueError(f"q has {n} tokens but the index was built for {index.num_tokens}")
-    q, k, v = (t.contiguous() for t in (q, k, v))
+    batch, _, n, head_dim = q.shape
+    q, k, v, heads, perm, out, lse = ts.group_call_arguments(q, k, v, index, heads=heads, perm=perm, out=out,
+                                                             lse=lse, return_lse=return_lse)
     scale = 1.0 / math.sqrt(head_dim) if scale is None else float(scale)
-    out = torch.empty_like(q)
-    lse = (torch.empty((batch, heads, n), dtype=torch.float32, device=q.device) if return_lse
-           else torch.empty(1, dtype=torch.float32, device=q.device))
+    if perm is not None:
+        qg, kg, vg = (ts.gather_heads_rows(t, heads, perm) for t in (q, k, v))
+        og, lg = gluon_block_sparse_attention(qg, kg, vg, index, scale, return_lse=lse is not None,
+                                              schedule=schedule, stages=stages, persistent=persistent)
+        hl, pl = heads.long()[:, None], perm.long()[None, :]
+        out[:, hl, pl] = og  # position j of the reordered sequence is token perm[j]
+        if lse is not None:
+            lse[:, hl, pl] = lg
+        return out, (lse if return_lse else None)
+    from . import gluon_kernel
+
+    q, k, v = (t if gluon_kernel.row_view(t) is not None else t.contiguous() for t in (q, k, v))
+    if gluon_kernel.row_view(k)[3:] != gluon_kernel.row_view(v)[3:]:
+        k, v = k.contiguous(), v.contiguous()
+    store_lse = lse is not None
+    lse_arg = lse if store_lse else torch.empty(1, dtype=torch.float32, device=q.device)
     records = index.launch_records(schedule)
     tiles = records.shape[0] * batch
     if tiles:
-        from . import gluon_kernel
-
         grid = min(tiles, torch.cuda.get_device_properties(q.device).multi_processor_count) if persistent else tiles
-        gluon_kernel.launch(q, k, v, out, lse, return_lse, index.kv_indices, records, index.num_q_blocks, scale,
-                            grid, stages)
+        gluon_kernel.launch(q, k, v, out, lse_arg, store_lse, index.kv_indices, records, index.num_q_blocks, scale,
+                            grid, stages, heads, heads)
     return out, (lse if return_lse else None)
 
 
@@ -106,6 +118,13 @@ class GluonBackend:
     def run(self, q, k, v, call: AttentionCall, scale: float):
         index = ts.block_index_for(call.patterns, q.device)
         return gluon_block_sparse_attention(q, k, v, index, scale, return_lse=call.return_lse)
+
+    def run_into(self, q, k, v, call: AttentionCall, scale: float, *, heads, perm, out, lse) -> None:
+        """The group ``heads`` of the full [B, H, N, D] q/k/v, written into out/lse in place; ``perm``: the
+        group's token reordering or None."""
+        index = ts.block_index_for(call.patterns, q.device)
+        gluon_block_sparse_attention(q, k, v, index, scale, return_lse=call.return_lse, heads=heads, perm=perm,
+                                     out=out, lse=lse)
 
 
 register_backend(GluonBackend())

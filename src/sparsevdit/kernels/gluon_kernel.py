@@ -16,9 +16,13 @@ its interpreter mode, see triton_sparse.py). Design (docs/kernel.md, "The way pa
 * A consumer: S = Q K^T and O += P V as async wgmma (Q, K, V from shared memory, P from registers in the
   A-operand layout), online softmax in base 2 in the accumulator's registers. Rows with no kept key give
   0 and lse -inf.
-* Inputs are contiguous [B, H, N, D]; TMA reads them as [B*H*N, D] rows, so a tile near a head's end
-  reads the next head's rows: the partial last key block (always the last entry of an ascending list)
-  is column-masked, and query rows past N are read but never stored. Rows past the tensor's end read 0.
+* Inputs are [B, H, N, D] views read in place through 2-D TMA descriptors over rows of the storage
+  (``row_view``): contiguous tensors as [B*H*N, D], diffusers' [B, N, H, D] storage (or a fused QKV
+  chunk) as [B*N, H*D] with head h at column h*D; token n of (b, h) is row b*ROW_B + h*ROW_H + n, column
+  h*COL_H. A tile near the end of a (b, h) reads the next rows of the storage: the partial last key
+  block (always the last entry of an ascending list) is column-masked, and query rows past N are read
+  but never stored. Rows past the storage's end read 0. The call's heads map to the tensors' heads
+  through HMAP_QO / HMAP_KV (a head group of a layer); O is written by pointer with its own strides.
 * Constexpr flags cannot pass through Triton 3.6's worker-partition arguments, so the tail mask and
   the lse store are runtime branches (once per tile / per last key block).
 """
@@ -53,15 +57,24 @@ def _wgmma_layout(n):
 
 @gluon.jit
 def _tile_record(SCHED, t, B, NQB):
-    # Tile t of the launch: record t // B (item = head * NQB + query block, list length, flags), batch t % B.
+    # Tile t of the launch: record t // B (item = call head * NQB + query block, list length, flags),
+    # batch t % B.
     rec = SCHED + (t // B) * 4
     item = gl.load(rec)
     return item, gl.load(rec + 1), gl.load(rec + 2), t % B, item // NQB, item % NQB
 
 
 @gluon.jit
-def _consume(q_smem, k_bufs, v_bufs, q_ready, q_empty, k_ready, v_ready, kv_empty, O, LSE, SCHED,
-             N, NQB, B, H, n_tiles, store_lse, qk_scale, HALF_IDX: gl.constexpr):
+def _geometry(G):
+    # Row/column map of Q (G[0:3]) and K/V (G[3:6]), O's strides (G[6:9]), the tensors' head counts for
+    # the lse (G[9]): one small int64 array instead of ten kernel arguments, read once per tile.
+    return (gl.load(G), gl.load(G + 1), gl.load(G + 2), gl.load(G + 3), gl.load(G + 4), gl.load(G + 5),
+            gl.load(G + 6), gl.load(G + 7), gl.load(G + 8), gl.load(G + 9))
+
+
+@gluon.jit
+def _consume(q_smem, k_bufs, v_bufs, q_ready, q_empty, k_ready, v_ready, kv_empty, O, LSE, SCHED, HMAP_QO, G,
+             N, NQB, B, n_tiles, store_lse, qk_scale, HALF_IDX: gl.constexpr):
     # One consumer warpgroup: rows HALF_IDX * 64 .. + 64 of every tile this CTA takes.
     STAGES: gl.constexpr = k_bufs.type.shape[0]
     BLOCK_N: gl.constexpr = k_bufs.type.shape[1]
@@ -76,6 +89,7 @@ def _consume(q_smem, k_bufs, v_bufs, q_ready, q_empty, k_ready, v_ready, kv_empt
     s_zero = gl.zeros([64, BLOCK_N], gl.float32, s_layout)
     tail_keys = N - (NQB - 1) * BLOCK_N  # valid keys in the last key block
     cols = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, s_layout))
+    _qrb, _qrh, _qch, _krb, _krh, _kch, o_sb, o_sh, o_sn, h_qo = _geometry(G)
     it = 0
     tile_i = 0
     for t in range(gl.program_id(0), n_tiles, gl.num_programs(0)):
@@ -111,72 +125,79 @@ def _consume(q_smem, k_bufs, v_bufs, q_ready, q_empty, k_ready, v_ready, kv_empt
         empty = l_i == 0.0
         l_safe = gl.where(empty, 1.0, l_i)
         out = acc / gl.expand_dims(gl.convert_layout(l_safe, o_rows), 1)
+        hq = gl.load(HMAP_QO + head).to(gl.int64)
         rows = qb * BLOCK_N + HALF_IDX * 64 + gl.arange(0, 64, layout=o_rows)
-        base = (b * H + head).to(gl.int64) * N
         offs_d = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, o_layout))
-        ptrs = O + gl.expand_dims((base + rows) * HEAD_DIM, 1) + gl.expand_dims(offs_d, 0)
+        ptrs = (O + b * o_sb + hq * o_sh + gl.expand_dims(rows.to(gl.int64) * o_sn, 1)
+                + gl.expand_dims(offs_d, 0))
         gl.store(ptrs, out.to(O.dtype.element_ty), mask=gl.expand_dims(rows < N, 1))
         if store_lse != 0:
             lse = gl.where(empty, float("-inf"), (m_i + gl.log2(l_safe)) * 0.6931471805599453)
             srows = qb * BLOCK_N + HALF_IDX * 64 + gl.arange(0, 64, layout=s_rows)
-            gl.store(LSE + base + srows, lse, mask=srows < N)
+            gl.store(LSE + (b * h_qo + hq) * N + srows, lse, mask=srows < N)
 
 
 @gluon.jit
 def _load(q_desc, k_desc, v_desc, q_smem, k_bufs, v_bufs, q_ready, q_empty, k_ready, v_ready, kv_empty, KV_IDX,
-          SCHED, N, NQB, B, H, MAXW, n_tiles):
+          SCHED, HMAP_QO, HMAP_KV, G, N, NQB, B, MAXW, n_tiles):
     # The producer warp: per tile, Q (after both consumers released the last one), then K and V of each
     # listed key block into the ring, running ahead of the consumers by up to STAGES blocks.
     STAGES: gl.constexpr = k_bufs.type.shape[0]
     BLOCK_N: gl.constexpr = k_bufs.type.shape[1]
+    q_rb, q_rh, q_ch, k_rb, k_rh, k_ch, _osb, _osh, _osn, _hqo = _geometry(G)
     it = 0
     tile_i = 0
     for t in range(gl.program_id(0), n_tiles, gl.num_programs(0)):
         item, cnt, flags, b, head, qb = _tile_record(SCHED, t, B, NQB)
-        base = (b * H + head) * N
+        hq = gl.load(HMAP_QO + head)
+        hk = gl.load(HMAP_KV + head)
+        q_row = (b * q_rb + hq * q_rh + qb * BLOCK_N).to(gl.int32)
+        q_col = (hq * q_ch).to(gl.int32)
+        k_row = (b * k_rb + hk * k_rh).to(gl.int32)
+        k_col = (hk * k_ch).to(gl.int32)
         mbarrier.wait(q_empty, (tile_i & 1) ^ 1)  # barriers start as if phase 1 had completed
         mbarrier.expect(q_ready, 2 * q_desc.block_type.nbytes)
-        tma.async_load(q_desc, [base + qb * BLOCK_N, 0], q_ready, q_smem.index(0))
-        tma.async_load(q_desc, [base + qb * BLOCK_N + 64, 0], q_ready, q_smem.index(1))
+        tma.async_load(q_desc, [q_row, q_col], q_ready, q_smem.index(0))
+        tma.async_load(q_desc, [q_row + 64, q_col], q_ready, q_smem.index(1))
         tile_i += 1
         idx_ptr = KV_IDX + item.to(gl.int64) * MAXW
         for j in range(cnt):
             slot = it % STAGES
             phase = (it // STAGES) & 1
-            start = base + gl.load(idx_ptr + j) * BLOCK_N
+            start = k_row + gl.load(idx_ptr + j) * BLOCK_N
             mbarrier.wait(kv_empty.index(slot), phase ^ 1)
             mbarrier.expect(k_ready.index(slot), k_desc.block_type.nbytes)
-            tma.async_load(k_desc, [start, 0], k_ready.index(slot), k_bufs.index(slot))
+            tma.async_load(k_desc, [start, k_col], k_ready.index(slot), k_bufs.index(slot))
             mbarrier.expect(v_ready.index(slot), v_desc.block_type.nbytes)
-            tma.async_load(v_desc, [start, 0], v_ready.index(slot), v_bufs.index(slot))
+            tma.async_load(v_desc, [start, k_col], v_ready.index(slot), v_bufs.index(slot))
             it += 1
 
 
 # Worker partitions share one signature (Triton 3.6): the second consumer and the loader.
 @gluon.jit
 def _second_consumer(q_desc, k_desc, v_desc, q_smem, k_bufs, v_bufs, q_ready, q_empty, k_ready, v_ready, kv_empty,
-                     O, LSE, KV_IDX, SCHED, N, NQB, B, H, MAXW, n_tiles, store_lse, qk_scale):
-    _consume(q_smem, k_bufs, v_bufs, q_ready, q_empty, k_ready, v_ready, kv_empty, O, LSE, SCHED,
-             N, NQB, B, H, n_tiles, store_lse, qk_scale, 1)
+                     O, LSE, KV_IDX, SCHED, HMAP_QO, HMAP_KV, G, N, NQB, B, MAXW, n_tiles, store_lse, qk_scale):
+    _consume(q_smem, k_bufs, v_bufs, q_ready, q_empty, k_ready, v_ready, kv_empty, O, LSE, SCHED, HMAP_QO, G,
+             N, NQB, B, n_tiles, store_lse, qk_scale, 1)
 
 
 @gluon.jit
 def _loader(q_desc, k_desc, v_desc, q_smem, k_bufs, v_bufs, q_ready, q_empty, k_ready, v_ready, kv_empty,
-            O, LSE, KV_IDX, SCHED, N, NQB, B, H, MAXW, n_tiles, store_lse, qk_scale):
+            O, LSE, KV_IDX, SCHED, HMAP_QO, HMAP_KV, G, N, NQB, B, MAXW, n_tiles, store_lse, qk_scale):
     _load(q_desc, k_desc, v_desc, q_smem, k_bufs, v_bufs, q_ready, q_empty, k_ready, v_ready, kv_empty, KV_IDX,
-          SCHED, N, NQB, B, H, MAXW, n_tiles)
+          SCHED, HMAP_QO, HMAP_KV, G, N, NQB, B, MAXW, n_tiles)
 
 
 @gluon.jit
-def _first_consumer(q_smem, k_bufs, v_bufs, q_ready, q_empty, k_ready, v_ready, kv_empty, O, LSE, SCHED,
-                    N, NQB, B, H, n_tiles, store_lse, qk_scale):
-    _consume(q_smem, k_bufs, v_bufs, q_ready, q_empty, k_ready, v_ready, kv_empty, O, LSE, SCHED,
-             N, NQB, B, H, n_tiles, store_lse, qk_scale, 0)
+def _first_consumer(q_smem, k_bufs, v_bufs, q_ready, q_empty, k_ready, v_ready, kv_empty, O, LSE, SCHED, HMAP_QO, G,
+                    N, NQB, B, n_tiles, store_lse, qk_scale):
+    _consume(q_smem, k_bufs, v_bufs, q_ready, q_empty, k_ready, v_ready, kv_empty, O, LSE, SCHED, HMAP_QO, G,
+             N, NQB, B, n_tiles, store_lse, qk_scale, 0)
 
 
 @gluon.jit
-def block_sparse_fwd(q_desc, k_desc, v_desc, O, LSE, KV_IDX, SCHED, N, NQB, B, H, MAXW, n_tiles, store_lse, qk_scale,
-                     HEAD_DIM: gl.constexpr, STAGES: gl.constexpr):
+def block_sparse_fwd(q_desc, k_desc, v_desc, O, LSE, KV_IDX, SCHED, HMAP_QO, HMAP_KV, G, N, NQB, B, MAXW, n_tiles,
+                     store_lse, qk_scale, HEAD_DIM: gl.constexpr, STAGES: gl.constexpr):
     q_smem = gl.allocate_shared_memory(q_desc.dtype, [2, 64, HEAD_DIM], q_desc.layout)
     k_bufs = gl.allocate_shared_memory(k_desc.dtype, [STAGES, 128, HEAD_DIM], k_desc.layout)
     v_bufs = gl.allocate_shared_memory(v_desc.dtype, [STAGES, 128, HEAD_DIM], v_desc.layout)
@@ -193,36 +214,76 @@ def block_sparse_fwd(q_desc, k_desc, v_desc, O, LSE, KV_IDX, SCHED, N, NQB, B, H
         mbarrier.init(kv_empty.index(i), count=2)
 
     workers = (q_desc, k_desc, v_desc, q_smem, k_bufs, v_bufs, q_ready, q_empty, k_ready, v_ready, kv_empty,
-               O, LSE, KV_IDX, SCHED, N, NQB, B, H, MAXW, n_tiles, store_lse, qk_scale)
+               O, LSE, KV_IDX, SCHED, HMAP_QO, HMAP_KV, G, N, NQB, B, MAXW, n_tiles, store_lse, qk_scale)
     gl.warp_specialize([
         (_first_consumer, (q_smem, k_bufs, v_bufs, q_ready, q_empty, k_ready, v_ready, kv_empty, O, LSE, SCHED,
-                           N, NQB, B, H, n_tiles, store_lse, qk_scale)),
+                           HMAP_QO, G, N, NQB, B, n_tiles, store_lse, qk_scale)),
         (_second_consumer, workers),
         (_loader, workers),
     ], [4, 1], [CONSUMER_REGISTERS, LOADER_REGISTERS])
 
 
-def descriptors(q, k, v):
-    """TMA descriptors over contiguous [B, H, N, D] tensors read as [B*H*N, D] rows."""
+def row_view(t) -> tuple | None:
+    """How TMA reads [B, H, N, D] ``t`` in place as 2-D rows: (rows, width, row stride, ROW_B, ROW_H,
+    COL_H) with token n of (b, h) at row b*ROW_B + h*ROW_H + n, column h*COL_H; None when no such view
+    exists (the caller copies). Contiguous: [B*H*N, D]; [B, N, H, D] storage or a fused-QKV chunk:
+    [B*N, H*D] (row stride the token's stride)."""
+    batch, heads, n, d = t.shape
+    sb, sh, sn, sd = t.stride()
+    size = t.element_size()
+    if sd != 1 or sn <= 0 or t.data_ptr() % 16 or (sn * size) % 16:
+        return None
+    if heads == 1 or (sh >= sn and sh % sn == 0):
+        row_h, col_h, width = (0 if heads == 1 else sh // sn), 0, d
+    elif sh < sn and sh % d == 0 and (heads - 1) * sh + d <= sn:  # heads side by side in a token's row
+        row_h, col_h, width = 0, sh, (heads - 1) * sh + d
+    else:
+        return None
+    if batch == 1:
+        row_b = 0
+    elif sb % sn == 0:
+        row_b = sb // sn
+    else:
+        return None
+    rows = (batch - 1) * row_b + (heads - 1) * row_h + n
+    return rows, width, sn, row_b, row_h, col_h
+
+
+def _descriptor(t, view, block_rows: int):
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
-    d = q.shape[-1]
-    dtype = gl.bfloat16 if str(q.dtype) == "torch.bfloat16" else gl.float16
-    lay_q = gl.NVMMASharedLayout.get_default_for([HALF, d], dtype)
-    lay_kv = gl.NVMMASharedLayout.get_default_for([BLOCK, d], dtype)
-    return (TensorDescriptor.from_tensor(q.reshape(-1, d), [HALF, d], lay_q),
-            TensorDescriptor.from_tensor(k.reshape(-1, d), [BLOCK, d], lay_kv),
-            TensorDescriptor.from_tensor(v.reshape(-1, d), [BLOCK, d], lay_kv))
+    rows, width, stride, *_ = view
+    d = t.shape[-1]
+    dtype = gl.bfloat16 if str(t.dtype) == "torch.bfloat16" else gl.float16
+    layout = gl.NVMMASharedLayout.get_default_for([block_rows, d], dtype)
+    return TensorDescriptor(t, [rows, width], [stride, 1], [block_rows, d], layout)
+
+
+def descriptors(q, k, v):
+    """TMA descriptors of q (64-row tiles), k and v (128-row tiles) over their ``row_view``s."""
+    views = [row_view(t) for t in (q, k, v)]
+    if any(vw is None for vw in views):
+        raise ValueError("a tensor has no 2-D row view for TMA (see row_view); make it contiguous")
+    return (_descriptor(q, views[0], HALF), _descriptor(k, views[1], BLOCK), _descriptor(v, views[2], BLOCK)), views
 
 
 def launch(q, k, v, out, lse, store_lse: bool, kv_indices, records, num_q_blocks: int, scale: float, grid: int,
-           stages: int) -> None:
-    """One persistent launch over ``records`` (``BlockIndex.launch_records``) x batch tiles, ``grid`` CTAs."""
-    batch, heads, n, d = q.shape
+           stages: int, hmap_qo, hmap_kv) -> None:
+    """One persistent launch over ``records`` (``BlockIndex.launch_records``) x batch tiles, ``grid`` CTAs.
+    Call head i reads q/o head ``hmap_qo[i]`` and k/v head ``hmap_kv[i]`` (int32 tensors); ``lse`` is
+    [B, H_q, N] float32 (or a 1-element dummy with ``store_lse`` False)."""
+    import torch
+
+    batch, heads_q, n, d = q.shape
+    (dq, dk, dv), views = descriptors(q, k, v)
+    if views[1][3:] != views[2][3:]:
+        raise ValueError("k and v must share one memory layout (strides)")
+    geometry = torch.tensor([*views[0][3:], *views[1][3:], *out.stride()[:3], heads_q], dtype=torch.int64,
+                            device=q.device)
     block_sparse_fwd[(grid,)](
-        *descriptors(q, k, v), out, lse, kv_indices, records, n, num_q_blocks, batch, heads, kv_indices.shape[-1],
-        records.shape[0] * batch, int(store_lse), scale * 1.4426950408889634, HEAD_DIM=d, STAGES=stages,
-        num_warps=4, maxnreg=MAX_REGISTERS)
+        dq, dk, dv, out, lse, kv_indices, records, hmap_qo, hmap_kv, geometry, n, num_q_blocks, batch,
+        kv_indices.shape[-1], records.shape[0] * batch, int(store_lse), scale * 1.4426950408889634,
+        HEAD_DIM=d, STAGES=stages, num_warps=4, maxnreg=MAX_REGISTERS)
 
 
 def compile_for_sm90(head_dim: int, dtype: str = "bf16", stages: int = 2):
@@ -232,11 +293,11 @@ def compile_for_sm90(head_dim: int, dtype: str = "bf16", stages: int = 2):
     from triton.experimental.gluon._runtime import GluonASTSource
 
     t = torch.zeros(1, 1, 256, head_dim, dtype=torch.bfloat16 if dtype == "bf16" else torch.float16)
-    dq, dk, dv = descriptors(t, t, t)
+    (dq, dk, dv), _ = descriptors(t, t, t)
     sig = {"q_desc": dq.__mangle__(), "k_desc": dk.__mangle__(), "v_desc": dv.__mangle__(), "O": f"*{dtype}",
-           "LSE": "*fp32", "KV_IDX": "*i32", "SCHED": "*i32", "N": "i32", "NQB": "i32", "B": "i32", "H": "i32",
-           "MAXW": "i32", "n_tiles": "i32", "store_lse": "i32", "qk_scale": "fp32",
-           "HEAD_DIM": "constexpr", "STAGES": "constexpr"}
+           "LSE": "*fp32", "KV_IDX": "*i32", "SCHED": "*i32", "HMAP_QO": "*i32", "HMAP_KV": "*i32", "G": "*i64",
+           "N": "i32", "NQB": "i32", "B": "i32", "MAXW": "i32", "n_tiles": "i32", "store_lse": "i32",
+           "qk_scale": "fp32", "HEAD_DIM": "constexpr", "STAGES": "constexpr"}
     src = GluonASTSource(block_sparse_fwd, sig, constexprs={"HEAD_DIM": head_dim, "STAGES": stages})
     return triton.compile(src, target=GPUTarget("cuda", 90, 128),
                           options={"num_warps": 4, "maxnreg": MAX_REGISTERS})

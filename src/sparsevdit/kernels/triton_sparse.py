@@ -722,6 +722,41 @@ def check_inputs(q: torch.Tensor, block_size: int) -> str | None:
     return triton_missing()
 
 
+def group_call_arguments(q, k, v, index: BlockIndex, *, heads, perm, out, lse, return_lse: bool):
+    """Checked arguments of a call over a head group (our kernels' shared contract): q/k/v with a unit last
+    stride, the head map (int32 [h]; all heads in order when None), the token permutation (int32 [N] or
+    None), ``out`` (allocated like q when None) and ``lse`` (allocated, -inf, when asked for and None)."""
+    batch, total_heads, n, _ = q.shape
+    if heads is None:
+        if total_heads != index.heads:
+            raise ValueError(f"q has {total_heads} heads but the index has {index.heads}")
+        heads = _arange(index.heads, q.device)
+    else:
+        heads = heads.to(device=q.device, dtype=torch.int32)
+        if heads.numel() != index.heads:
+            raise ValueError(f"{heads.numel()} heads given but the index has {index.heads}")
+    if n != index.num_tokens or index.num_q_blocks != -(-n // index.block_size):
+        raise ValueError(f"q has {n} tokens but the index was built for {index.num_tokens}")
+    if perm is not None:
+        perm = perm.to(device=q.device, dtype=torch.int32)
+        if perm.numel() != n:
+            raise ValueError(f"perm has {perm.numel()} entries for {n} tokens")
+    q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
+    if out is None:
+        out = torch.empty_like(q)  # keeps q's strides when they are dense ([B, N, H, D] views stay so)
+    elif out.shape != q.shape or out.dtype != q.dtype or out.stride(-1) != 1:
+        raise ValueError(f"out must be a {tuple(q.shape)} {q.dtype} tensor with a unit last stride")
+    elif any(out.untyped_storage().data_ptr() == t.untyped_storage().data_ptr() for t in (q, k, v)):
+        # K/V rows are read by many programs, and with key chunks later launches read O back
+        raise ValueError("out shares memory with q, k or v: pass a separate output tensor")
+    if return_lse and lse is None:
+        lse = torch.full((batch, total_heads, n), float("-inf"), dtype=torch.float32, device=q.device)
+    elif lse is not None and (lse.shape != (batch, total_heads, n) or lse.dtype != torch.float32
+                              or not lse.is_contiguous()):
+        raise ValueError(f"lse must be a contiguous float32 tensor of shape {(batch, total_heads, n)}")
+    return q, k, v, heads, perm, out, lse
+
+
 def block_sparse_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -766,32 +801,8 @@ def block_sparse_attention(
         raise ValueError(reason)
     _load_triton()
     head_map = heads is not None
-    if heads is None:
-        if total_heads != index.heads:
-            raise ValueError(f"q has {total_heads} heads but the index has {index.heads}")
-        heads = _arange(index.heads, q.device)
-    else:
-        heads = heads.to(device=q.device, dtype=torch.int32)
-        if heads.numel() != index.heads:
-            raise ValueError(f"{heads.numel()} heads given but the index has {index.heads}")
-    if n != index.num_tokens or index.num_q_blocks != -(-n // index.block_size):
-        raise ValueError(f"q has {n} tokens but the index was built for {index.num_tokens}")
-    if perm is not None:
-        perm = perm.to(device=q.device, dtype=torch.int32)
-        if perm.numel() != n:
-            raise ValueError(f"perm has {perm.numel()} entries for {n} tokens")
-    q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
-    if out is None:
-        out = torch.empty_like(q)  # keeps q's strides when they are dense ([B, N, H, D] views stay so)
-    elif out.shape != q.shape or out.dtype != q.dtype or out.stride(-1) != 1:
-        raise ValueError(f"out must be a {tuple(q.shape)} {q.dtype} tensor with a unit last stride")
-    elif any(out.untyped_storage().data_ptr() == t.untyped_storage().data_ptr() for t in (q, k, v)):
-        # K/V rows are read by many programs, and with key chunks later launches read O back
-        raise ValueError("out shares memory with q, k or v: pass a separate output tensor")
-    if return_lse and lse is None:
-        lse = torch.full((batch, total_heads, n), float("-inf"), dtype=torch.float32, device=q.device)
-    elif return_lse and (lse.shape != (batch, total_heads, n) or lse.dtype != torch.float32 or not lse.is_contiguous()):
-        raise ValueError(f"lse must be a contiguous float32 tensor of shape {(batch, total_heads, n)}")
+    q, k, v, heads, perm, out, lse = group_call_arguments(q, k, v, index, heads=heads, perm=perm, out=out, lse=lse,
+                                                          return_lse=return_lse)
     if perm is not None:  # K/V of a reordered group: gathered once, read in place by the key loop
         k, v = gather_heads_rows(k, heads, perm), gather_heads_rows(v, heads, perm)
         kv_heads = _arange(index.heads, q.device)
