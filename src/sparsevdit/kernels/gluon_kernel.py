@@ -21,7 +21,9 @@ its interpreter mode, see triton_sparse.py). Design (docs/kernel.md, "The way pa
   chunk) as [B*N, H*D] with head h at column h*D; token n of (b, h) is row b*ROW_B + h*ROW_H + n, column
   h*COL_H. A tile near the end of a (b, h) reads the next rows of the storage: the partial last key
   block (always the last entry of an ascending list) is column-masked, and query rows past N are read
-  but never stored. Rows past the storage's end read 0. The call's heads map to the tensors' heads
+  but never stored. Rows past the storage's end read 0. (Those neighbouring rows are other tokens of the
+  same tensor, so finite: a masked key's p is 0, and 0 x a finite V row adds nothing.) The call's heads
+  map to the tensors' heads
   through HMAP_QO / HMAP_KV (a head group of a layer); O is written by pointer with its own strides.
 * Constexpr flags cannot pass through Triton 3.6's worker-partition arguments, so the tail mask and
   the lse store are runtime branches (once per tile / per last key block).
