@@ -21,6 +21,12 @@ from .triton_backend import forward_kernel_reasons
 STAGES = 2  # K/V ring depth: 2 x (K + V) of 128 x 128 bf16 + Q = 160 KB of shared memory, one CTA per SM
 
 
+def not_hopper(device: torch.device) -> str | None:
+    if device.type != "cuda" or torch.cuda.get_device_capability(device)[0] != 9:
+        return "the Gluon kernel needs a Hopper GPU (sm_90: wgmma and TMA)"
+    return None
+
+
 def gluon_missing() -> str | None:
     """Why Gluon cannot be used in this process, or None."""
     if not ts.HAS_TRITON:
@@ -44,9 +50,7 @@ def check_call(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_size: in
         return f"head_dim {q.shape[-1]} is not 64 or 128"
     if block_size != 128:
         return f"block_size {block_size} is not 128 (the kernel's tiles are 128 query rows x 128 keys)"
-    if q.device.type != "cuda" or torch.cuda.get_device_capability(q.device)[0] != 9:
-        return "the Gluon kernel needs a Hopper GPU (sm_90: wgmma and TMA)"
-    return gluon_missing()
+    return not_hopper(q.device) or gluon_missing()
 
 
 def gluon_block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, index: "ts.BlockIndex",
@@ -84,15 +88,18 @@ def gluon_block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tens
     from . import gluon_kernel
 
     q, k, v = (t if gluon_kernel.row_view(t) is not None else t.contiguous() for t in (q, k, v))
-    if gluon_kernel.row_view(k)[3:] != gluon_kernel.row_view(v)[3:]:
+    try:
+        views = gluon_kernel.tma_views(q, k, v)
+    except ValueError:  # k and v laid out differently: read both contiguous
         k, v = k.contiguous(), v.contiguous()
+        views = gluon_kernel.tma_views(q, k, v)
     store_lse = lse is not None
     lse_arg = lse if store_lse else torch.empty(1, dtype=torch.float32, device=q.device)
     records = index.launch_records(schedule)
     tiles = records.shape[0] * batch
     if tiles:
         grid = min(tiles, torch.cuda.get_device_properties(q.device).multi_processor_count) if persistent else tiles
-        gluon_kernel.launch(q, k, v, out, lse_arg, store_lse, index.kv_indices, records, index.num_q_blocks, scale,
+        gluon_kernel.launch(q, k, v, views, out, lse_arg, store_lse, index.kv_indices, records, index.num_q_blocks, scale,
                             grid, stages, heads, heads)
     return out, (lse if return_lse else None)
 
@@ -107,9 +114,7 @@ class GluonBackend:
             return reason
         if call.patterns[0].block_size != 128:
             return f"block_size {call.patterns[0].block_size} is not 128 (the kernel's tiles are 128 x 128)"
-        if call.device.type != "cuda" or torch.cuda.get_device_capability(call.device)[0] != 9:
-            return "the Gluon kernel needs a Hopper GPU (sm_90: wgmma and TMA)"
-        return gluon_missing()
+        return not_hopper(call.device) or gluon_missing()
 
     def unsuited(self, call: AttentionCall) -> str | None:
         return ("experimental: compiled for sm_90 but not yet run on a GPU in this form (docs/kernel.md); "

@@ -261,25 +261,31 @@ def _descriptor(t, view, block_rows: int):
     return TensorDescriptor(t, [rows, width], [stride, 1], [block_rows, d], layout)
 
 
-def descriptors(q, k, v):
-    """TMA descriptors of q (64-row tiles), k and v (128-row tiles) over their ``row_view``s."""
+def tma_views(q, k, v) -> list[tuple]:
+    """The ``row_view`` of q, k and v, copying none: k and v must share one (the kernel maps their rows
+    alike)."""
     views = [row_view(t) for t in (q, k, v)]
     if any(vw is None for vw in views):
         raise ValueError("a tensor has no 2-D row view for TMA (see row_view); make it contiguous")
-    return (_descriptor(q, views[0], HALF), _descriptor(k, views[1], BLOCK), _descriptor(v, views[2], BLOCK)), views
+    if views[1][3:] != views[2][3:]:
+        raise ValueError("k and v must share one memory layout (strides)")
+    return views
 
 
-def launch(q, k, v, out, lse, store_lse: bool, kv_indices, records, num_q_blocks: int, scale: float, grid: int,
-           stages: int, hmap_qo, hmap_kv) -> None:
+def descriptors(q, k, v, views):
+    """TMA descriptors of q (64-row tiles), k and v (128-row tiles) over their views (``tma_views``)."""
+    return _descriptor(q, views[0], HALF), _descriptor(k, views[1], BLOCK), _descriptor(v, views[2], BLOCK)
+
+
+def launch(q, k, v, views, out, lse, store_lse: bool, kv_indices, records, num_q_blocks: int, scale: float,
+           grid: int, stages: int, hmap_qo, hmap_kv) -> None:
     """One persistent launch over ``records`` (``BlockIndex.launch_records``) x batch tiles, ``grid`` CTAs.
     Call head i reads q/o head ``hmap_qo[i]`` and k/v head ``hmap_kv[i]`` (int32 tensors); ``lse`` is
-    [B, H_q, N] float32 (or a 1-element dummy with ``store_lse`` False)."""
+    [B, H_q, N] float32 (or a 1-element dummy with ``store_lse`` False); ``views`` from ``tma_views``."""
     import torch
 
     batch, heads_q, n, d = q.shape
-    (dq, dk, dv), views = descriptors(q, k, v)
-    if views[1][3:] != views[2][3:]:
-        raise ValueError("k and v must share one memory layout (strides)")
+    dq, dk, dv = descriptors(q, k, v, views)
     geometry = torch.tensor([*views[0][3:], *views[1][3:], *out.stride()[:3], heads_q], dtype=torch.int64,
                             device=q.device)
     block_sparse_fwd[(grid,)](
@@ -295,7 +301,7 @@ def compile_for_sm90(head_dim: int, dtype: str = "bf16", stages: int = 2):
     from triton.experimental.gluon._runtime import GluonASTSource
 
     t = torch.zeros(1, 1, 256, head_dim, dtype=torch.bfloat16 if dtype == "bf16" else torch.float16)
-    (dq, dk, dv), _ = descriptors(t, t, t)
+    dq, dk, dv = descriptors(t, t, t, tma_views(t, t, t))
     sig = {"q_desc": dq.__mangle__(), "k_desc": dk.__mangle__(), "v_desc": dv.__mangle__(), "O": f"*{dtype}",
            "LSE": "*fp32", "KV_IDX": "*i32", "SCHED": "*i32", "HMAP_QO": "*i32", "HMAP_KV": "*i32", "G": "*i64",
            "N": "i32", "NQB": "i32", "B": "i32", "MAXW": "i32", "n_tiles": "i32", "store_lse": "i32",
