@@ -17,6 +17,7 @@ and the lse store; that kernel became kernels/gluon_kernel.py.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -44,6 +45,33 @@ def compile_only(stages: int) -> list[dict]:
     return rows
 
 
+def kernel_module(spec: str):
+    """``LABEL=PATH``: (label, the module loaded from PATH), a stand-in for kernels/gluon_kernel.py."""
+    import importlib.util
+
+    label, _, path = spec.partition("=")
+    if not label or not os.path.isfile(path):
+        raise SystemExit(f"--kernel-file wants LABEL=PATH of an existing file, got {spec!r}")
+    module_spec = importlib.util.spec_from_file_location(f"gluon_kernel_{label}", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return label, module
+
+
+@contextlib.contextmanager
+def kernel_swapped(module):
+    """Run the backend with ``module`` as its kernel file (None: the library's own)."""
+    import sparsevdit.kernels as package
+    from sparsevdit.kernels import gluon_kernel
+
+    if module is not None:
+        package.gluon_kernel = module
+    try:
+        yield
+    finally:
+        package.gluon_kernel = gluon_kernel
+
+
 def random_index(heads: int, n: int, density: float, seed: int = 0):
     """Random 128-block lists (block 0 always kept): the mask and its BlockIndex on the GPU."""
     nb = -(-n // 128)
@@ -61,6 +89,8 @@ def main(argv=None) -> int:
     ap.add_argument("--stages", default="2", help="comma list of K/V ring depths")
     ap.add_argument("--grids", default="tile,persistent", help="comma list of tile, persistent")
     ap.add_argument("--shape", default="12x32768", help="heads x tokens of the timed problem (B=1, D=128)")
+    ap.add_argument("--kernel-file", action="append", default=[], metavar="LABEL=PATH",
+                    help="also time another version of kernels/gluon_kernel.py (an A/B in one process)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     stages = [int(s) for s in args.stages.split(",")]
@@ -74,7 +104,8 @@ def main(argv=None) -> int:
 
     from sparsevdit.kernels.gluon_backend import gluon_block_sparse_attention
 
-    variants = [(g, st) for g in args.grids.split(",") for st in stages]
+    kernels = {"lib": None, **dict(kernel_module(spec) for spec in args.kernel_file)}
+    variants = [(g, st, name) for name in kernels for g in args.grids.split(",") for st in stages]
     rows = []
 
     def save(row):  # after every row: a hang or a crash later keeps what was measured
@@ -85,9 +116,10 @@ def main(argv=None) -> int:
                 json.dump({"command": " ".join(["python", *sys.argv]), "gpu": torch.cuda.get_device_name(),
                            "torch": torch.__version__, "triton": triton.__version__, "rows": rows}, f, indent=1)
 
-    def run(q, k, v, index, grid, st):
-        return gluon_block_sparse_attention(q, k, v, index, return_lse=True, stages=st,
-                                            persistent=grid == "persistent")
+    def run(q, k, v, index, grid, st, name):
+        with kernel_swapped(kernels[name]):
+            return gluon_block_sparse_attention(q, k, v, index, return_lse=True, stages=st,
+                                                persistent=grid == "persistent")
 
     for density in (1.0, 0.3):  # exactness: 2 x 3 heads x 1000 tokens (a partial last block)
         h, n = 3, 1000
@@ -95,9 +127,9 @@ def main(argv=None) -> int:
         mask, index = random_index(h, n, density)
         tok = mask.repeat_interleave(128, 1).repeat_interleave(128, 2)[:, :n, :n].cuda()
         ref = torch.nn.functional.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=tok[None])
-        for grid, st in variants:
-            out, _ = run(q, k, v, index, grid, st)
-            save({"check": f"2x{h}x{n} density {density}", "grid": grid, "stages": st,
+        for grid, st, name in variants:
+            out, _ = run(q, k, v, index, grid, st, name)
+            save({"check": f"2x{h}x{n} density {density}", "kernel": name, "grid": grid, "stages": st,
                   "rel_err": float((out.float() - ref).norm() / ref.norm())})
     h, n = (int(x) for x in args.shape.split("x"))
     q, k, v = (torch.randn(1, h, n, 128, device="cuda", dtype=torch.bfloat16) for _ in range(3))
@@ -107,9 +139,9 @@ def main(argv=None) -> int:
     for density in (1.0, 0.1):
         mask, index = random_index(h, n, density)
         dens = float(mask.float().mean())
-        for grid, st in variants:
-            ms = triton.testing.do_bench(lambda: run(q, k, v, index, grid, st), return_mode="median")
-            save({"shape": [1, h, n, 128], "density": dens, "grid": grid, "stages": st, "ms": ms,
+        for grid, st, name in variants:
+            ms = triton.testing.do_bench(lambda: run(q, k, v, index, grid, st, name), return_mode="median")
+            save({"shape": [1, h, n, 128], "density": dens, "kernel": name, "grid": grid, "stages": st, "ms": ms,
                   "cudnn_dense_ms": cudnn_ms, "efficiency": cudnn_ms * dens / ms})
     return 0
 

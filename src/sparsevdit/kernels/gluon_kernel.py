@@ -75,9 +75,22 @@ def _geometry(G):
 
 
 @gluon.jit
-def _consume(q_smem, k_bufs, v_bufs, q_ready, q_empty, k_ready, v_ready, kv_empty, O, LSE, SCHED, HMAP_QO, G,
-             N, NQB, B, n_tiles, store_lse, qk_scale, HALF_IDX: gl.constexpr):
-    # One consumer warpgroup: rows HALF_IDX * 64 .. + 64 of every tile this CTA takes.
+def _softmax_step(s, m_i, l_i, qk_scale, masked, tail_keys, cols):
+    # Online softmax over one S tile in base 2: the new running max, P, the rescale factor and the sum.
+    if masked:
+        s = gl.where(gl.expand_dims(cols < tail_keys, 0), s, float("-inf"))
+    m_new = gl.maximum(m_i, gl.max(s, 1) * qk_scale)
+    p = gl.exp2(s * qk_scale - gl.expand_dims(m_new, 1))
+    alpha = gl.exp2(m_i - m_new)
+    return m_new, p, alpha, l_i * alpha + gl.sum(p, 1)
+
+
+@gluon.jit
+def _consume(q_smem, k_bufs, v_bufs, q_ready, q_empty, k_ready, v_ready, k_empty, v_empty, O, LSE, SCHED, HMAP_QO,
+             G, N, NQB, B, n_tiles, store_lse, qk_scale, HALF_IDX: gl.constexpr):
+    # One consumer warpgroup: rows HALF_IDX * 64 .. + 64 of every tile this CTA takes. Software-pipelined
+    # as FlashAttention-3's intra-warpgroup overlap: S_j = Q K_j^T and O += P_{j-1} V_{j-1} are issued
+    # together, the softmax of S_j runs while the P V product is still on the tensor cores.
     STAGES: gl.constexpr = k_bufs.type.shape[0]
     BLOCK_N: gl.constexpr = k_bufs.type.shape[1]
     HEAD_DIM: gl.constexpr = k_bufs.type.shape[2]
@@ -100,29 +113,43 @@ def _consume(q_smem, k_bufs, v_bufs, q_ready, q_empty, k_ready, v_ready, kv_empt
         m_i = gl.full([64], float("-inf"), gl.float32, s_rows)
         l_i = gl.full([64], 0.0, gl.float32, s_rows)
         acc = gl.zeros([64, HEAD_DIM], gl.float32, o_layout)
+        p16 = gl.zeros([64, BLOCK_N], q_smem.dtype, p_layout)
+        prev = 0
         mbarrier.wait(q_ready, tile_i & 1)
-        for j in range(cnt):
+        if cnt > 0:  # prologue: S_0 and its softmax
             slot = it % STAGES
-            phase = (it // STAGES) & 1
-            mbarrier.wait(k_ready.index(slot), phase)
+            mbarrier.wait(k_ready.index(slot), (it // STAGES) & 1)
             s = hopper.warpgroup_mma(q, k_bufs.index(slot).permute((1, 0)), s_zero, use_acc=False, is_async=True)
             s = hopper.warpgroup_mma_wait(num_outstanding=0, deps=(s,))
-            if j == last_masked:
-                s = gl.where(gl.expand_dims(cols < tail_keys, 0), s, float("-inf"))
-            m_new = gl.maximum(m_i, gl.max(s, 1) * qk_scale)
-            p = gl.exp2(s * qk_scale - gl.expand_dims(m_new, 1))
-            alpha = gl.exp2(m_i - m_new)
-            l_i = l_i * alpha + gl.sum(p, 1)
+            mbarrier.arrive(k_empty.index(slot), count=1)
+            m_i, p, alpha, l_i = _softmax_step(s, m_i, l_i, qk_scale, last_masked == 0, tail_keys, cols)
+            p16 = gl.convert_layout(p.to(q_smem.dtype), p_layout)
+            prev = it
+            it += 1
+        for j in range(1, cnt):
+            slot = it % STAGES
+            mbarrier.wait(k_ready.index(slot), (it // STAGES) & 1)
+            s = hopper.warpgroup_mma(q, k_bufs.index(slot).permute((1, 0)), s_zero, use_acc=False, is_async=True)
+            prev_slot = prev % STAGES
+            mbarrier.wait(v_ready.index(prev_slot), (prev // STAGES) & 1)
+            acc = hopper.warpgroup_mma(p16, v_bufs.index(prev_slot), acc, is_async=True)
+            s = hopper.warpgroup_mma_wait(num_outstanding=1, deps=(s,))  # S_j done, P V may run on
+            mbarrier.arrive(k_empty.index(slot), count=1)
+            m_i, p, alpha, l_i = _softmax_step(s, m_i, l_i, qk_scale, j == last_masked, tail_keys, cols)
+            acc, p16 = hopper.warpgroup_mma_wait(num_outstanding=0, deps=(acc, p16))
+            mbarrier.arrive(v_empty.index(prev_slot), count=1)
             acc = acc * gl.expand_dims(gl.convert_layout(alpha, o_rows), 1)
             p16 = gl.convert_layout(p.to(q_smem.dtype), p_layout)
-            mbarrier.wait(v_ready.index(slot), phase)
-            acc = hopper.warpgroup_mma(p16, v_bufs.index(slot), acc, is_async=True)
-            acc = hopper.warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
-            mbarrier.arrive(kv_empty.index(slot), count=1)
-            m_i = m_new
+            prev = it
             it += 1
-        mbarrier.arrive(q_empty, count=1)  # this tile's Q is no longer read: the loader may refill it
+        mbarrier.arrive(q_empty, count=1)  # every S of this tile is done: the loader may refill Q
         tile_i += 1
+        if cnt > 0:  # the last P V
+            prev_slot = prev % STAGES
+            mbarrier.wait(v_ready.index(prev_slot), (prev // STAGES) & 1)
+            acc = hopper.warpgroup_mma(p16, v_bufs.index(prev_slot), acc, is_async=True)
+            acc, p16 = hopper.warpgroup_mma_wait(num_outstanding=0, deps=(acc, p16))
+            mbarrier.arrive(v_empty.index(prev_slot), count=1)
 
         empty = l_i == 0.0
         l_safe = gl.where(empty, 1.0, l_i)
@@ -140,8 +167,8 @@ def _consume(q_smem, k_bufs, v_bufs, q_ready, q_empty, k_ready, v_ready, kv_empt
 
 
 @gluon.jit
-def _load(q_desc, k_desc, v_desc, q_smem, k_bufs, v_bufs, q_ready, q_empty, k_ready, v_ready, kv_empty, KV_IDX,
-          SCHED, HMAP_QO, HMAP_KV, G, N, NQB, B, MAXW, n_tiles):
+def _load(q_desc, k_desc, v_desc, q_smem, k_bufs, v_bufs, q_ready, q_empty, k_ready, v_ready, k_empty, v_empty,
+          KV_IDX, SCHED, HMAP_QO, HMAP_KV, G, N, NQB, B, MAXW, n_tiles):
     # The producer warp: per tile, Q (after both consumers released the last one), then K and V of each
     # listed key block into the ring, running ahead of the consumers by up to STAGES blocks.
     STAGES: gl.constexpr = k_bufs.type.shape[0]
@@ -167,9 +194,10 @@ def _load(q_desc, k_desc, v_desc, q_smem, k_bufs, v_bufs, q_ready, q_empty, k_re
             slot = it % STAGES
             phase = (it // STAGES) & 1
             start = k_row + gl.load(idx_ptr + j) * BLOCK_N
-            mbarrier.wait(kv_empty.index(slot), phase ^ 1)
+            mbarrier.wait(k_empty.index(slot), phase ^ 1)
             mbarrier.expect(k_ready.index(slot), k_desc.block_type.nbytes)
             tma.async_load(k_desc, [start, k_col], k_ready.index(slot), k_bufs.index(slot))
+            mbarrier.wait(v_empty.index(slot), phase ^ 1)
             mbarrier.expect(v_ready.index(slot), v_desc.block_type.nbytes)
             tma.async_load(v_desc, [start, k_col], v_ready.index(slot), v_bufs.index(slot))
             it += 1
@@ -177,23 +205,23 @@ def _load(q_desc, k_desc, v_desc, q_smem, k_bufs, v_bufs, q_ready, q_empty, k_re
 
 # Worker partitions share one signature (Triton 3.6): the second consumer and the loader.
 @gluon.jit
-def _second_consumer(q_desc, k_desc, v_desc, q_smem, k_bufs, v_bufs, q_ready, q_empty, k_ready, v_ready, kv_empty,
-                     O, LSE, KV_IDX, SCHED, HMAP_QO, HMAP_KV, G, N, NQB, B, MAXW, n_tiles, store_lse, qk_scale):
-    _consume(q_smem, k_bufs, v_bufs, q_ready, q_empty, k_ready, v_ready, kv_empty, O, LSE, SCHED, HMAP_QO, G,
+def _second_consumer(q_desc, k_desc, v_desc, q_smem, k_bufs, v_bufs, q_ready, q_empty, k_ready, v_ready, k_empty,
+                     v_empty, O, LSE, KV_IDX, SCHED, HMAP_QO, HMAP_KV, G, N, NQB, B, MAXW, n_tiles, store_lse, qk_scale):
+    _consume(q_smem, k_bufs, v_bufs, q_ready, q_empty, k_ready, v_ready, k_empty, v_empty, O, LSE, SCHED, HMAP_QO, G,
              N, NQB, B, n_tiles, store_lse, qk_scale, 1)
 
 
 @gluon.jit
-def _loader(q_desc, k_desc, v_desc, q_smem, k_bufs, v_bufs, q_ready, q_empty, k_ready, v_ready, kv_empty,
+def _loader(q_desc, k_desc, v_desc, q_smem, k_bufs, v_bufs, q_ready, q_empty, k_ready, v_ready, k_empty, v_empty,
             O, LSE, KV_IDX, SCHED, HMAP_QO, HMAP_KV, G, N, NQB, B, MAXW, n_tiles, store_lse, qk_scale):
-    _load(q_desc, k_desc, v_desc, q_smem, k_bufs, v_bufs, q_ready, q_empty, k_ready, v_ready, kv_empty, KV_IDX,
-          SCHED, HMAP_QO, HMAP_KV, G, N, NQB, B, MAXW, n_tiles)
+    _load(q_desc, k_desc, v_desc, q_smem, k_bufs, v_bufs, q_ready, q_empty, k_ready, v_ready, k_empty, v_empty,
+          KV_IDX, SCHED, HMAP_QO, HMAP_KV, G, N, NQB, B, MAXW, n_tiles)
 
 
 @gluon.jit
-def _first_consumer(q_smem, k_bufs, v_bufs, q_ready, q_empty, k_ready, v_ready, kv_empty, O, LSE, SCHED, HMAP_QO, G,
-                    N, NQB, B, n_tiles, store_lse, qk_scale):
-    _consume(q_smem, k_bufs, v_bufs, q_ready, q_empty, k_ready, v_ready, kv_empty, O, LSE, SCHED, HMAP_QO, G,
+def _first_consumer(q_smem, k_bufs, v_bufs, q_ready, q_empty, k_ready, v_ready, k_empty, v_empty, O, LSE, SCHED,
+                    HMAP_QO, G, N, NQB, B, n_tiles, store_lse, qk_scale):
+    _consume(q_smem, k_bufs, v_bufs, q_ready, q_empty, k_ready, v_ready, k_empty, v_empty, O, LSE, SCHED, HMAP_QO, G,
              N, NQB, B, n_tiles, store_lse, qk_scale, 0)
 
 
@@ -207,18 +235,20 @@ def block_sparse_fwd(q_desc, k_desc, v_desc, O, LSE, KV_IDX, SCHED, HMAP_QO, HMA
     q_empty = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
     k_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     v_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    kv_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    k_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    v_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     mbarrier.init(q_ready, count=1)
     mbarrier.init(q_empty, count=2)  # both consumers
     for i in gl.static_range(STAGES):
         mbarrier.init(k_ready.index(i), count=1)
         mbarrier.init(v_ready.index(i), count=1)
-        mbarrier.init(kv_empty.index(i), count=2)
+        mbarrier.init(k_empty.index(i), count=2)  # both consumers
+        mbarrier.init(v_empty.index(i), count=2)
 
-    workers = (q_desc, k_desc, v_desc, q_smem, k_bufs, v_bufs, q_ready, q_empty, k_ready, v_ready, kv_empty,
+    workers = (q_desc, k_desc, v_desc, q_smem, k_bufs, v_bufs, q_ready, q_empty, k_ready, v_ready, k_empty, v_empty,
                O, LSE, KV_IDX, SCHED, HMAP_QO, HMAP_KV, G, N, NQB, B, MAXW, n_tiles, store_lse, qk_scale)
     gl.warp_specialize([
-        (_first_consumer, (q_smem, k_bufs, v_bufs, q_ready, q_empty, k_ready, v_ready, kv_empty, O, LSE, SCHED,
+        (_first_consumer, (q_smem, k_bufs, v_bufs, q_ready, q_empty, k_ready, v_ready, k_empty, v_empty, O, LSE, SCHED,
                            HMAP_QO, G, N, NQB, B, n_tiles, store_lse, qk_scale)),
         (_second_consumer, workers),
         (_loader, workers),
@@ -294,6 +324,16 @@ def launch(q, k, v, views, out, lse, store_lse: bool, kv_indices, records, num_q
         HEAD_DIM=d, STAGES=stages, num_warps=4, maxnreg=MAX_REGISTERS)
 
 
+def _signature_type(desc) -> str:
+    # PyPI's Triton names a descriptor's type through __mangle__; the lent H200's 3.6.0 build only
+    # through the runtime's mangle_type.
+    if hasattr(desc, "__mangle__"):
+        return desc.__mangle__()
+    from triton.runtime.jit import mangle_type
+
+    return mangle_type(desc)
+
+
 def compile_for_sm90(head_dim: int, dtype: str = "bf16", stages: int = 2):
     """Build the kernel for sm_90 without a GPU (CI; bench/compile_check.py): the compiled kernel."""
     import torch
@@ -302,7 +342,8 @@ def compile_for_sm90(head_dim: int, dtype: str = "bf16", stages: int = 2):
 
     t = torch.zeros(1, 1, 256, head_dim, dtype=torch.bfloat16 if dtype == "bf16" else torch.float16)
     dq, dk, dv = descriptors(t, t, t, tma_views(t, t, t))
-    sig = {"q_desc": dq.__mangle__(), "k_desc": dk.__mangle__(), "v_desc": dv.__mangle__(), "O": f"*{dtype}",
+    sig = {"q_desc": _signature_type(dq), "k_desc": _signature_type(dk), "v_desc": _signature_type(dv),
+           "O": f"*{dtype}",
            "LSE": "*fp32", "KV_IDX": "*i32", "SCHED": "*i32", "HMAP_QO": "*i32", "HMAP_KV": "*i32", "G": "*i64",
            "N": "i32", "NQB": "i32", "B": "i32", "MAXW": "i32", "n_tiles": "i32", "store_lse": "i32",
            "qk_scale": "fp32", "HEAD_DIM": "constexpr", "STAGES": "constexpr"}
