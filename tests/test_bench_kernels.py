@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 
+import pytest
 import torch
 
 from sparsevdit.bench import kernels as bk
@@ -51,3 +52,20 @@ def test_baseline_per_case(monkeypatch):
     assert sparse["cudnn_case_ms_rounds"] == [20.0, 20.0] and sparse["cudnn_dense_ms"] == 20.0
     assert abs(sparse["efficiency"] - 20.0 * sparse["density"] / 1.0) < 1e-9
     assert [r for r in rows if r["backend"] == "cudnn"][0]["ms"] == 10.0  # the shape's own row stays
+
+
+def test_backend_variants():
+    import math
+
+    from sparsevdit.bench.kernels import backend_spec
+    from sparsevdit.kernels import triton_backend
+
+    backend, setting = backend_spec("triton@tl")
+    assert backend.name == "triton"
+    saved = triton_backend.gluon_min_blocks
+    with setting():
+        assert triton_backend.gluon_min_blocks == math.inf  # the Gluon path is off while it is timed
+    assert triton_backend.gluon_min_blocks == saved
+    assert backend_spec("flex")[0].name == "flex"
+    with pytest.raises(ValueError, match="triton@tl"):
+        backend_spec("triton@fast")

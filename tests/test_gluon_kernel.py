@@ -1,4 +1,4 @@
-"""The experimental Gluon kernel (backend ``gluon``): what it refuses and why (any machine), that it
+"""The Gluon kernel (backend ``gluon``): what it refuses and why (any machine), that it
 compiles for sm_90 without spills (any machine, in a fresh process), and that it matches float64
 attention (Hopper GPU only: Gluon has no interpreter)."""
 
@@ -44,7 +44,7 @@ def test_backend_is_opt_in():
     pat = sv.patterns.build("diagonal", layout, block_size=128, width=128)
     call = AttentionCall(torch.device("cpu"), torch.bfloat16, 1, 2, layout.num_tokens, 128, (pat, pat), False)
     backend = get_backend("gluon")
-    assert "experimental" in backend.unsuited(call)  # auto never picks it before its GPU run
+    assert "triton" in backend.unsuited(call)  # auto reaches it through backend triton only
     if not HOPPER:
         assert "Hopper GPU" in backend.unsupported(call)
         q = torch.zeros(1, 2, layout.num_tokens, 128, dtype=torch.bfloat16)
@@ -161,3 +161,36 @@ def test_sparse_attention_through_the_backend():
     got = sv.sparse_attention(q, k, v, pats, layout=layout, backend="gluon")
     ref = sv.sparse_attention(q, k, v, pats, layout=layout, backend="reference")
     assert float((got.float() - ref.float()).norm() / ref.float().norm()) < 1.5e-2
+
+
+def test_triton_backend_picks_its_kernel_by_list_length():
+    # backend triton runs a head group of long lists on the Gluon kernel (Hopper only), the rest on the tl kernel
+    from sparsevdit.kernels import triton_backend as tb
+    from sparsevdit.kernels import triton_sparse as ts
+
+    device = "cuda" if HOPPER else "cpu"
+    n = 80 * 128
+    nb = num_blocks(n, 128)
+    q = torch.zeros(1, 2, n, 128, dtype=torch.bfloat16, device=device)
+    dense = index_of_masks(torch.ones(2, nb, nb, dtype=torch.bool), 128, n, device=device)
+    sparse = index_of_masks(torch.stack([random_mask(nb, 0.3, 3)] * 2), 128, n, device=device)
+    assert dense.mean_list_length == nb >= tb.gluon_min_blocks > sparse.mean_list_length
+    assert tb.kernel_for(q, q, q, sparse) is ts.block_sparse_attention
+    expected = gb.gluon_block_sparse_attention if HOPPER else ts.block_sparse_attention
+    assert tb.kernel_for(q, q, q, dense) is expected
+    assert tb.kernel_for(q[..., :96], q[..., :96], q[..., :96], dense) is ts.block_sparse_attention  # no Gluon D 96
+
+
+def test_auto_sends_long_dense_heads_to_the_gluon_kernel_on_hopper():
+    # a mixed layer's dense heads: cuDNN (sdpa) unless the triton backend would run them on the Gluon kernel
+    from sparsevdit.kernels.registry import select_backend
+
+    layout = sv.TokenLayout(10, 32, 32)  # 10,240 tokens: 80 key blocks of 128
+    dense = sv.patterns.build("dense", layout, block_size=128)
+    device = torch.device("cuda" if HOPPER else "cpu")
+    call = AttentionCall(device, torch.bfloat16, 1, 2, layout.num_tokens, 128, (dense, dense), False)
+    assert select_backend("auto", call).name == ("triton" if HOPPER else "sdpa")
+    short = sv.TokenLayout(2, 16, 16)  # 4 key blocks: cuDNN everywhere
+    dense_short = sv.patterns.build("dense", short, block_size=128)
+    call = AttentionCall(device, torch.bfloat16, 1, 1, short.num_tokens, 128, (dense_short,), False)
+    assert select_backend("auto", call).name == "sdpa"

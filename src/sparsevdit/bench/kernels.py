@@ -9,13 +9,14 @@ ordering (the permutation of multi_diagonal is a separate, shared cost).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 from dataclasses import dataclass
 
 import torch
 
 from .. import patterns as P
-from ..kernels.registry import AttentionCall, get_backend
+from ..kernels.registry import AttentionCall, BackendError, get_backend
 from ..layout import TokenLayout
 from .common import environment, gpu_slug, median_ms, write_json
 
@@ -137,25 +138,27 @@ def run(shapes, densities, kinds, backends, dtype=torch.bfloat16, check=True, lo
             call = AttentionCall(torch.device("cuda"), dtype, 1, h, n, d, tuple(pats), False)
             runnable, errors, times = [], {}, {}
             for bname in backends:
-                backend = get_backend(bname)
+                backend, setting = backend_spec(bname)
                 reason = backend.unsupported(call)
                 if reason:
                     log(f"  skip {bname}: {reason}")
                     continue
-                out, _ = backend.run(q, k, v, call, scale)  # warm-up: compile, caches
+                with setting():
+                    out, _ = backend.run(q, k, v, call, scale)  # warm-up: compile, caches
                 errors[bname] = spot_check(out, q, k, v, pats, scale) if check else None
                 del out
-                runnable.append((bname, backend))
+                runnable.append((bname, backend, setting))
                 times[bname] = []
             case_cudnn = []
             for _ in range(rounds):
                 if baseline_per_case and runnable:
                     case_cudnn.append(median_ms(lambda: cudnn_dense(q, k, v)))
-                for bname, backend in runnable:
-                    times[bname].append(median_ms(lambda: backend.run(q, k, v, call, scale)))
+                for bname, backend, setting in runnable:
+                    with setting():
+                        times[bname].append(median_ms(lambda: backend.run(q, k, v, call, scale)))
             base_ms = statistics.median(case_cudnn) if case_cudnn else cudnn_ms
             extra = {"cudnn_case_ms_rounds": case_cudnn} if case_cudnn else {}
-            for bname, _ in runnable:
+            for bname, _, _ in runnable:
                 ms, err = statistics.median(times[bname]), errors[bname]
                 eff = base_ms * density / ms
                 rows.append(dict(backend=bname, shape=shape_name, shape_str=shape_str, pattern=kind, density=density,
@@ -168,14 +171,42 @@ def run(shapes, densities, kinds, backends, dtype=torch.bfloat16, check=True, lo
     return rows
 
 
+def backend_spec(name: str):
+    """(backend, setting) for a ``--backends`` entry: a registered backend name, or ``triton@tl``: the
+    triton backend with its Gluon path off (the tl kernel alone, beside ``triton`` and ``gluon``).
+    ``setting`` is a context manager to time it under."""
+    base, _, variant = name.partition("@")
+    backend = get_backend(base)
+    if not variant:
+        return backend, contextlib.nullcontext
+    if (base, variant) != ("triton", "tl"):
+        raise ValueError(f"unknown backend variant {name!r}: the one variant is triton@tl")
+    return backend, _tl_kernel_only
+
+
+@contextlib.contextmanager
+def _tl_kernel_only():
+    from ..kernels import triton_backend
+
+    saved = triton_backend.gluon_min_blocks
+    triton_backend.gluon_min_blocks = math.inf
+    try:
+        yield
+    finally:
+        triton_backend.gluon_min_blocks = saved
+
+
 def _kernel_facts(backend: str, patterns, head_dim: int, q: torch.Tensor) -> dict:
-    """What the triton row ran with: the number of key ranges ``auto_kv_chunks`` chose."""
-    if backend != "triton":
+    """What a triton row ran: the kernel (gluon or tl) and, for tl, the key ranges ``auto_kv_chunks`` chose."""
+    if not backend.startswith("triton"):
         return {}
+    from ..kernels import triton_backend
     from ..kernels import triton_sparse as ts
 
     index = ts.block_index_for(patterns, q.device)
-    return {"kv_chunks": ts.auto_kv_chunks(index, head_dim, q.element_size(), q.device)}
+    if backend == "triton" and triton_backend.kernel_for(q, q, q, index) is not ts.block_sparse_attention:
+        return {"kernel": "gluon"}
+    return {"kernel": "tl", "kv_chunks": ts.auto_kv_chunks(index, head_dim, q.element_size(), q.device)}
 
 
 def print_table(rows: list[dict]) -> None:
@@ -224,7 +255,8 @@ def main(argv=None, prog: str | None = None) -> int:
     parser.add_argument("--patterns", default=",".join(KINDS), help=f"comma list of {', '.join(KINDS)}")
     parser.add_argument("--backends", default=None,
                         help="comma list of sparse backends to time (cudnn dense is always timed); default flex,triton "
-                             "(with --calibrate: one backend, default triton)")
+                             "(with --calibrate: one backend, default triton). triton@tl: the triton backend with "
+                             "its Gluon path off (the tl kernel alone); gluon: the Gluon kernel at every density")
     parser.add_argument("--out", default=None,
                         help="result JSON (default bench/results/kernels-<gpu>.json; "
                              "with --calibrate bench/results/cost-<shape>-<gpu>.json)")
@@ -256,7 +288,13 @@ def main(argv=None, prog: str | None = None) -> int:
         except ValueError as exc:
             parser.error(str(exc))
         return 0
-    rows = run(shapes, densities, args.patterns.split(","), (args.backends or "flex,triton").split(","),
+    backends = (args.backends or "flex,triton").split(",")
+    try:
+        for name in backends:
+            backend_spec(name)
+    except (BackendError, ValueError) as exc:
+        parser.error(str(exc))
+    rows = run(shapes, densities, args.patterns.split(","), backends,
                check=not args.no_check, rounds=args.rounds, baseline_per_case=args.baseline_per_case)
     print_table(rows)
     out = args.out or f"bench/results/kernels-{gpu_slug()}.json"

@@ -1,10 +1,9 @@
 """Gluon backend: FlashAttention-3's structure (loader warp, two consumer warpgroups sharing K/V) over our
 block lists, for Hopper (kernels/gluon_kernel.py; docs/kernel.md, "The way past it").
 
-Experimental: its probe form ran exact and at 0.95-0.96 of cuDNN dense on the H200 (against 0.92-0.93 for
-the ``triton`` backend), but this persistent library form has been compiled for sm_90 only, not yet run
-on a GPU. So ``auto`` does not pick it (``unsuited``) until its GPU tests and the kernel table have run;
-ask for it by name: ``sparse_attention(..., backend="gluon")``.
+``auto`` reaches this kernel through the ``triton`` backend, which runs a head group on it when its query
+blocks keep at least ``triton_backend.gluon_min_blocks`` key blocks on average (there it beats the tl
+kernel); by name (``backend="gluon"``) it runs every group, for tests and benchmarks.
 """
 
 from __future__ import annotations
@@ -117,8 +116,8 @@ class GluonBackend:
         return not_hopper(call.device) or gluon_missing()
 
     def unsuited(self, call: AttentionCall) -> str | None:
-        return ("experimental: compiled for sm_90 but not yet run on a GPU in this form (docs/kernel.md); "
-                "ask for backend='gluon' by name")
+        return ("auto reaches the Gluon kernel through backend 'triton', which runs it where it is faster "
+                "(dense enough head groups); ask for backend='gluon' by name to run it everywhere")
 
     def run(self, q, k, v, call: AttentionCall, scale: float):
         index = ts.block_index_for(call.patterns, q.device)

@@ -100,7 +100,7 @@ def _consume(q_smem, k_bufs, v_bufs, q_ready, q_empty, k_ready, v_ready, k_empty
     s_rows: gl.constexpr = gl.SliceLayout(1, s_layout)
     o_rows: gl.constexpr = gl.SliceLayout(1, o_layout)
 
-    q = q_smem.index(HALF_IDX)
+    Q_BUFS: gl.constexpr = q_smem.type.shape[0] // 2
     s_zero = gl.zeros([64, BLOCK_N], gl.float32, s_layout)
     tail_keys = N - (NQB - 1) * BLOCK_N  # valid keys in the last key block
     cols = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, s_layout))
@@ -115,7 +115,8 @@ def _consume(q_smem, k_bufs, v_bufs, q_ready, q_empty, k_ready, v_ready, k_empty
         acc = gl.zeros([64, HEAD_DIM], gl.float32, o_layout)
         p16 = gl.zeros([64, BLOCK_N], q_smem.dtype, p_layout)
         prev = 0
-        mbarrier.wait(q_ready, tile_i & 1)
+        q = q_smem.index((tile_i % Q_BUFS) * 2 + HALF_IDX)
+        mbarrier.wait(q_ready.index(tile_i % Q_BUFS), (tile_i // Q_BUFS) & 1)
         if cnt > 0:  # prologue: S_0 and its softmax
             slot = it % STAGES
             mbarrier.wait(k_ready.index(slot), (it // STAGES) & 1)
@@ -142,7 +143,7 @@ def _consume(q_smem, k_bufs, v_bufs, q_ready, q_empty, k_ready, v_ready, k_empty
             p16 = gl.convert_layout(p.to(q_smem.dtype), p_layout)
             prev = it
             it += 1
-        mbarrier.arrive(q_empty, count=1)  # every S of this tile is done: the loader may refill Q
+        mbarrier.arrive(q_empty.index(tile_i % Q_BUFS), count=1)  # every S of this tile is done
         tile_i += 1
         if cnt > 0:  # the last P V
             prev_slot = prev % STAGES
@@ -173,6 +174,7 @@ def _load(q_desc, k_desc, v_desc, q_smem, k_bufs, v_bufs, q_ready, q_empty, k_re
     # listed key block into the ring, running ahead of the consumers by up to STAGES blocks.
     STAGES: gl.constexpr = k_bufs.type.shape[0]
     BLOCK_N: gl.constexpr = k_bufs.type.shape[1]
+    Q_BUFS: gl.constexpr = q_smem.type.shape[0] // 2
     q_rb, q_rh, q_ch, k_rb, k_rh, k_ch, _osb, _osh, _osn, _hqo = _geometry(G)
     it = 0
     tile_i = 0
@@ -184,10 +186,11 @@ def _load(q_desc, k_desc, v_desc, q_smem, k_bufs, v_bufs, q_ready, q_empty, k_re
         q_col = (hq * q_ch).to(gl.int32)
         k_row = (b * k_rb + hk * k_rh).to(gl.int32)
         k_col = (hk * k_ch).to(gl.int32)
-        mbarrier.wait(q_empty, (tile_i & 1) ^ 1)  # barriers start as if phase 1 had completed
-        mbarrier.expect(q_ready, 2 * q_desc.block_type.nbytes)
-        tma.async_load(q_desc, [q_row, q_col], q_ready, q_smem.index(0))
-        tma.async_load(q_desc, [q_row + 64, q_col], q_ready, q_smem.index(1))
+        qbuf = tile_i % Q_BUFS
+        mbarrier.wait(q_empty.index(qbuf), ((tile_i // Q_BUFS) & 1) ^ 1)  # starts as if phase 1 completed
+        mbarrier.expect(q_ready.index(qbuf), 2 * q_desc.block_type.nbytes)
+        tma.async_load(q_desc, [q_row, q_col], q_ready.index(qbuf), q_smem.index(qbuf * 2))
+        tma.async_load(q_desc, [q_row + 64, q_col], q_ready.index(qbuf), q_smem.index(qbuf * 2 + 1))
         tile_i += 1
         idx_ptr = KV_IDX + item.to(gl.int64) * MAXW
         for j in range(cnt):
@@ -206,7 +209,8 @@ def _load(q_desc, k_desc, v_desc, q_smem, k_bufs, v_bufs, q_ready, q_empty, k_re
 # Worker partitions share one signature (Triton 3.6): the second consumer and the loader.
 @gluon.jit
 def _second_consumer(q_desc, k_desc, v_desc, q_smem, k_bufs, v_bufs, q_ready, q_empty, k_ready, v_ready, k_empty,
-                     v_empty, O, LSE, KV_IDX, SCHED, HMAP_QO, HMAP_KV, G, N, NQB, B, MAXW, n_tiles, store_lse, qk_scale):
+                     v_empty, O, LSE, KV_IDX, SCHED, HMAP_QO, HMAP_KV, G, N, NQB, B, MAXW, n_tiles, store_lse,
+                     qk_scale):
     _consume(q_smem, k_bufs, v_bufs, q_ready, q_empty, k_ready, v_ready, k_empty, v_empty, O, LSE, SCHED, HMAP_QO, G,
              N, NQB, B, n_tiles, store_lse, qk_scale, 1)
 
@@ -227,18 +231,20 @@ def _first_consumer(q_smem, k_bufs, v_bufs, q_ready, q_empty, k_ready, v_ready, 
 
 @gluon.jit
 def block_sparse_fwd(q_desc, k_desc, v_desc, O, LSE, KV_IDX, SCHED, HMAP_QO, HMAP_KV, G, N, NQB, B, MAXW, n_tiles,
-                     store_lse, qk_scale, HEAD_DIM: gl.constexpr, STAGES: gl.constexpr):
-    q_smem = gl.allocate_shared_memory(q_desc.dtype, [2, 64, HEAD_DIM], q_desc.layout)
+                     store_lse, qk_scale, HEAD_DIM: gl.constexpr, STAGES: gl.constexpr,
+                     Q_BUFS: gl.constexpr):
+    q_smem = gl.allocate_shared_memory(q_desc.dtype, [2 * Q_BUFS, 64, HEAD_DIM], q_desc.layout)
     k_bufs = gl.allocate_shared_memory(k_desc.dtype, [STAGES, 128, HEAD_DIM], k_desc.layout)
     v_bufs = gl.allocate_shared_memory(v_desc.dtype, [STAGES, 128, HEAD_DIM], v_desc.layout)
-    q_ready = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
-    q_empty = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+    q_ready = gl.allocate_shared_memory(gl.int64, [Q_BUFS, 1], mbarrier.MBarrierLayout())
+    q_empty = gl.allocate_shared_memory(gl.int64, [Q_BUFS, 1], mbarrier.MBarrierLayout())
     k_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     v_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     k_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     v_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    mbarrier.init(q_ready, count=1)
-    mbarrier.init(q_empty, count=2)  # both consumers
+    for i in gl.static_range(Q_BUFS):
+        mbarrier.init(q_ready.index(i), count=1)
+        mbarrier.init(q_empty.index(i), count=2)  # both consumers
     for i in gl.static_range(STAGES):
         mbarrier.init(k_ready.index(i), count=1)
         mbarrier.init(v_ready.index(i), count=1)
@@ -307,6 +313,16 @@ def descriptors(q, k, v, views):
     return _descriptor(q, views[0], HALF), _descriptor(k, views[1], BLOCK), _descriptor(v, views[2], BLOCK)
 
 
+SHARED_BYTES = 227 * 1024  # an sm_90 block's shared memory
+
+
+def q_buffers(head_dim: int, stages: int) -> int:
+    """Q buffers that fit beside ``stages`` K/V buffers (2: the loader fetches the next tile's Q while
+    this one runs, so a tile starts without waiting on TMA; 1 where shared memory is short)."""
+    tile_bytes = BLOCK * head_dim * 2
+    return 2 if (2 + 2 * stages) * tile_bytes + 4096 <= SHARED_BYTES else 1
+
+
 def launch(q, k, v, views, out, lse, store_lse: bool, kv_indices, records, num_q_blocks: int, scale: float,
            grid: int, stages: int, hmap_qo, hmap_kv) -> None:
     """One persistent launch over ``records`` (``BlockIndex.launch_records``) x batch tiles, ``grid`` CTAs.
@@ -321,7 +337,7 @@ def launch(q, k, v, views, out, lse, store_lse: bool, kv_indices, records, num_q
     block_sparse_fwd[(grid,)](
         dq, dk, dv, out, lse, kv_indices, records, hmap_qo, hmap_kv, geometry, n, num_q_blocks, batch,
         kv_indices.shape[-1], records.shape[0] * batch, int(store_lse), scale * 1.4426950408889634,
-        HEAD_DIM=d, STAGES=stages, num_warps=4, maxnreg=MAX_REGISTERS)
+        HEAD_DIM=d, STAGES=stages, Q_BUFS=q_buffers(d, stages), num_warps=4, maxnreg=MAX_REGISTERS)
 
 
 def _signature_type(desc) -> str:
@@ -346,7 +362,8 @@ def compile_for_sm90(head_dim: int, dtype: str = "bf16", stages: int = 2):
            "O": f"*{dtype}",
            "LSE": "*fp32", "KV_IDX": "*i32", "SCHED": "*i32", "HMAP_QO": "*i32", "HMAP_KV": "*i32", "G": "*i64",
            "N": "i32", "NQB": "i32", "B": "i32", "MAXW": "i32", "n_tiles": "i32", "store_lse": "i32",
-           "qk_scale": "fp32", "HEAD_DIM": "constexpr", "STAGES": "constexpr"}
-    src = GluonASTSource(block_sparse_fwd, sig, constexprs={"HEAD_DIM": head_dim, "STAGES": stages})
+           "qk_scale": "fp32", "HEAD_DIM": "constexpr", "STAGES": "constexpr", "Q_BUFS": "constexpr"}
+    src = GluonASTSource(block_sparse_fwd, sig, constexprs={"HEAD_DIM": head_dim, "STAGES": stages,
+                                                            "Q_BUFS": q_buffers(head_dim, stages)})
     return triton.compile(src, target=GPUTarget("cuda", 90, 128),
                           options={"num_warps": 4, "maxnreg": MAX_REGISTERS})

@@ -5,7 +5,8 @@ baseline of every efficiency figure, docs/kernel.md). PyTorch's own order depend
 (with torch 2.11 on the H200 it ran as fast as cuDNN, ``bench/results/dense-heads-h200.json``;
 FlashAttention-2, which some versions prefer, ran at 0.62 of cuDNN on the H100). A dense plan entry (or
 a model running without a plan) therefore costs nothing over the model's own attention, and
-``sparse_attention(backend="auto")`` sends the dense heads of a sparse layer here.
+``sparse_attention(backend="auto")`` sends the dense heads of a sparse layer here, except on Hopper at
+64+ key blocks, where the triton backend's Gluon kernel beats cuDNN (``kernels-h200.json``).
 """
 
 from __future__ import annotations
@@ -48,6 +49,11 @@ class SDPABackend:
         return None
 
     def unsuited(self, call: AttentionCall) -> str | None:
+        from .triton_backend import runs_on_gluon
+
+        if runs_on_gluon(call):
+            return ("the triton backend runs these dense heads on its Gluon kernel, faster than cuDNN on Hopper "
+                    "(1.08-1.11x on the H200 at Wan/HunyuanVideo sizes: bench/results/kernels-h200.json)")
         return None
 
     def run(self, q, k, v, call: AttentionCall, scale: float):

@@ -1,14 +1,26 @@
-"""Triton backend: our block-sparse flash-attention forward (kernels/triton_sparse.py).
+"""Triton backend: our block-sparse flash-attention forwards.
 
-Runs on CUDA (Hopper path with TMA and warp specialisation on sm_90+, a pointer-load path on older
-GPUs) and, for tests, on the CPU under ``TRITON_INTERPRET=1``. Per-call index tensors are built once
-per (pattern keys, device) and cached.
+Two kernels over the same block lists: the ``tl`` kernel (kernels/triton_sparse.py: CUDA, with TMA and
+warp specialisation on sm_90+, a pointer-load path on older GPUs, and on the CPU under
+``TRITON_INTERPRET=1`` for tests) and, on Hopper, the Gluon kernel (kernels/gluon_kernel.py,
+FlashAttention-3's structure). Each call (a head group) runs the Gluon kernel when its kept share of
+lists are at least ``gluon_min_blocks`` long on average and the Gluon kernel can take it, else the tl kernel
+(docs/kernel.md, "Which kernel runs"). Per-call index tensors are built once per (pattern keys, device)
+and cached.
 """
 
 from __future__ import annotations
 
 from . import triton_sparse as ts
 from .registry import AttentionCall, register_backend
+
+# Head groups whose query blocks keep at least this many key blocks on average run the Gluon kernel on
+# Hopper. Per kept block it runs at 0.98-1.09 of cuDNN dense where the tl kernel reaches 0.89-0.96, but
+# each query tile fills and drains its pipeline, which short lists do not repay: at 13 blocks per list it
+# was 0.73-0.82 against the tl kernel's 0.86-0.88, at 26 a tie or a loss, at 64 a tie, at 93 and more a
+# win of 3-17% (bench/results/kernel-crossover-h200.json). A bench knob: bench/kernels.py's triton@tl
+# times the tl kernel alone.
+gluon_min_blocks = 64.0
 
 
 def forward_kernel_reasons(call: AttentionCall, kernel: str) -> str | None:
@@ -50,14 +62,38 @@ class TritonBackend:
 
     def run(self, q, k, v, call: AttentionCall, scale: float):
         index = ts.block_index_for(call.patterns, q.device)
-        return ts.block_sparse_attention(q, k, v, index, scale, return_lse=call.return_lse)
+        return kernel_for(q, k, v, index)(q, k, v, index, scale, return_lse=call.return_lse)
 
     def run_into(self, q, k, v, call: AttentionCall, scale: float, *, heads, perm, out, lse) -> None:
         """The group ``heads`` of the full [B, H, N, D] q/k/v (any strides), written into out/lse in place;
         ``perm``: the group's token reordering (position j is token perm[j]) or None."""
         index = ts.block_index_for(call.patterns, q.device)
-        ts.block_sparse_attention(q, k, v, index, scale, return_lse=call.return_lse, heads=heads, perm=perm,
-                                  out=out, lse=lse)
+        kernel_for(q, k, v, index)(q, k, v, index, scale, return_lse=call.return_lse, heads=heads, perm=perm,
+                                   out=out, lse=lse)
+
+
+def runs_on_gluon(call: AttentionCall) -> bool:
+    """Whether this backend would run ``call`` on the Gluon kernel (what ``kernel_for`` decides, from the
+    call's description alone: the sdpa backend asks, to leave long dense heads to it)."""
+    if call.device.type != "cuda" or forward_kernel_reasons(call, "Gluon") or call.patterns[0].block_size != 128:
+        return False
+    from . import gluon_backend as gb
+
+    if gb.not_hopper(call.device) or gb.gluon_missing():
+        return False
+    mean = sum(float(p.kv_counts.float().mean()) for p in call.patterns) / len(call.patterns)
+    return mean >= gluon_min_blocks
+
+
+def kernel_for(q, k, v, index: ts.BlockIndex):
+    """The forward that runs this call: the Gluon kernel for a group of long enough lists that it can take,
+    else the tl kernel (both take the same arguments)."""
+    if index.mean_list_length >= gluon_min_blocks and q.is_cuda:
+        from . import gluon_backend as gb
+
+        if gb.check_call(q, k, v, index.block_size) is None:
+            return gb.gluon_block_sparse_attention
+    return ts.block_sparse_attention
 
 
 register_backend(TritonBackend())

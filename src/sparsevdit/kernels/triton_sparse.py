@@ -462,6 +462,17 @@ class BlockIndex:
     def num_q_blocks(self) -> int:
         return self.kv_counts.shape[1]
 
+    @property
+    def density(self) -> float:
+        """Kept share of the (query block, key block) pairs over all heads."""
+        total = self._counts_cpu.numel() * self.num_q_blocks
+        return float(self._counts_cpu.sum()) / total if total else 0.0
+
+    @property
+    def mean_list_length(self) -> float:
+        """Kept key blocks per query block, averaged over heads and query blocks."""
+        return float(self._counts_cpu.float().mean()) if self._counts_cpu.numel() else 0.0
+
     def launch_records(self, kind: str = "head") -> torch.Tensor:
         """int32 [h * QB, 4], one row per program in launch order (``make_schedule``): flat item
         (head * QB + query block), its list length, flags (``REC_TAIL``: the list ends with a partial last

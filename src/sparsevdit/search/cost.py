@@ -103,12 +103,14 @@ class CostModel:
         return self.head_time(pattern_family(pattern), pattern.density)
 
     def layer_time(self, patterns: Iterable[BlockPattern] | None) -> float:
-        """Mean relative time per head of one layer (1.0 for a dense layer: fused SDPA)."""
+        """Mean relative time per head of one layer (at most 1.0 for a dense layer: fused SDPA)."""
         if patterns is None:
             return 1.0
         patterns = list(patterns)
-        # dense heads run on fused SDPA in their own launch (sparse_attention's "auto"): 1.0 each
-        return sum(1.0 if p.is_dense else self.pattern_time(p) for p in patterns) / len(patterns)
+        # dense heads run in their own launch on the faster of fused SDPA (1.0) and our dense kernel
+        # (sparse_attention's "auto")
+        dense = min(1.0, self.head_time("dense", 1.0))
+        return sum(dense if p.is_dense else self.pattern_time(p) for p in patterns) / len(patterns)
 
     def plan_time(self, plan, steps: int) -> dict:
         """Predicted attention time of ``plan`` over ``steps`` denoising steps, relative to dense."""
