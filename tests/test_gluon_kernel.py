@@ -194,3 +194,14 @@ def test_auto_sends_long_dense_heads_to_the_gluon_kernel_on_hopper():
     dense_short = sv.patterns.build("dense", short, block_size=128)
     call = AttentionCall(device, torch.bfloat16, 1, 1, short.num_tokens, 128, (dense_short,), False)
     assert select_backend("auto", call).name == "sdpa"
+
+
+def test_older_triton_is_refused_by_name(monkeypatch):
+    import triton
+
+    monkeypatch.setattr(triton, "__version__", "3.5.1")
+    monkeypatch.setattr(gb.ts, "interpret_mode", lambda: False)
+    assert gb.triton_version() == (3, 5)
+    assert "Triton >= 3.6" in gb.gluon_missing()
+    monkeypatch.setattr(triton, "__version__", "3.10.0+git1234")
+    assert gb.triton_version() == (3, 10)

@@ -33,11 +33,23 @@ def gluon_missing() -> str | None:
         return "triton is not installed (pip install 'sparsevdit[triton]')"
     if ts.interpret_mode():
         return "Gluon kernels do not run under TRITON_INTERPRET=1 (there is no Gluon interpreter)"
+    version = triton_version()
+    if version < (3, 6):
+        # Gluon's API moved between releases; the kernel is built and run on 3.6 (GPU) and 3.9 (compile)
+        return f"the Gluon kernel needs Triton >= 3.6 (this is {'.'.join(map(str, version))})"
     try:
         importlib.import_module("triton.experimental.gluon.language.nvidia.hopper")
-    except Exception as exc:  # pragma: no cover - an older Triton
+    except Exception as exc:  # pragma: no cover - a broken install
         return f"this Triton has no Gluon Hopper dialect ({exc!r}): Triton >= 3.6 is needed"
     return None
+
+
+def triton_version() -> tuple[int, int]:
+    """(major, minor) of the installed Triton."""
+    import triton
+
+    major, minor = (triton.__version__.split(".") + ["0"])[:2]
+    return int(major), int("".join(ch for ch in minor if ch.isdigit()) or 0)
 
 
 def check_call(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_size: int) -> str | None:
