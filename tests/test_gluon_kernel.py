@@ -179,6 +179,8 @@ def test_triton_backend_picks_its_kernel_by_list_length():
     expected = gb.gluon_block_sparse_attention if HOPPER else ts.block_sparse_attention
     assert tb.kernel_for(q, q, q, dense) is expected
     assert tb.kernel_for(q[..., :96], q[..., :96], q[..., :96], dense) is ts.block_sparse_attention  # no Gluon D 96
+    q64 = q[..., :64]
+    assert tb.kernel_for(q64, q64, q64, dense) is ts.block_sparse_attention  # head_dim 64: not timed on Gluon yet
 
 
 def test_auto_sends_long_dense_heads_to_the_gluon_kernel_on_hopper():

@@ -21,6 +21,9 @@ from .registry import AttentionCall, register_backend
 # win of 3-17% (bench/results/kernel-crossover-h200.json). A bench knob: bench/kernels.py's triton@tl
 # times the tl kernel alone.
 gluon_min_blocks = 64.0
+# Head dims the Gluon path is taken at: its speed is measured at 128 only (64 runs exact, by name, but
+# untimed: CogVideoX's heads stay on the tl kernel, which ran 64 at >= 0.96 of cuDNN on the H100).
+gluon_head_dims = (128,)
 
 
 def forward_kernel_reasons(call: AttentionCall, kernel: str) -> str | None:
@@ -75,7 +78,8 @@ class TritonBackend:
 def runs_on_gluon(call: AttentionCall) -> bool:
     """Whether this backend would run ``call`` on the Gluon kernel (what ``kernel_for`` decides, from the
     call's description alone: the sdpa backend asks, to leave long dense heads to it)."""
-    if call.device.type != "cuda" or forward_kernel_reasons(call, "Gluon") or call.patterns[0].block_size != 128:
+    if (call.device.type != "cuda" or forward_kernel_reasons(call, "Gluon") or call.patterns[0].block_size != 128
+            or call.head_dim not in gluon_head_dims):
         return False
     from . import gluon_backend as gb
 
@@ -88,7 +92,7 @@ def runs_on_gluon(call: AttentionCall) -> bool:
 def kernel_for(q, k, v, index: ts.BlockIndex):
     """The forward that runs this call: the Gluon kernel for a group of long enough lists that it can take,
     else the tl kernel (both take the same arguments)."""
-    if index.mean_list_length >= gluon_min_blocks and q.is_cuda:
+    if index.mean_list_length >= gluon_min_blocks and q.is_cuda and q.shape[-1] in gluon_head_dims:
         from . import gluon_backend as gb
 
         if gb.check_call(q, k, v, index.block_size) is None:
