@@ -140,6 +140,7 @@ def _consume(q_smem, k_bufs, v_bufs, q_ready, q_empty, k_ready, v_ready, k_empty
             s = hopper.warpgroup_mma_wait(num_outstanding=1, deps=(s,))  # S_j done, P V may run on
             mbarrier.arrive(k_empty.index(slot), count=1)
             m_i, p, alpha, l_i = _softmax_step(s, m_i, l_i, qk_scale, j == last_masked, tail_keys, cols)
+            # p16 is the product's register operand: it stays live (a dep) until the product is done
             acc, p16 = hopper.warpgroup_mma_wait(num_outstanding=0, deps=(acc, p16))
             mbarrier.arrive(v_empty.index(prev_slot), count=1)
             acc = acc * gl.expand_dims(gl.convert_layout(alpha, o_rows), 1)
