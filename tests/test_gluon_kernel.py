@@ -207,3 +207,35 @@ def test_older_triton_is_refused_by_name(monkeypatch):
     assert "Triton >= 3.6" in gb.gluon_missing()
     monkeypatch.setattr(triton, "__version__", "3.10.0+git1234")
     assert gb.triton_version() == (3, 10)
+
+
+def test_geometry_array_is_made_once_per_layout():
+    from sparsevdit.kernels import gluon_kernel as gk
+
+    a = gk.geometry_tensor((0, 100, 0, 0, 100, 0, 12800, 128, 128, 2), torch.device("cpu"))
+    assert a.dtype == torch.int64 and a.tolist() == [0, 100, 0, 0, 100, 0, 12800, 128, 128, 2]
+    assert gk.geometry_tensor((0, 100, 0, 0, 100, 0, 12800, 128, 128, 2), torch.device("cpu")) is a
+
+
+@hopper_only
+def test_both_kernels_of_the_triton_backend_fill_one_layer():
+    # what backend triton's run_into does for two head groups of one layer: the dense and the long-list
+    # head on the Gluon kernel, the short-list head on the tl kernel, in place in [B, N, H, D] storage;
+    # all against float64
+    n, dim = 80 * 128 - 40, 128  # 80 key blocks, a partial last one
+    nb = num_blocks(n, 128)
+    masks = torch.stack([torch.ones(nb, nb, dtype=torch.bool), random_mask(nb, 0.9, 7), random_mask(nb, 0.1, 8)])
+    gen = torch.Generator().manual_seed(9)
+    q, k, v = _token_major(1, 3, n, dim, torch.bfloat16, gen)
+    index = index_of_masks(masks[:2], 128, n, device="cuda")
+    from sparsevdit.kernels import triton_backend as tb
+
+    assert tb.kernel_for(q, k, v, index) is gb.gluon_block_sparse_attention
+    out = torch.empty_like(q)
+    lse = torch.empty(1, 3, n, dtype=torch.float32, device="cuda")
+    for hs in ([0, 1], [2]):
+        idx = index_of_masks(masks[hs], 128, n, device="cuda")
+        tb.kernel_for(q, k, v, idx)(q, k, v, idx, dim ** -0.5, return_lse=True,
+                                    heads=torch.tensor(hs, device="cuda", dtype=torch.int32), out=out, lse=lse)
+    ref_out, ref_lse = reference(q.cpu(), k.cpu(), v.cpu(), masks, 128, dim ** -0.5)
+    check(out.cpu(), lse.cpu(), ref_out, ref_lse, torch.bfloat16)

@@ -52,17 +52,22 @@ def triton_version() -> tuple[int, int]:
     return int(major), int("".join(ch for ch in minor if ch.isdigit()) or 0)
 
 
-def check_call(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_size: int) -> str | None:
-    """Why the kernel cannot run these tensors, or None."""
+def tensor_reasons(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> str | None:
+    """Why the kernel cannot take these tensors (shapes, dtype, head_dim), or None."""
     if q.dim() != 4 or q.shape != k.shape or q.shape != v.shape:
         return f"q, k, v must share one shape [B, H, N, D]; got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
     if q.dtype not in ts.SUPPORTED_DTYPES or k.dtype != q.dtype or v.dtype != q.dtype:
         return f"dtype {q.dtype} is not float16 or bfloat16 (q, k and v alike)"
     if q.shape[-1] not in ts.SUPPORTED_HEAD_DIMS:
         return f"head_dim {q.shape[-1]} is not 64 or 128"
+    return None
+
+
+def check_call(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_size: int) -> str | None:
+    """Why the kernel cannot run these tensors here, or None."""
     if block_size != 128:
         return f"block_size {block_size} is not 128 (the kernel's tiles are 128 query rows x 128 keys)"
-    return not_hopper(q.device) or gluon_missing()
+    return tensor_reasons(q, k, v) or not_hopper(q.device) or gluon_missing()
 
 
 def gluon_block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, index: "ts.BlockIndex",
@@ -130,7 +135,7 @@ class GluonBackend:
 
     def unsuited(self, call: AttentionCall) -> str | None:
         return ("auto reaches the Gluon kernel through backend 'triton', which runs it where it is faster "
-                "(dense enough head groups); ask for backend='gluon' by name to run it everywhere")
+                "(head groups of long lists); ask for backend='gluon' by name to run it everywhere")
 
     def run(self, q, k, v, call: AttentionCall, scale: float):
         index = ts.block_index_for(call.patterns, q.device)

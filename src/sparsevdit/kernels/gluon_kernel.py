@@ -34,6 +34,8 @@ its interpreter mode, see triton_sparse.py). Design (docs/kernel.md, "The Gluon 
 
 from __future__ import annotations
 
+import functools
+
 import triton
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
@@ -327,6 +329,16 @@ def q_buffers(head_dim: int, stages: int) -> int:
     return 2 if (2 + 2 * stages) * tile_bytes + 4096 <= SHARED_BYTES else 1
 
 
+@functools.lru_cache(maxsize=256)
+def geometry_tensor(values: tuple, device) -> "torch.Tensor":
+    """The kernel's int64 geometry array (``_geometry``) on ``device``, made once per layout: a layer's
+    calls repeat the same few, and a fresh host-to-device copy per launch would sit on the hot path.
+    Never written after creation, so sharing it between launches is safe."""
+    import torch
+
+    return torch.tensor(values, dtype=torch.int64, device=device)
+
+
 def launch(q, k, v, views, out, lse, store_lse: bool, kv_indices, records, num_q_blocks: int, scale: float,
            grid: int, stages: int, hmap_qo, hmap_kv) -> None:
     """One persistent launch over ``records`` (``BlockIndex.launch_records``) x batch tiles, ``grid`` CTAs.
@@ -336,8 +348,7 @@ def launch(q, k, v, views, out, lse, store_lse: bool, kv_indices, records, num_q
 
     batch, heads_q, n, d = q.shape
     dq, dk, dv = descriptors(q, k, v, views)
-    geometry = torch.tensor([*views[0][3:], *views[1][3:], *out.stride()[:3], heads_q], dtype=torch.int64,
-                            device=q.device)
+    geometry = geometry_tensor((*views[0][3:], *views[1][3:], *out.stride()[:3], heads_q), q.device)
     block_sparse_fwd[(grid,)](
         dq, dk, dv, out, lse, kv_indices, records, hmap_qo, hmap_kv, geometry, n, num_q_blocks, batch,
         kv_indices.shape[-1], records.shape[0] * batch, int(store_lse), scale * 1.4426950408889634,

@@ -3,9 +3,9 @@
 Two kernels over the same block lists: the ``tl`` kernel (kernels/triton_sparse.py: CUDA, with TMA and
 warp specialisation on sm_90+, a pointer-load path on older GPUs, and on the CPU under
 ``TRITON_INTERPRET=1`` for tests) and, on Hopper, the Gluon kernel (kernels/gluon_kernel.py,
-FlashAttention-3's structure). Each call (a head group) runs the Gluon kernel when its kept share of
-lists are at least ``gluon_min_blocks`` long on average and the Gluon kernel can take it, else the tl kernel
-(docs/kernel.md, "Which kernel runs"). Per-call index tensors are built once per (pattern keys, device)
+FlashAttention-3's structure). Each call (a head group) runs the Gluon kernel when its query blocks
+keep at least ``gluon_min_blocks`` key blocks on average and the Gluon kernel can take it, else the tl
+kernel (docs/kernel.md, "Which kernel runs"). Per-call index tensors are built once per (pattern keys, device)
 and cached.
 """
 
@@ -75,27 +75,33 @@ class TritonBackend:
                                    out=out, lse=lse)
 
 
-def runs_on_gluon(call: AttentionCall) -> bool:
-    """Whether this backend would run ``call`` on the Gluon kernel (what ``kernel_for`` decides, from the
-    call's description alone: the sdpa backend asks, to leave long dense heads to it)."""
-    if (call.device.type != "cuda" or forward_kernel_reasons(call, "Gluon") or call.patterns[0].block_size != 128
-            or call.head_dim not in gluon_head_dims):
+def _gluon_suits(device, head_dim: int, block_size: int, mean_list_length: float) -> bool:
+    """The one rule both questions below answer with: Hopper, Gluon usable, head_dim and block timed, lists
+    long enough."""
+    if (device.type != "cuda" or head_dim not in gluon_head_dims or block_size != 128
+            or mean_list_length < gluon_min_blocks):
         return False
     from . import gluon_backend as gb
 
-    if gb.not_hopper(call.device) or gb.gluon_missing():
+    return gb.not_hopper(device) is None and gb.gluon_missing() is None
+
+
+def runs_on_gluon(call: AttentionCall) -> bool:
+    """Whether this backend would run ``call`` on the Gluon kernel, from the call's description alone (the
+    sdpa backend asks, to leave long dense heads to it)."""
+    if forward_kernel_reasons(call, "Gluon"):
         return False
     mean = sum(float(p.kv_counts.float().mean()) for p in call.patterns) / len(call.patterns)
-    return mean >= gluon_min_blocks
+    return _gluon_suits(call.device, call.head_dim, call.patterns[0].block_size, mean)
 
 
 def kernel_for(q, k, v, index: ts.BlockIndex):
     """The forward that runs this call: the Gluon kernel for a group of long enough lists that it can take,
     else the tl kernel (both take the same arguments)."""
-    if index.mean_list_length >= gluon_min_blocks and q.is_cuda and q.shape[-1] in gluon_head_dims:
+    if _gluon_suits(q.device, q.shape[-1], index.block_size, index.mean_list_length):
         from . import gluon_backend as gb
 
-        if gb.check_call(q, k, v, index.block_size) is None:
+        if gb.tensor_reasons(q, k, v) is None:
             return gb.gluon_block_sparse_attention
     return ts.block_sparse_attention
 

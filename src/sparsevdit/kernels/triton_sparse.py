@@ -27,7 +27,7 @@ import importlib.util
 import math
 import os
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cached_property, lru_cache
 
 import torch
 
@@ -462,13 +462,7 @@ class BlockIndex:
     def num_q_blocks(self) -> int:
         return self.kv_counts.shape[1]
 
-    @property
-    def density(self) -> float:
-        """Kept share of the (query block, key block) pairs over all heads."""
-        total = self._counts_cpu.numel() * self.num_q_blocks
-        return float(self._counts_cpu.sum()) / total if total else 0.0
-
-    @property
+    @cached_property  # the index is cached per pattern set, and this is asked on every call
     def mean_list_length(self) -> float:
         """Kept key blocks per query block, averaged over heads and query blocks."""
         return float(self._counts_cpu.float().mean()) if self._counts_cpu.numel() else 0.0

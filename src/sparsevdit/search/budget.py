@@ -18,9 +18,9 @@ are cut into ``step_ranges`` ranges (None: every step its own range). For a mult
     (steps in range) * time(c) + mu * sum over the range's steps of E(c)
 
 (dense, error 0, is a candidate, so a head stays dense when nothing cheaper is worth its error; a dense
-head is priced at the sparse kernel's dense time, although dense heads run on fused SDPA at 1.0 (in a
-dense layer, and in their own launch inside a sparse one): reported times account for that, the choice
-does not; a layer-exact choice was tried and lost
+head is priced at the kernel table's dense time, although dense heads run on the faster of that and fused
+SDPA at 1.0 (in a dense layer, and in their own launch inside a sparse one): reported times account for
+that, the choice does not; a layer-exact choice was tried and lost
 1.3-1.8 dB at predicted times 0.3-0.5 on the bundled model, see docs/results.md). This is the
 Lagrangian of "least total time subject to a total error energy", so it spends error where it buys the
 most time instead of giving every head the same error. Consecutive ranges with equal choices
