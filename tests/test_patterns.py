@@ -603,9 +603,11 @@ def test_equal_recipes_give_equal_hashable_patterns():
     u1 = patterns.build("union", lay, block_size=8, patterns=[{"name": "diagonal", "params": {"width": 6, "text_rows": False}}])
     u2 = patterns.build("union", lay, block_size=8, patterns=[{"params": {"text_rows": False, "width": 6}, "name": "diagonal"}])
     assert u1 == u2 and hash(u1) == hash(u2)
-    # anything else in the recipe differs
+    # equality is by content: another recipe with the same block mask is the same pattern
+    wider = patterns.build("diagonal", lay, block_size=8, width=8)
+    assert torch.equal(wider.block_mask, a.block_mask) and wider == a and hash(wider) == hash(a)
+    # anything that changes the mask, block size, layout or ordering differs
     different = [
-        patterns.build("diagonal", lay, block_size=8, width=8),
         patterns.build("diagonal", lay, block_size=4, width=6),
         patterns.build("diagonal", TokenLayout(3, 2, 4, 5, "suffix"), block_size=8, width=6),
         patterns.build("multi_diagonal", lay, block_size=8, width=6),

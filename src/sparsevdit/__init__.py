@@ -1,6 +1,7 @@
 """sparsevdit: block-sparse attention for video diffusion transformers."""
 
 from . import patterns
+from .caches import clear_caches
 from .kernels import BackendError, available_backends, sparse_attention
 from .integrations import apply, remove
 from .layout import TokenLayout
@@ -17,6 +18,7 @@ __all__ = [
     "apply",
     "remove",
     "available_backends",
+    "clear_caches",
     "patterns",
     "sparse_attention",
 ]

@@ -12,6 +12,7 @@ from collections import OrderedDict
 from typing import Any, Callable, Hashable
 
 _ALL: dict[str, "BoundedCache"] = {}
+_CLEARERS: list[Callable[[], None]] = []  # cache_clear of functools.lru_cache'd helpers keyed by value
 
 
 class BoundedCache:
@@ -59,10 +60,19 @@ class BoundedCache:
             self._data.clear()
 
 
+def clear_with_the_others(cached_function):
+    """Decorator for a ``functools.lru_cache``'d function whose keys are values (a layout, a tuple of
+    ints): ``clear_caches`` empties it too. Returns the function unchanged."""
+    _CLEARERS.append(cached_function.cache_clear)
+    return cached_function
+
+
 def clear_caches() -> None:
-    """Empty every cache of the package (masks, block indices, compiled-call state)."""
+    """Empty every cache of the package (token masks, block masks, block indices, device copies)."""
     for cache in _ALL.values():
         cache.clear()
+    for clear in _CLEARERS:
+        clear()
 
 
 def registered_caches() -> dict[str, BoundedCache]:

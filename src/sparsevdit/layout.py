@@ -96,21 +96,28 @@ class TokenLayout:
 
     # orderings ------------------------------------------------------------------------------
     def permutation(self, ordering: str) -> torch.Tensor:
-        """``perm`` (int64 [num_tokens]) with ``reordered = x[..., perm, :]``."""
-        return _permutation(self, ordering)
+        """``perm`` (int64 [num_tokens]) with ``reordered = x[..., perm, :]`` (a fresh copy: the cached
+        one is shared by every pattern of this layout)."""
+        return _permutation(self, ordering).clone()
 
     def inverse_permutation(self, ordering: str) -> torch.Tensor:
-        return _inverse(self, ordering)
+        return _inverse(self, ordering).clone()
 
 
 _ORDERINGS: dict[str, Callable[[TokenLayout], torch.Tensor]] = {}
 
 
-def register_ordering(name: str):
-    """Register ``fn(layout) -> video permutation`` (int64 [video_tokens], new -> old video index)."""
+def register_ordering(name: str, *, override: bool = False):
+    """Register ``fn(layout) -> video permutation`` (int64 [video_tokens], new -> old video index).
+    A name already registered is refused unless ``override=True``."""
+    if name in _ORDERINGS and not override:
+        raise ValueError(f"token ordering {name!r} is already registered; pass override=True to replace it")
 
     def wrap(fn):
         _ORDERINGS[name] = fn
+        if "_inverse" in globals():  # a replaced ordering must not keep its cached permutations
+            _permutation.cache_clear()
+            _inverse.cache_clear()
         return fn
 
     return wrap

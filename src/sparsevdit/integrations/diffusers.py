@@ -61,6 +61,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from ..caches import BoundedCache
 from ..kernels import sparse_attention
 from ..layout import TokenLayout
 from ..patterns import BlockPattern
@@ -394,8 +395,8 @@ class SparseProcessorBase:
 # ---------------------------------------------------------------------------------------------
 # sparse attention with a key-padding mask, exact, through an LSE merge
 # ---------------------------------------------------------------------------------------------
-_TRIMMED: "OrderedDict[tuple, BlockPattern]" = OrderedDict()
-_TRIMMED_LIMIT = 256
+_TRIMMED = BoundedCache("diffusers.patterns_without_key_blocks", 256)
+_COLUMNS = BoundedCache("diffusers.key_columns", 256)
 
 
 def _flagged_key_blocks(layout: TokenLayout, ordering: str, block_size: int, masked: torch.Tensor) -> torch.Tensor:
@@ -409,34 +410,22 @@ def _flagged_key_blocks(layout: TokenLayout, ordering: str, block_size: int, mas
 
 def _without_key_blocks(p: BlockPattern, flagged: torch.Tensor) -> BlockPattern:
     drop = [int(i) for i in flagged.nonzero().flatten()]
-    key = (p.key, tuple(drop))
-    hit = _TRIMMED.get(key)
-    if hit is not None:
-        return hit
-    mask = p.block_mask.clone()
-    mask[:, flagged] = False
-    trimmed = BlockPattern.from_block_mask(
-        f"{p.name}-without-key-blocks", {**p.params, "without_key_blocks": drop}, p.layout, p.block_size, mask, p.ordering
-    )
-    if len(_TRIMMED) >= _TRIMMED_LIMIT:
-        _TRIMMED.popitem(last=False)
-    _TRIMMED[key] = trimmed
-    return trimmed
 
+    def build() -> BlockPattern:
+        mask = p.block_mask.clone()
+        mask[:, flagged] = False
+        return BlockPattern.from_block_mask(
+            f"{p.name}-without-key-blocks", {**p.params, "without_key_blocks": drop}, p.layout, p.block_size, mask,
+            p.ordering,
+        )
 
-_COLUMNS: "OrderedDict[tuple, torch.Tensor]" = OrderedDict()
+    return _TRIMMED.get_or_build((p.key, tuple(drop)), build)
 
 
 def _key_columns(p: BlockPattern, flagged: torch.Tensor, k_block: torch.Tensor, device) -> torch.Tensor:
     """The pattern's block mask at the keys of the flagged blocks, bool [blocks, K] on ``device`` (cached)."""
     key = (p.key, tuple(int(i) for i in flagged.nonzero().flatten()), str(device))
-    hit = _COLUMNS.get(key)
-    if hit is None:
-        hit = p.block_mask[:, k_block].to(device)
-        if len(_COLUMNS) >= _TRIMMED_LIMIT:
-            _COLUMNS.popitem(last=False)
-        _COLUMNS[key] = hit
-    return hit
+    return _COLUMNS.get_or_build(key, lambda: p.block_mask[:, k_block].to(device))
 
 
 def sparse_attention_key_masked(

@@ -9,6 +9,7 @@ from typing import Sequence
 
 import torch
 
+from ..caches import clear_with_the_others
 from ..layout import TokenLayout
 from ..patterns import BlockPattern
 from .registry import AttentionCall, select_backend
@@ -132,6 +133,7 @@ def sparse_attention(
     return (out, lse) if return_lse else out
 
 
+@clear_with_the_others
 @lru_cache(maxsize=128)
 def _group_index(heads: tuple[int, ...], layout: TokenLayout, ordering: str, device: torch.device,
                  dtype: torch.dtype = torch.long):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 
+from ..caches import BoundedCache
 from .registry import AttentionCall, register_backend
 
 try:  # torch >= 2.9 asks for the log-sum-exp through return_aux; older ones through return_lse
@@ -15,8 +16,7 @@ try:  # torch >= 2.9 asks for the log-sum-exp through return_aux; older ones thr
 except ImportError:  # pragma: no cover
     _AuxRequest = None
 
-_MASK_CACHE: dict[tuple, object] = {}
-_MASK_CACHE_LIMIT = 64
+_BLOCK_MASKS = BoundedCache("flex.block_masks", 64)
 _COMPILED = None
 
 
@@ -43,9 +43,10 @@ def _compiled_flex():
 def block_mask_for(patterns, device: torch.device):
     """A FlexAttention BlockMask [1, h, ...] from per-head block indices, cached per patterns and device."""
     key = (tuple(p.key for p in patterns), str(device))
-    cached = _MASK_CACHE.get(key)
-    if cached is not None:
-        return cached
+    return _BLOCK_MASKS.get_or_build(key, lambda: _build_block_mask(patterns, device))
+
+
+def _build_block_mask(patterns, device: torch.device):
     _, BlockMask = _flex()
     nq, nkv = patterns[0].num_q_blocks, patterns[0].num_kv_blocks
     counts = torch.stack([p.kv_counts for p in patterns])[None]  # [1, h, QB]
@@ -70,9 +71,6 @@ def block_mask_for(patterns, device: torch.device):
         mask_mod=mask_mod,
         seq_lengths=(n, n),
     )
-    if len(_MASK_CACHE) >= _MASK_CACHE_LIMIT:
-        _MASK_CACHE.pop(next(iter(_MASK_CACHE)))
-    _MASK_CACHE[key] = mask
     return mask
 
 

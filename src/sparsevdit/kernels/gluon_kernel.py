@@ -41,6 +41,8 @@ from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia import hopper
 
+from ..caches import clear_with_the_others
+
 mbarrier = hopper.mbarrier
 tma = hopper.tma
 # Two builds both called Triton 3.6.0 name the TMA load differently: the lent H200's has
@@ -329,6 +331,7 @@ def q_buffers(head_dim: int, stages: int) -> int:
     return 2 if (2 + 2 * stages) * tile_bytes + 4096 <= SHARED_BYTES else 1
 
 
+@clear_with_the_others
 @functools.lru_cache(maxsize=256)
 def geometry_tensor(values: tuple, device) -> "torch.Tensor":
     """The kernel's int64 geometry array (``_geometry``) on ``device``, made once per layout: a layer's

@@ -10,20 +10,16 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..caches import BoundedCache
 from .registry import AttentionCall, register_backend
 
 MAX_MASK_ELEMENTS = 2**28  # 256 MB of booleans
-_CACHE: dict[tuple, torch.Tensor] = {}
-_CACHE_LIMIT = 16
+_MASKS = BoundedCache("masked_sdpa.token_masks", 16)
 
 
 def _mask(call: AttentionCall, device) -> torch.Tensor:
     key = (tuple(p.key for p in call.patterns), str(device))
-    if key not in _CACHE:
-        if len(_CACHE) >= _CACHE_LIMIT:
-            _CACHE.pop(next(iter(_CACHE)))
-        _CACHE[key] = torch.stack([p.token_mask() for p in call.patterns]).to(device)[None]
-    return _CACHE[key]
+    return _MASKS.get_or_build(key, lambda: torch.stack([p.token_mask() for p in call.patterns]).to(device)[None])
 
 
 class MaskedSDPABackend:

@@ -31,6 +31,8 @@ from functools import cached_property, lru_cache
 
 import torch
 
+from ..caches import BoundedCache, clear_with_the_others
+
 # Triton is optional, and imported only at the first launch: ``triton.jit`` (Triton's own library
 # functions too) picks compiled or interpreted code at import, from TRITON_INTERPRET, so importing
 # sparsevdit must not fix that choice before a test sets the variable.
@@ -581,28 +583,24 @@ def index_from_tensors(kv_indices: torch.Tensor, kv_counts: torch.Tensor, block_
     return BlockIndex(idx, kv_counts.to(torch.int32).contiguous(), block_size, num_tokens, counts_cpu)
 
 
-_INDEX_CACHE: dict[tuple, BlockIndex] = {}
-_INDEX_CACHE_LIMIT = 128
+_INDEXES = BoundedCache("triton.block_indexes", 128)
 
 
 def block_index_for(patterns, device: torch.device) -> BlockIndex:
     """Index tensors of one call's patterns (one per head), built once per (pattern keys, device)."""
     key = (tuple(p.key for p in patterns), str(device))
-    cached = _INDEX_CACHE.get(key)
-    if cached is not None:
-        return cached
+    return _INDEXES.get_or_build(key, lambda: _build_block_index(patterns, device))
+
+
+def _build_block_index(patterns, device: torch.device) -> BlockIndex:
     nq = patterns[0].num_q_blocks
     width = max(1, max(int(p.kv_indices.shape[1]) for p in patterns))
     indices = torch.zeros(len(patterns), nq, width, dtype=torch.int32)
     for h, p in enumerate(patterns):
         indices[h, :, : p.kv_indices.shape[1]] = p.kv_indices.clamp(min=0)
     counts = torch.stack([p.kv_counts.to(torch.int32) for p in patterns])
-    index = BlockIndex(indices.to(device), counts.to(device), patterns[0].block_size,
-                       patterns[0].layout.num_tokens, counts)
-    if len(_INDEX_CACHE) >= _INDEX_CACHE_LIMIT:
-        _INDEX_CACHE.pop(next(iter(_INDEX_CACHE)))
-    _INDEX_CACHE[key] = index
-    return index
+    return BlockIndex(indices.to(device), counts.to(device), patterns[0].block_size,
+                      patterns[0].layout.num_tokens, counts)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -962,6 +960,7 @@ def persistent_programs(tiles: int, block_n: int, num_warps: int, warp_spec: boo
     return min(tiles, per_sm * torch.cuda.get_device_properties(device).multi_processor_count)
 
 
+@clear_with_the_others
 @lru_cache(maxsize=64)
 def _arange(n: int, device: torch.device) -> torch.Tensor:
     return torch.arange(n, dtype=torch.int32, device=device)

@@ -10,7 +10,7 @@ from typing import Any, Callable
 import torch
 
 from ..layout import TokenLayout
-from .base import BlockPattern, num_blocks
+from .base import BlockPattern, check_block_grid, num_blocks
 
 # A builder takes (layout, *, block_size, **params) and returns the bool block mask
 # [q_blocks, kv_blocks], or (mask, ordering) when the pattern is defined in another token ordering.
@@ -63,13 +63,19 @@ def _parse_doc(builder: Builder) -> tuple[str, dict[str, str]]:
     return summary, helps
 
 
-def register(name: str) -> Callable[[Builder], Builder]:
+def register(name: str, *, override: bool = False) -> Callable[[Builder], Builder]:
     """Register a pattern builder ``fn(layout, *, block_size, **params)`` under ``name``.
 
     The builder returns a bool block mask ``[q_blocks, kv_blocks]`` (frame-major ordering) or a tuple
     ``(mask, ordering)``. Its keyword parameters, with defaults, are the pattern's parameters; a
     ``Parameters:`` section in its docstring (``name: help`` lines) documents them for the CLI.
+    A name already registered is refused unless ``override=True`` (plans name patterns: a silent
+    replacement would change what every plan naming it computes).
     """
+    if not isinstance(name, str) or not name:
+        raise PatternError(f"a pattern name must be a non-empty string, got {name!r}")
+    if name in _REGISTRY and not override:
+        raise PatternError(f"pattern {name!r} is already registered; pass override=True to replace it")
 
     def wrap(builder: Builder) -> Builder:
         sig = inspect.signature(builder)
@@ -128,6 +134,10 @@ def build(name: str, layout: TokenLayout, *, block_size: int = 128, **params: An
         raise PatternError(f"layout must be a sparsevdit.TokenLayout, got {type(layout).__name__}")
     if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
         raise PatternError(f"block_size must be a positive integer, got {block_size!r}")
+    try:
+        check_block_grid(layout, block_size)
+    except ValueError as exc:
+        raise PatternError(str(exc)) from None
     full = check_params(name, params)
     result = _entry(name).builder(layout, block_size=block_size, **full)
     mask, ordering = result if isinstance(result, tuple) else (result, "frame_major")
