@@ -12,6 +12,8 @@ from pathlib import Path
 
 import torch
 
+from .. import atomic_files
+
 
 def gpu_name() -> str:
     return torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
@@ -53,11 +55,4 @@ def median_ms(fn, warmup_ms: int = 25, rep_ms: int = 100) -> float:
 
 def write_json(path: str | os.PathLike, data: dict) -> Path:
     """Atomic write: a crash mid-way leaves any previous results file intact."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=1)
-        f.write("\n")
-    os.replace(tmp, path)
-    return path
+    return atomic_files.write_json(path, data)

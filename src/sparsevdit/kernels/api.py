@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from collections import defaultdict
 from functools import lru_cache
 from typing import Sequence
@@ -26,6 +27,10 @@ def _check_inputs(q, k, v, patterns, layout) -> list[BlockPattern]:
         )
     if not (q.dtype == k.dtype == v.dtype) or not (q.device == k.device == v.device):
         raise ValueError("q, k and v must share dtype and device")
+    if not q.dtype.is_floating_point:
+        raise ValueError(f"q, k and v must be floating-point tensors, got {q.dtype}")
+    if q.numel() == 0:
+        raise ValueError(f"q, k and v must not be empty, got shape {tuple(q.shape)}")
     if not isinstance(layout, TokenLayout):
         raise ValueError(f"layout must be a sparsevdit.TokenLayout, got {type(layout).__name__}")
     _, heads, n, _ = q.shape
@@ -67,7 +72,12 @@ def sparse_attention(
     """
     patterns = _check_inputs(q, k, v, patterns, layout)
     batch, heads, n, head_dim = q.shape
-    scale = 1.0 / math.sqrt(head_dim) if scale is None else float(scale)
+    if scale is None:
+        scale = 1.0 / math.sqrt(head_dim)
+    else:
+        if isinstance(scale, bool) or not isinstance(scale, numbers.Real) or not math.isfinite(scale) or scale <= 0:
+            raise ValueError(f"scale must be a finite number > 0 (or None for 1/sqrt(head_dim)), got {scale!r}")
+        scale = float(scale)
     grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
 
     # With backend "auto", a layer's dense heads form a group of their own, so they run on the fastest

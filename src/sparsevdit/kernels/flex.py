@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 
 from ..caches import BoundedCache
+from .blockwise import blockwise_attention
+from .masked_sdpa import all_finite
 from .registry import AttentionCall, register_backend
 
 try:  # torch >= 2.9 asks for the log-sum-exp through return_aux; older ones through return_lse
@@ -101,8 +103,14 @@ class FlexBackend:
         return None
 
     def run(self, q, k, v, call: AttentionCall, scale: float):
+        compiled = self.compile or (self.compile is None and q.device.type == "cuda")
+        if not (compiled and q.device.type == "cuda") and not all_finite(v):
+            # Unfused FlexAttention multiplies every value row by its (zero) masked probability, which turns
+            # a value NaN or infinity into NaN on rows that do not keep it; the blockwise path reads kept
+            # keys only. (The fused CUDA kernel skips unkept blocks and needs no such care.)
+            return blockwise_attention(q, k, v, call.patterns, scale, call.return_lse)
         block_mask = block_mask_for(call.patterns, q.device)
-        if self.compile or (self.compile is None and q.device.type == "cuda"):
+        if compiled:
             fn = _compiled_flex()
         else:
             fn, _ = _flex()

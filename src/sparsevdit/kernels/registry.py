@@ -14,6 +14,11 @@ import torch
 from ..patterns import BlockPattern
 
 
+# Temporary memory ``auto`` may give one call on a CPU (beyond q, k, v and the output): backends whose
+# working set is larger (the N x N paths) are passed over for the blockwise backend, which chunks.
+CPU_MEMORY_BUDGET = 1 << 30
+
+
 @dataclass(frozen=True)
 class AttentionCall:
     """What a backend needs to know to decide whether it can run a group of heads."""
