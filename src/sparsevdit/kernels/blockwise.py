@@ -18,6 +18,11 @@ from .registry import AttentionCall, register_backend
 CHUNK_BYTES = 256 * 2**20
 
 
+def all_finite(*tensors: torch.Tensor) -> bool:
+    """No NaN or infinity in any of ``tensors`` (the masked paths send such inputs here)."""
+    return all(bool(torch.isfinite(t).all()) for t in tensors)
+
+
 def _chunk_bytes(batch: int, query_blocks: int, width: int, block: int, head_dim: int) -> int:
     keys = batch * query_blocks * width * block
     return 4 * (2 * keys * head_dim + 2 * keys * block + batch * query_blocks * block * head_dim)

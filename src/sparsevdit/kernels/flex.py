@@ -9,8 +9,7 @@ from __future__ import annotations
 import torch
 
 from ..caches import BoundedCache
-from .blockwise import blockwise_attention
-from .masked_sdpa import all_finite
+from .blockwise import all_finite, blockwise_attention
 from .registry import AttentionCall, register_backend
 
 try:  # torch >= 2.9 asks for the log-sum-exp through return_aux; older ones through return_lse

@@ -15,7 +15,7 @@ import torch
 
 from . import triton_sparse as ts
 from .registry import AttentionCall, register_backend
-from .triton_backend import forward_kernel_reasons
+from .forward_checks import forward_kernel_reasons
 
 STAGES = 2  # K/V ring depth: 2 x (K + V) of 128 x 128 bf16 + two Q tiles = 192 KB of shared memory, one CTA per SM
 # (3 stages measured slower: bench/results/gluon-overlap-h200.json)

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from ..caches import BoundedCache
-from .blockwise import blockwise_attention
+from .blockwise import all_finite, blockwise_attention
 from .registry import CPU_MEMORY_BUDGET, AttentionCall, register_backend
 
 MAX_MASK_ELEMENTS = 2**28  # 256 MB of booleans
@@ -36,10 +36,6 @@ def _mask(call: AttentionCall, device) -> tuple[torch.Tensor, torch.Tensor]:
         return _build_mask(call, device)
     key = (tuple(p.key for p in call.patterns), str(device))
     return _MASKS.get_or_build(key, lambda: _build_mask(call, device))
-
-
-def all_finite(*tensors: torch.Tensor) -> bool:
-    return all(bool(torch.isfinite(t).all()) for t in tensors)
 
 
 class MaskedSDPABackend:

@@ -12,6 +12,7 @@ and cached.
 from __future__ import annotations
 
 from . import triton_sparse as ts
+from .forward_checks import forward_kernel_reasons
 from .registry import AttentionCall, register_backend
 
 # Head groups whose query blocks keep at least this many key blocks on average run the Gluon kernel on
@@ -24,17 +25,6 @@ gluon_min_blocks = 64.0
 # Head dims the Gluon path is taken at: its speed is measured at 128 only (64 runs exact, by name, but
 # untimed: CogVideoX's heads stay on the tl kernel, which ran 64 at >= 0.96 of cuDNN on the H100).
 gluon_head_dims = (128,)
-
-
-def forward_kernel_reasons(call: AttentionCall, kernel: str) -> str | None:
-    """What our forward kernels (triton, gluon) share: no autograd, fp16/bf16, head_dim 64 or 128."""
-    if getattr(call, "requires_grad", False):
-        return f"forward only: the {kernel} kernel has no backward pass (autograd needs another backend)"
-    if call.dtype not in ts.SUPPORTED_DTYPES:
-        return f"dtype {call.dtype} is not float16 or bfloat16"
-    if call.head_dim not in ts.SUPPORTED_HEAD_DIMS:
-        return f"head_dim {call.head_dim} is not 64 or 128"
-    return None
 
 
 class TritonBackend:
