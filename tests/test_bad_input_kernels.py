@@ -273,3 +273,8 @@ def test_peak_rss_at_16k_tokens_stays_under_2_gb():
     assert row["tokens"] == 16384 and abs(row["density"] - 0.07) < 0.01 and row["finite"]
     assert row["ran_on"] == "blockwise"
     assert row["peak_rss_mb"] < 2048, row
+
+
+def test_layout_beyond_int32_tokens_is_refused():
+    with pytest.raises(ValueError, match="more than the 2,147,483,647"):
+        sv.TokenLayout(10**9, 10**5, 10**5)

@@ -22,6 +22,9 @@ def _positive_int(name: str, value: object) -> int:
     return value
 
 
+MAX_TOKENS = 2**31 - 1  # token positions are int32 in the kernels' index arithmetic
+
+
 @dataclass(frozen=True)
 class TokenLayout:
     """Text tokens (none, before or after the video) plus ``frames x height x width`` video tokens.
@@ -48,6 +51,11 @@ class TokenLayout:
             raise ValueError(
                 "TokenLayout.text_tokens is "
                 f"{self.text_tokens} but text_position is 'none': use 'prefix' or 'suffix', or text_tokens=0"
+            )
+        if self.num_tokens > MAX_TOKENS:
+            raise ValueError(
+                f"TokenLayout of {self.frames} x {self.height} x {self.width} video + {self.text_tokens} text tokens "
+                f"has {self.num_tokens:,} tokens, more than the {MAX_TOKENS:,} kernels can index (int32)"
             )
 
     # sizes -----------------------------------------------------------------------------------
