@@ -186,7 +186,7 @@ def test_auto_lists_every_backend_when_none_fits(monkeypatch):
 
     monkeypatch.setattr(reference, "MAX_SCORE_ELEMENTS", 10)
     monkeypatch.setattr(masked_sdpa, "MAX_MASK_ELEMENTS", 10)
-    monkeypatch.setattr(blockwise.BlockwiseBackend, "unsupported", lambda self, call: "turned off by this test")
+    monkeypatch.setattr(blockwise.BlockwiseBackend, "cannot_run", lambda self, call: "turned off by this test")
     layout = LAYOUTS["plain"]
     pat = P.build("diagonal", layout, block_size=16, width=12)
     q, k, v = rand_qkv(layout)

@@ -278,3 +278,21 @@ def test_peak_rss_at_16k_tokens_stays_under_2_gb():
 def test_layout_beyond_int32_tokens_is_refused():
     with pytest.raises(ValueError, match="more than the 2,147,483,647"):
         sv.TokenLayout(10**9, 10**5, 10**5)
+
+
+def test_register_backend_checks_what_it_is_given():
+    from sparsevdit.kernels import register_backend
+
+    class Old:  # the method names before cannot_run / prefer_not
+        name, priority = "old_style", 1
+
+        def unsupported(self, call):
+            return None
+
+        def run(self, q, k, v, call, scale):
+            return q, None
+
+    with pytest.raises(TypeError, match="lacks cannot_run, prefer_not"):
+        register_backend(Old())
+    with pytest.raises(ValueError, match="already registered"):
+        register_backend(sv.kernels.get_backend("reference"))

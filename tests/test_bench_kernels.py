@@ -13,7 +13,7 @@ from sparsevdit.layout import TokenLayout
 
 
 class FakeBackend:
-    def unsupported(self, call):
+    def cannot_run(self, call):
         return None
 
     def run(self, q, k, v, call, scale):

@@ -44,9 +44,9 @@ def test_backend_is_opt_in():
     pat = sv.patterns.build("diagonal", layout, block_size=128, width=128)
     call = AttentionCall(torch.device("cpu"), torch.bfloat16, 1, 2, layout.num_tokens, 128, (pat, pat), False)
     backend = get_backend("gluon")
-    assert "triton" in backend.unsuited(call)  # auto reaches it through backend triton only
+    assert "triton" in backend.prefer_not(call)  # auto reaches it through backend triton only
     if not HOPPER:
-        assert "Hopper GPU" in backend.unsupported(call)
+        assert "Hopper GPU" in backend.cannot_run(call)
         q = torch.zeros(1, 2, layout.num_tokens, 128, dtype=torch.bfloat16)
         with pytest.raises(BackendError, match="gluon"):
             sv.sparse_attention(q, q, q, pat, layout=layout, backend="gluon")

@@ -504,19 +504,19 @@ def _call(dtype=torch.float16, head_dim=64, block_size=64, device="cpu"):
 
 
 @here
-def test_unsupported_reasons(monkeypatch):
+def test_cannot_run_reasons(monkeypatch):
     backend = get_backend("triton")
     dev = DEVICE
-    assert backend.unsupported(_call(device=dev)) is None
-    assert "float16 or bfloat16" in backend.unsupported(_call(torch.float32, device=dev))
-    assert "head_dim 96" in backend.unsupported(_call(head_dim=96, device=dev))
-    assert "block_size 32" in backend.unsupported(_call(block_size=32, device=dev))
+    assert backend.cannot_run(_call(device=dev)) is None
+    assert "float16 or bfloat16" in backend.cannot_run(_call(torch.float32, device=dev))
+    assert "head_dim 96" in backend.cannot_run(_call(head_dim=96, device=dev))
+    assert "block_size 32" in backend.cannot_run(_call(block_size=32, device=dev))
     grad_call = AttentionCall(torch.device(dev), torch.float16, 1, 1, 100, 64, _call().patterns, False, True)
-    assert "backward" in backend.unsupported(grad_call)
+    assert "backward" in backend.cannot_run(grad_call)
     monkeypatch.setenv("TRITON_INTERPRET", "0")
-    assert "CUDA" in backend.unsupported(_call(device="cpu"))
+    assert "CUDA" in backend.cannot_run(_call(device="cpu"))
     if not HAS_CUDA:
-        assert backend.unsuited(_call(device="cpu")) is not None  # auto never picks the interpreter
+        assert backend.prefer_not(_call(device="cpu")) is not None  # auto never picks the interpreter
 
 
 def test_schedule_orders():

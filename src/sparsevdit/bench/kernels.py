@@ -139,7 +139,7 @@ def run(shapes, densities, kinds, backends, dtype=torch.bfloat16, check=True, lo
             runnable, errors, times = [], {}, {}
             for bname in backends:
                 backend, setting = backend_spec(bname)
-                reason = backend.unsupported(call)
+                reason = backend.cannot_run(call)
                 if reason:
                     log(f"  skip {bname}: {reason}")
                     continue

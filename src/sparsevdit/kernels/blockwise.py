@@ -89,12 +89,12 @@ class BlockwiseBackend:
     name = "blockwise"
     priority = 3  # after masked_sdpa (fused, faster at small sizes), before reference
 
-    def unsupported(self, call: AttentionCall) -> str | None:
+    def cannot_run(self, call: AttentionCall) -> str | None:
         if not call.dtype.is_floating_point:
             return f"dtype {call.dtype} is not a floating-point type"
         return None
 
-    def unsuited(self, call: AttentionCall) -> str | None:
+    def prefer_not(self, call: AttentionCall) -> str | None:
         return None
 
     def run(self, q, k, v, call: AttentionCall, scale: float):

@@ -81,7 +81,7 @@ class FlexBackend:
     # None: compile on CUDA only (on CPU compilation takes ~10 s per shape and gains little).
     compile: bool | None = None
 
-    def unsupported(self, call: AttentionCall) -> str | None:
+    def cannot_run(self, call: AttentionCall) -> str | None:
         if _flex()[0] is None:
             return "torch.nn.attention.flex_attention is not available in this torch"
         if call.device.type not in ("cuda", "cpu"):
@@ -96,7 +96,7 @@ class FlexBackend:
             return "compiled FlexAttention on CPU cannot return the log-sum-exp (torch limitation)"
         return None
 
-    def unsuited(self, call: AttentionCall) -> str | None:
+    def prefer_not(self, call: AttentionCall) -> str | None:
         if call.device.type != "cuda":
             return "on CPU FlexAttention runs unfused (it materialises the scores), no faster than reference"
         return None

@@ -123,9 +123,9 @@ def gluon_block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tens
 
 class GluonBackend:
     name = "gluon"
-    priority = 15  # after triton; auto skips it anyway while unsuited says so
+    priority = 15  # after triton; auto skips it anyway while prefer_not says so
 
-    def unsupported(self, call: AttentionCall) -> str | None:
+    def cannot_run(self, call: AttentionCall) -> str | None:
         reason = forward_kernel_reasons(call, "Gluon")
         if reason:
             return reason
@@ -133,7 +133,7 @@ class GluonBackend:
             return f"block_size {call.patterns[0].block_size} is not 128 (the kernel's tiles are 128 x 128)"
         return not_hopper(call.device) or gluon_missing()
 
-    def unsuited(self, call: AttentionCall) -> str | None:
+    def prefer_not(self, call: AttentionCall) -> str | None:
         return ("auto reaches the Gluon kernel through backend 'triton', which runs it where it is faster "
                 "(head groups of long lists); ask for backend='gluon' by name to run it everywhere")
 

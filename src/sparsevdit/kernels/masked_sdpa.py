@@ -42,7 +42,7 @@ class MaskedSDPABackend:
     name = "masked_sdpa"
     priority = 5
 
-    def unsupported(self, call: AttentionCall) -> str | None:
+    def cannot_run(self, call: AttentionCall) -> str | None:
         if call.return_lse:
             return "scaled_dot_product_attention does not return the log-sum-exp"
         elements = call.heads * call.num_tokens**2
@@ -50,7 +50,7 @@ class MaskedSDPABackend:
             return f"would build a {elements:,}-element token mask (limit {MAX_MASK_ELEMENTS:,})"
         return None
 
-    def unsuited(self, call: AttentionCall) -> str | None:
+    def prefer_not(self, call: AttentionCall) -> str | None:
         if call.device.type == "cuda":
             return "on CUDA the block-sparse kernels skip the work this backend only masks"
         # The mask, the row flags and PyTorch's own blocked working set (a fraction of the mask's size).

@@ -25,14 +25,14 @@ class ReferenceBackend:
     name = "reference"
     priority = 0
 
-    def unsupported(self, call: AttentionCall) -> str | None:
+    def cannot_run(self, call: AttentionCall) -> str | None:
         elements = call.batch * call.heads * call.num_tokens**2
         if elements > MAX_SCORE_ELEMENTS:
             return (f"would materialise {elements:,} attention scores, about {elements * 13 / 2**30:.0f} GiB "
                     f"(limit {MAX_SCORE_ELEMENTS:,}): the blockwise backend runs this in bounded memory")
         return None
 
-    def unsuited(self, call: AttentionCall) -> str | None:
+    def prefer_not(self, call: AttentionCall) -> str | None:
         need = working_set_bytes(call)
         if call.device.type == "cpu" and need > CPU_MEMORY_BUDGET:
             return (f"would hold {need / 2**30:.1f} GiB of N x N scores, over auto's CPU budget of "

@@ -38,10 +38,10 @@ class Backend(Protocol):
     name: str
     priority: int  # higher is tried first by auto
 
-    def unsupported(self, call: AttentionCall) -> str | None:
+    def cannot_run(self, call: AttentionCall) -> str | None:
         """Why this backend cannot run ``call`` at all, or None."""
 
-    def unsuited(self, call: AttentionCall) -> str | None:
+    def prefer_not(self, call: AttentionCall) -> str | None:
         """Why ``auto`` should not pick this backend although it can run ``call`` (e.g. slower), or None."""
 
     def run(
@@ -63,7 +63,16 @@ class BackendError(RuntimeError):
 _BACKENDS: dict[str, Backend] = {}
 
 
-def register_backend(backend: Backend) -> Backend:
+def register_backend(backend: Backend, *, override: bool = False) -> Backend:
+    """Add ``backend`` under ``backend.name``; a name already taken needs ``override=True``."""
+    missing = [a for a in ("name", "priority", "cannot_run", "prefer_not", "run") if not hasattr(backend, a)]
+    if missing:
+        raise TypeError(f"{type(backend).__name__} is not an attention backend: it lacks {', '.join(missing)} "
+                        "(see sparsevdit.kernels.registry.Backend)")
+    if not isinstance(backend.name, str) or not backend.name or backend.name == "auto":
+        raise ValueError(f"a backend name must be a non-empty string other than 'auto', got {backend.name!r}")
+    if backend.name in _BACKENDS and not override:
+        raise ValueError(f"backend {backend.name!r} is already registered; pass override=True to replace it")
     _BACKENDS[backend.name] = backend
     return backend
 
@@ -81,14 +90,14 @@ def get_backend(name: str) -> Backend:
 def select_backend(name: str, call: AttentionCall) -> Backend:
     if name != "auto":
         backend = get_backend(name)
-        reason = backend.unsupported(call)
+        reason = backend.cannot_run(call)
         if reason:
             raise BackendError(f"backend {name!r} cannot run this input: {reason}")
         return backend
     reasons = []
     for bname in available_backends():
         backend = _BACKENDS[bname]
-        reason = backend.unsupported(call) or backend.unsuited(call)
+        reason = backend.cannot_run(call) or backend.prefer_not(call)
         if reason is None:
             return backend
         reasons.append(f"  {bname}: {reason}")

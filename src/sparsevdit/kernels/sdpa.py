@@ -41,14 +41,14 @@ class SDPABackend:
     name = "sdpa"
     priority = 100
 
-    def unsupported(self, call: AttentionCall) -> str | None:
+    def cannot_run(self, call: AttentionCall) -> str | None:
         if not all(p.is_dense for p in call.patterns):
             return "runs dense heads only (some pattern here is sparse)"
         if call.return_lse:
             return "scaled_dot_product_attention does not return the log-sum-exp"
         return None
 
-    def unsuited(self, call: AttentionCall) -> str | None:
+    def prefer_not(self, call: AttentionCall) -> str | None:
         from .triton_backend import runs_on_gluon
 
         if runs_on_gluon(call):
@@ -61,7 +61,7 @@ class SDPABackend:
 
     def run_into(self, q, k, v, call: AttentionCall, scale: float, *, heads, perm, out, lse) -> None:
         """The dense heads ``heads`` of the full q/k/v, written into ``out`` (lse is never asked for: see
-        ``unsupported``). ``perm`` is ignored: dense attention gives every token the same result in any
+        ``cannot_run``). ``perm`` is ignored: dense attention gives every token the same result in any
         token order, so the heads are computed in the model's own order."""
         if heads.numel() == q.shape[1]:  # every head, in order (groups list their heads ascending)
             out.copy_(dense_attention(q, k, v, scale))

@@ -31,7 +31,7 @@ class TritonBackend:
     name = "triton"
     priority = 20  # tried before flex by auto
 
-    def unsupported(self, call: AttentionCall) -> str | None:
+    def cannot_run(self, call: AttentionCall) -> str | None:
         if not ts.HAS_TRITON:
             return "triton is not installed (pip install 'sparsevdit[triton]')"
         if call.device.type != "cuda" and not (call.device.type == "cpu" and ts.interpret_mode()):
@@ -46,7 +46,7 @@ class TritonBackend:
                     "and 64-128 row tiles are what Hopper's tensor cores and shared memory suit")
         return ts.triton_missing()
 
-    def unsuited(self, call: AttentionCall) -> str | None:
+    def prefer_not(self, call: AttentionCall) -> str | None:
         if call.device.type != "cuda":
             return "the CPU interpreter runs the kernel in Python: for tests only, far slower than reference"
         if not ts.hopper_features(call.device):
