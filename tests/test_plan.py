@@ -450,10 +450,11 @@ def test_error_layout_text_without_position():
     check(data, "layout.text_tokens", data["layout"]["text_tokens"], "text_position")
 
 
-def test_error_layout_missing_field():
+@pytest.mark.parametrize("key", ["height", "text_tokens", "text_position"])
+def test_error_layout_missing_field(key):
     data = valid_dict()
-    del data["layout"]["height"]
-    check(data, "layout", data["layout"], "height")
+    del data["layout"][key]
+    check(data, f"layout.{key}", None, "frames", "height", "text_position")
 
 
 def test_error_unknown_layout_key(tmp_path):

@@ -16,6 +16,7 @@ Step ranges are [step_start, step_end), step_end null meaning "to the end".
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -45,6 +46,7 @@ HEAD_FIELDS = ("pattern", "params")
 # allocates for them. A block mask is MAX_BLOCKS^2 bools; HunyuanVideo at 720p has ~930 blocks of 128.
 MAX_MODEL_SIZE = 2**16  # num_layers, num_heads, head_dim
 MAX_BLOCKS = 8192  # blocks per side of the attention map (layout tokens / block_size)
+MAX_BLOCK_SIZE = 2**24  # tokens per block: beyond any sequence (one block), and safe in int64 offsets
 
 
 class PlanError(ValueError):
@@ -74,7 +76,7 @@ class HeadSpec:
     params: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        return {"pattern": self.pattern, "params": self.params}
+        return {"pattern": self.pattern, "params": copy.deepcopy(self.params)}  # a copy: HeadSpec is frozen
 
 
 @dataclass(frozen=True)
@@ -122,19 +124,22 @@ def _known_keys(d: dict, allowed: tuple[str, ...], where: str) -> None:
 
 
 def _json_data(value: Any, where: str) -> None:
-    """Refuse what JSON cannot hold exactly: NaN, infinity, non-string keys, objects (without recursion)."""
-    stack = [(value, where)]
+    """Refuse what a plan file cannot hold exactly: NaN, infinity, non-string keys, objects, nesting
+    deeper than a plan file may have (checked without recursion: a deep value must not overflow us)."""
+    stack = [(value, where, 1)]
     while stack:
-        item, at = stack.pop()
+        item, at, depth = stack.pop()
+        if depth > strict_json.MAX_DEPTH and isinstance(item, (dict, list, tuple)):
+            raise PlanError(at, type(item).__name__, f"data nested at most {strict_json.MAX_DEPTH} levels deep")
         if isinstance(item, float) and not math.isfinite(item):
             raise PlanError(at, item, "a finite number (JSON has no NaN or infinity)")
         if isinstance(item, dict):
             for k, v in item.items():
                 if not isinstance(k, str):
                     raise PlanError(at, k, "string keys (JSON object keys are strings)")
-                stack.append((v, f"{at}.{k}"))
+                stack.append((v, f"{at}.{k}", depth + 1))
         elif isinstance(item, (list, tuple)):
-            stack.extend((v, f"{at}[{i}]") for i, v in enumerate(item))
+            stack.extend((v, f"{at}[{i}]", depth + 1) for i, v in enumerate(item))
         elif item is not None and not isinstance(item, (str, int, float)):
             raise PlanError(at, type(item).__name__, "a JSON value (object, list, string, number, true/false, null)")
 
@@ -212,7 +217,7 @@ class SparsityPlan:
             "layout": self.layout.to_dict(),
             "block_size": self.block_size,
             "layers": [e.to_dict() for e in self.entries],
-            "metadata": self.metadata,
+            "metadata": copy.deepcopy(self.metadata),
         }
 
     @classmethod
@@ -231,7 +236,7 @@ class SparsityPlan:
 
         sig = _model(data)
         token_layout = _layout(data)
-        block_size = _positive_int(data, "block_size", "")
+        block_size = _positive_int(data, "block_size", "", MAX_BLOCK_SIZE)
         blocks = pattern_registry.num_blocks(token_layout.num_tokens, block_size)
         if blocks > MAX_BLOCKS:
             raise PlanError("block_size", block_size, f"a block size giving at most {MAX_BLOCKS} blocks of the "
@@ -256,6 +261,7 @@ class SparsityPlan:
         if not isinstance(metadata, dict):
             raise PlanError("metadata", metadata, "an object")
         _json_data(metadata, "metadata")
+        metadata = copy.deepcopy(metadata)
         plan = cls.__new__(cls)
         plan.model, plan.layout, plan.block_size, plan.entries, plan.metadata = sig, token_layout, block_size, entries, metadata
         plan._cache = {}
@@ -265,9 +271,8 @@ class SparsityPlan:
 
     def to_json(self) -> str:
         """The plan file's text; PlanError where the metadata holds what JSON cannot (NaN, objects)."""
-        data = self.to_dict()
-        _json_data(data["metadata"], "metadata")
-        return json.dumps(data, indent=1, allow_nan=False) + "\n"
+        _json_data(self.metadata, "metadata")  # before to_dict copies it
+        return json.dumps(self.to_dict(), indent=1, allow_nan=False) + "\n"
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write atomically (a failed save never leaves a half-written plan), as an ordinary 0644 file."""
@@ -307,6 +312,8 @@ def _layout(data: dict) -> TokenLayout:
     if not isinstance(lay, dict):
         raise PlanError("layout", lay, expected)
     _known_keys(lay, LAYOUT_FIELDS, "layout.")
+    for key in LAYOUT_FIELDS:  # all five, though TokenLayout has defaults: a lost field is not a default
+        _require(lay, key, "layout.", f"a value (a layout gives all of {', '.join(LAYOUT_FIELDS)})")
     try:
         return TokenLayout(**lay)
     except (TypeError, ValueError) as exc:
@@ -361,7 +368,7 @@ def _head(head: Any, at: str, layout: TokenLayout, block_size: int, built: set) 
             raise PlanError(f"{at}.params", params, f"parameters {name!r} can be built with "
                             f"({type(exc).__name__}: {exc})") from exc
         built.add(key)
-    return HeadSpec(name, params)
+    return HeadSpec(name, copy.deepcopy(params))  # the caller's dict may change later; the plan must not
 
 
 def _overlap(a: LayerEntry, b: LayerEntry) -> bool:

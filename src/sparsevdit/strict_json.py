@@ -9,6 +9,7 @@ of those is refused with a message saying what was wrong.
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -34,17 +35,18 @@ def _no_repeats(pairs: list[tuple[str, Any]]) -> dict:
     return out
 
 
-def _depth(value: Any) -> int:
-    """Nesting depth of lists and objects, without recursion (a deep value must not overflow us)."""
-    deepest, stack = 0, [(value, 1)]
+def _check_tree(value: Any) -> None:
+    """Nesting depth and float range, without recursion (a deep value must not overflow us)."""
+    stack = [(value, 1)]
     while stack:
         item, depth = stack.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            # json reads 1e400 as infinity without a word
+            raise StrictJSONError("a number too large for a float (JSON has no infinity)")
         if isinstance(item, (dict, list)):
-            deepest = max(deepest, depth)
             if depth > MAX_DEPTH:
-                break
+                raise StrictJSONError(f"JSON nested deeper than {MAX_DEPTH} levels")
             stack.extend((v, depth + 1) for v in (item.values() if isinstance(item, dict) else item))
-    return deepest
 
 
 def parse(text: str) -> Any:
@@ -59,13 +61,14 @@ def parse(text: str) -> Any:
         raise
     except ValueError as exc:  # e.g. an integer of more digits than Python converts
         raise StrictJSONError(f"invalid JSON value ({exc})") from None
-    if _depth(value) > MAX_DEPTH:
-        raise StrictJSONError(f"JSON nested deeper than {MAX_DEPTH} levels")
+    _check_tree(value)
     return value
 
 
-def read(path: str | os.PathLike, *, max_bytes: int = MAX_BYTES) -> Any:
-    """Strict JSON from the UTF-8 file at ``path`` (at most ``max_bytes``); OSError if it cannot be read."""
+def read(path: str | os.PathLike, *, max_bytes: int | None = None) -> Any:
+    """Strict JSON from the UTF-8 file at ``path`` (at most ``max_bytes``, default MAX_BYTES); OSError if
+    it cannot be read."""
+    max_bytes = MAX_BYTES if max_bytes is None else max_bytes
     with open(Path(path), "rb") as f:
         data = f.read(max_bytes + 1)
     if len(data) > max_bytes:
