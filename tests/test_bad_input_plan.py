@@ -338,6 +338,13 @@ def test_huge_file(tmp_path):
     in_message(info.value, "larger than", "MiB")
 
 
+def test_long_values_are_cut_in_the_message():
+    data = valid()
+    data["layers"][0]["heads"][0]["pattern"] = "x" * 100_000
+    err = refused(data)
+    assert err.found == "x" * 100_000 and len(str(err)) < 1000 and "100002 characters" in str(err)
+
+
 def test_truncated_file(tmp_path):
     text = json.dumps(valid())
     for cut in (0, 1, len(text) // 3, len(text) - 1):
@@ -491,3 +498,20 @@ def test_random_bytes_and_truncations_are_plan_errors(tmp_path, d):
             SparsityPlan.load(path)
     else:
         _load_or_refuse(path, parsed)
+
+
+# the same checks at the pattern level (PatternError), where the Python API meets them ------------
+
+
+@pytest.mark.parametrize(
+    "name, params, word",
+    [("random_blocks", {"seed": -1}, "seed"), ("random_blocks", {"seed": 1.0}, "seed"),
+     ("random_blocks", {"density": math.nan}, "density"), ("diagonal", {"width": 10**40}, "width"),
+     ("vertical_stripe", {"sink_frames": 1.0}, "sink_frames"), ("diagonal", {"text_rows": 0}, "text_rows"),
+     ("union", {"patterns": [{"name": "diagonal", "param": {}}]}, "param")],
+)
+def test_pattern_level_errors(name, params, word):
+    from sparsevdit import patterns
+
+    with pytest.raises(patterns.PatternError, match=word):
+        patterns.build(name, LAYOUT, block_size=BLOCK, **params)

@@ -11,7 +11,13 @@ File layout (version 1)::
      "metadata": {...}}
 
 A layer with no entry covering a step runs dense attention (the model's own processor).
-Step ranges are [step_start, step_end), step_end null meaning "to the end".
+Step ranges are [step_start, step_end), step_end null meaning "to the end"; ``step_start``,
+``step_end``, a head's ``params`` and ``metadata`` may be left out (0, null, defaults, {}).
+
+Loading is strict: strict UTF-8 JSON (no NaN / Infinity, no repeated key, bounded size and nesting),
+no unknown key at any level (``metadata`` is free-form), integers where integers are meant (never a
+float or a bool), sizes within ``MAX_*``, and every head's pattern built once to check its parameters.
+Anything else is a PlanError naming the field.
 """
 
 from __future__ import annotations
@@ -54,7 +60,12 @@ class PlanError(ValueError):
 
     def __init__(self, field: str, found: Any, expected: str):
         self.field, self.found, self.expected = field, found, expected
-        super().__init__(f"plan field {field!r}: found {found!r}, expected {expected}")
+        super().__init__(f"plan field {_short(field)!r}: found {_short(repr(found))}, expected {expected}")
+
+
+def _short(text: str, most: int = 300) -> str:
+    """A hostile file's value may be megabytes long: the message shows its start."""
+    return text if len(text) <= most else f"{text[:most]}... ({len(text)} characters)"
 
 
 @dataclass(frozen=True)

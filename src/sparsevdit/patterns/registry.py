@@ -114,10 +114,13 @@ def check_params(name: str, params: dict) -> dict:
     full = {**known, **params}
     for key, value in params.items():
         _check_type(name, key, known[key], value)
-    try:
-        json.dumps(full, allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        raise PatternError(f"parameters of pattern {name!r} must be JSON values (numbers, strings, lists): {exc}") from None
+    for key, value in full.items():
+        try:
+            json.dumps(value, allow_nan=False)  # a plan file holds them (and JSON has no NaN)
+        except (TypeError, ValueError) as exc:
+            raise PatternError(
+                f"pattern {name!r}: {key} must be a JSON value (finite number, string, list, object), got {value!r} ({exc})"
+            ) from None
     return full
 
 
