@@ -295,7 +295,7 @@ def test_deep_nesting(tmp_path, depth):
     in_message(err, "nested deeper")
 
 
-def test_deep_nesting_in_python_data():
+def test_deep_nesting_in_python_data(tmp_path):
     data = valid()
     deep: list = []
     for _ in range(100_000):
@@ -307,8 +307,8 @@ def test_deep_nesting_in_python_data():
     plan = make_plan()
     plan.metadata = {"deep": deep}
     with pytest.raises(PlanError):
-        plan.save("never-written.json")
-    assert not Path("never-written.json").exists()
+        plan.save(tmp_path / "plan.json")
+    assert os.listdir(tmp_path) == []
 
 
 def test_plan_shares_no_mutable_data_with_its_caller():
