@@ -256,17 +256,20 @@ def test_save_leaves_no_temp_files(tmp_path):
 def test_failed_dump_leaves_existing_file_untouched(tmp_path):
     path = make_plan().save(tmp_path / "plan.json")
     before = path.read_bytes()
-    bad = make_plan(metadata={"source": "test", "callback": object()})  # not JSON-serialisable
-    with pytest.raises(TypeError):
+    bad = make_plan()
+    bad.metadata = {"source": "test", "callback": object()}  # not JSON-serialisable (set after validation)
+    with pytest.raises(PlanError) as info:
         bad.save(path)
+    assert info.value.field == "metadata.callback"
     assert path.read_bytes() == before
     assert os.listdir(tmp_path) == ["plan.json"]
     assert SparsityPlan.load(path).to_dict() == make_plan().to_dict()
 
 
 def test_failed_dump_creates_no_file(tmp_path):
-    bad = make_plan(metadata={"x": {1, 2}})
-    with pytest.raises(TypeError):
+    bad = make_plan()
+    bad.metadata = {"x": {1, 2}}
+    with pytest.raises(PlanError):
         bad.save(tmp_path / "plan.json")
     assert os.listdir(tmp_path) == []
 
@@ -288,16 +291,16 @@ def test_failed_replace_leaves_existing_file_untouched(tmp_path, monkeypatch):
 def test_interrupted_save_cleans_up(tmp_path, monkeypatch):
     path = make_plan().save(tmp_path / "plan.json")
     before = path.read_bytes()
-    real_dump = json.dump
+    real_write = Path.write_text
 
-    def interrupted(obj, f, **kwargs):
-        f.write('{"format": "sparsevdit-plan", ')
+    def interrupted(self, text, *args, **kwargs):
+        real_write(self, text[:30], *args, **kwargs)  # half the file, then SIGINT
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(json, "dump", interrupted)
+    monkeypatch.setattr(Path, "write_text", interrupted)
     with pytest.raises(KeyboardInterrupt):
         make_plan().save(path)
-    monkeypatch.setattr(json, "dump", real_dump)
+    monkeypatch.setattr(Path, "write_text", real_write)
     assert path.read_bytes() == before
     assert os.listdir(tmp_path) == ["plan.json"]
 
@@ -447,10 +450,11 @@ def test_error_layout_text_without_position():
     check(data, "layout.text_tokens", data["layout"]["text_tokens"], "text_position")
 
 
-def test_error_layout_missing_field():
+@pytest.mark.parametrize("key", ["height", "text_tokens", "text_position"])
+def test_error_layout_missing_field(key):
     data = valid_dict()
-    del data["layout"]["height"]
-    check(data, "layout", data["layout"], "height")
+    del data["layout"][key]
+    check(data, f"layout.{key}", None, "frames", "height", "text_position")
 
 
 def test_error_unknown_layout_key(tmp_path):

@@ -11,25 +11,48 @@ File layout (version 1)::
      "metadata": {...}}
 
 A layer with no entry covering a step runs dense attention (the model's own processor).
-Step ranges are [step_start, step_end), step_end null meaning "to the end".
+Step ranges are [step_start, step_end), step_end null meaning "to the end"; ``step_start``,
+``step_end``, a head's ``params`` and ``metadata`` may be left out (0, null, defaults, {}).
+
+Loading is strict: strict UTF-8 JSON (no NaN / Infinity, no repeated key, bounded size and nesting),
+no unknown key at any level (``metadata`` is free-form), integers where integers are meant (never a
+float or a bool), sizes within ``MAX_*``, and every head's pattern built once to check its parameters.
+Anything else is a PlanError naming the field.
 """
 
 from __future__ import annotations
 
+import copy
 import json
+import math
 import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from . import patterns as pattern_registry
+from . import strict_json
+from .atomic_files import write_text
 from .layout import TokenLayout
 from .patterns import BlockPattern, PatternError
 
 PLAN_FORMAT = "sparsevdit-plan"
 PLAN_VERSION = 1
+
+# The fields of each level of a version-1 plan: any other key is refused (a typo such as "param" or
+# "step_stop" would otherwise be ignored and the plan run differently from what its author wrote).
+TOP_FIELDS = ("format", "version", "model", "layout", "block_size", "layers", "metadata")
+MODEL_FIELDS = ("class_name", "num_layers", "num_heads", "head_dim")
+LAYOUT_FIELDS = ("frames", "height", "width", "text_tokens", "text_position")
+LAYER_FIELDS = ("layer", "step_start", "step_end", "heads")
+HEAD_FIELDS = ("pattern", "params")
+
+# Sizes beyond any video DiT: refused, as a typo or a hostile file, before anything loops over them or
+# allocates for them. A block mask is MAX_BLOCKS^2 bools; HunyuanVideo at 720p has ~930 blocks of 128.
+MAX_MODEL_SIZE = 2**16  # num_layers, num_heads, head_dim
+MAX_BLOCKS = 8192  # blocks per side of the attention map (layout tokens / block_size)
+MAX_BLOCK_SIZE = 2**24  # tokens per block: beyond any sequence (one block), and safe in int64 offsets
 
 
 class PlanError(ValueError):
@@ -37,7 +60,12 @@ class PlanError(ValueError):
 
     def __init__(self, field: str, found: Any, expected: str):
         self.field, self.found, self.expected = field, found, expected
-        super().__init__(f"plan field {field!r}: found {found!r}, expected {expected}")
+        super().__init__(f"plan field {_short(field)!r}: found {_short(repr(found))}, expected {expected}")
+
+
+def _short(text: str, most: int = 300) -> str:
+    """A hostile file's value may be megabytes long: the message shows its start."""
+    return text if len(text) <= most else f"{text[:most]}... ({len(text)} characters)"
 
 
 @dataclass(frozen=True)
@@ -59,7 +87,7 @@ class HeadSpec:
     params: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        return {"pattern": self.pattern, "params": self.params}
+        return {"pattern": self.pattern, "params": copy.deepcopy(self.params)}  # a copy: HeadSpec is frozen
 
 
 @dataclass(frozen=True)
@@ -91,11 +119,40 @@ def _require(d: dict, key: str, where: str, expected: str) -> Any:
     return d[key]
 
 
-def _positive_int(d: dict, key: str, where: str) -> int:
-    value = _require(d, key, where, "a positive integer")
-    if not _is_int(value) or value < 1:
-        raise PlanError(f"{where}{key}", value, "a positive integer")
+def _positive_int(d: dict, key: str, where: str, most: int | None = None) -> int:
+    expected = "a positive integer" + (f" (at most {most})" if most is not None else "")
+    value = _require(d, key, where, expected)
+    if not _is_int(value) or value < 1 or (most is not None and value > most):
+        raise PlanError(f"{where}{key}", value, expected)
     return value
+
+
+def _known_keys(d: dict, allowed: tuple[str, ...], where: str) -> None:
+    """Refuse the first key (in file order) that is not one of ``allowed``."""
+    for key in d:
+        if key not in allowed:
+            raise PlanError(f"{where}{key}", d[key], f"no such field (the fields here: {', '.join(allowed)})")
+
+
+def _json_data(value: Any, where: str) -> None:
+    """Refuse what a plan file cannot hold exactly: NaN, infinity, non-string keys, objects, nesting
+    deeper than a plan file may have (checked without recursion: a deep value must not overflow us)."""
+    stack = [(value, where, 1)]
+    while stack:
+        item, at, depth = stack.pop()
+        if depth > strict_json.MAX_DEPTH and isinstance(item, (dict, list, tuple)):
+            raise PlanError(at, type(item).__name__, f"data nested at most {strict_json.MAX_DEPTH} levels deep")
+        if isinstance(item, float) and not math.isfinite(item):
+            raise PlanError(at, item, "a finite number (JSON has no NaN or infinity)")
+        if isinstance(item, dict):
+            for k, v in item.items():
+                if not isinstance(k, str):
+                    raise PlanError(at, k, "string keys (JSON object keys are strings)")
+                stack.append((v, f"{at}.{k}", depth + 1))
+        elif isinstance(item, (list, tuple)):
+            stack.extend((v, f"{at}[{i}]", depth + 1) for i, v in enumerate(item))
+        elif item is not None and not isinstance(item, (str, int, float)):
+            raise PlanError(at, type(item).__name__, "a JSON value (object, list, string, number, true/false, null)")
 
 
 @dataclass
@@ -171,11 +228,12 @@ class SparsityPlan:
             "layout": self.layout.to_dict(),
             "block_size": self.block_size,
             "layers": [e.to_dict() for e in self.entries],
-            "metadata": self.metadata,
+            "metadata": copy.deepcopy(self.metadata),
         }
 
     @classmethod
     def from_dict(cls, data: Any, *, model: ModelSignature | None = None, layout: TokenLayout | None = None) -> "SparsityPlan":
+        """Validate ``data`` (a parsed plan file) into a plan; PlanError names the first bad field."""
         if not isinstance(data, dict):
             raise PlanError("<top>", type(data).__name__, "a JSON object")
         fmt = data.get("format")
@@ -184,84 +242,37 @@ class SparsityPlan:
         version = data.get("version")
         if not _is_int(version) or version != PLAN_VERSION:
             raise PlanError("version", version, f"{PLAN_VERSION} (the plan version this sparsevdit reads)")
+        # after format and version: a file of another kind or version has other fields
+        _known_keys(data, TOP_FIELDS, "")
 
-        m = _require(data, "model", "", "an object with class_name, num_layers, num_heads, head_dim")
-        if not isinstance(m, dict):
-            raise PlanError("model", m, "an object with class_name, num_layers, num_heads, head_dim")
-        class_name = _require(m, "class_name", "model.", "a model class name")
-        if not isinstance(class_name, str) or not class_name:
-            raise PlanError("model.class_name", class_name, "a model class name")
-        sig = ModelSignature(class_name, *(_positive_int(m, k, "model.") for k in ("num_layers", "num_heads", "head_dim")))
-
-        lay = _require(data, "layout", "", "an object with frames, height, width, text_tokens, text_position")
-        if not isinstance(lay, dict):
-            raise PlanError("layout", lay, "an object with frames, height, width, text_tokens, text_position")
-        unknown = sorted(set(lay) - {"frames", "height", "width", "text_tokens", "text_position"})
-        if unknown:
-            raise PlanError(f"layout.{unknown[0]}", lay[unknown[0]], "no such field (frames, height, width, text_tokens, text_position)")
-        try:
-            token_layout = TokenLayout(**lay)
-        except (TypeError, ValueError) as exc:
-            named = re.match(r"TokenLayout\.(\w+)", str(exc))
-            if named and named.group(1) in lay:
-                raise PlanError(f"layout.{named.group(1)}", lay[named.group(1)], f"a valid value ({exc})") from None
-            raise PlanError("layout", lay, f"a valid token layout ({exc})") from None
-
-        block_size = _positive_int(data, "block_size", "")
+        sig = _model(data)
+        token_layout = _layout(data)
+        block_size = _positive_int(data, "block_size", "", MAX_BLOCK_SIZE)
+        blocks = pattern_registry.num_blocks(token_layout.num_tokens, block_size)
+        if blocks > MAX_BLOCKS:
+            raise PlanError("block_size", block_size, f"a block size giving at most {MAX_BLOCKS} blocks of the "
+                            f"{token_layout.num_tokens}-token layout (this one gives {blocks})")
         layers = _require(data, "layers", "", "a list of layer entries")
         if not isinstance(layers, list):
             raise PlanError("layers", type(layers).__name__, "a list of layer entries")
 
-        built: dict[tuple, None] = {}
-        entries = []
+        built: set[tuple] = set()
+        entries: list[LayerEntry] = []
         for i, raw in enumerate(layers):
-            where = f"layers[{i}]."
-            if not isinstance(raw, dict):
-                raise PlanError(f"layers[{i}]", raw, "an object with layer, heads and optional step_start, step_end")
-            layer = _require(raw, "layer", where, f"a layer index in 0..{sig.num_layers - 1}")
-            if not _is_int(layer) or not 0 <= layer < sig.num_layers:
-                raise PlanError(f"{where}layer", layer, f"a layer index in 0..{sig.num_layers - 1}")
-            start = raw.get("step_start", 0)
-            if not _is_int(start) or start < 0:
-                raise PlanError(f"{where}step_start", start, "an integer >= 0")
-            end = raw.get("step_end")
-            if end is not None and (not _is_int(end) or end <= start):
-                raise PlanError(f"{where}step_end", end, f"null or an integer > step_start ({start})")
-            heads_raw = _require(raw, "heads", where, f"a list of {sig.num_heads} head entries")
-            if not isinstance(heads_raw, list) or len(heads_raw) != sig.num_heads:
-                found = len(heads_raw) if isinstance(heads_raw, list) else heads_raw
-                raise PlanError(f"{where}heads", found, f"a list of {sig.num_heads} head entries (model.num_heads)")
-            heads = []
-            for h, head in enumerate(heads_raw):
-                hwhere = f"{where}heads[{h}]"
-                if not isinstance(head, dict):
-                    raise PlanError(hwhere, head, 'an object {"pattern": ..., "params": {...}}')
-                name = head.get("pattern")
-                if name not in pattern_registry.available():
-                    raise PlanError(f"{hwhere}.pattern", name, f"one of {', '.join(pattern_registry.available())}")
-                params = head.get("params", {})
-                if not isinstance(params, dict):
-                    raise PlanError(f"{hwhere}.params", params, "an object of pattern parameters")
-                key = (name, json.dumps(params, sort_keys=True))
-                if key not in built:
-                    try:
-                        pattern_registry.build(name, token_layout, block_size=block_size, **params)
-                    except PatternError as exc:
-                        raise PlanError(f"{hwhere}.params", params, f"valid parameters of {name!r} ({exc})") from None
-                    built[key] = None
-                heads.append(HeadSpec(name, params))
-            entry = LayerEntry(layer, tuple(heads), start, end)
+            entry = _layer_entry(raw, f"layers[{i}]", sig, token_layout, block_size, built)
             for prev in entries:
-                if prev.layer == layer and _overlap(prev, entry):
+                if prev.layer == entry.layer and _overlap(prev, entry):
                     raise PlanError(
-                        f"{where}step_start", start,
-                        f"a step range not overlapping layer {layer}'s [{prev.step_start}, {prev.step_end})",
+                        f"layers[{i}].step_start", entry.step_start,
+                        f"a step range not overlapping layer {entry.layer}'s [{prev.step_start}, {prev.step_end})",
                     )
             entries.append(entry)
 
         metadata = data.get("metadata", {})
         if not isinstance(metadata, dict):
             raise PlanError("metadata", metadata, "an object")
+        _json_data(metadata, "metadata")
+        metadata = copy.deepcopy(metadata)
         plan = cls.__new__(cls)
         plan.model, plan.layout, plan.block_size, plan.entries, plan.metadata = sig, token_layout, block_size, entries, metadata
         plan._cache = {}
@@ -269,20 +280,15 @@ class SparsityPlan:
             plan.check_model(model or sig, layout)
         return plan
 
+    def to_json(self) -> str:
+        """The plan file's text; PlanError where the metadata holds what JSON cannot (NaN, objects)."""
+        _json_data(self.metadata, "metadata")  # before to_dict copies it
+        return json.dumps(self.to_dict(), indent=1, allow_nan=False) + "\n"
+
     def save(self, path: str | os.PathLike) -> Path:
-        """Write atomically: a failed save never leaves a half-written plan."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(self.to_dict(), f, indent=1)
-                f.write("\n")
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return path
+        """Write atomically (a failed save never leaves a half-written plan), as an ordinary 0644 file."""
+        text = self.to_json()  # before touching the file system
+        return write_text(path, text)
 
     @classmethod
     def load(
@@ -290,14 +296,90 @@ class SparsityPlan:
     ) -> "SparsityPlan":
         """Read and validate a plan; with ``model``/``layout``, also refuse a plan made for another."""
         try:
-            text = Path(path).read_text()
+            data = strict_json.read(path)
         except OSError as exc:
-            raise PlanError("<file>", str(path), f"a readable plan file ({exc.strerror})") from None
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise PlanError("<file>", f"invalid JSON at line {exc.lineno} column {exc.colno}", "a JSON plan file") from None
+            raise PlanError("<file>", str(path), f"a readable plan file ({exc.strerror or exc})") from None
+        except strict_json.StrictJSONError as exc:
+            raise PlanError("<file>", str(exc), "a JSON plan file (UTF-8, strict JSON)") from None
         return cls.from_dict(data, model=model, layout=layout)
+
+
+def _model(data: dict) -> ModelSignature:
+    expected = "an object with " + ", ".join(MODEL_FIELDS)
+    m = _require(data, "model", "", expected)
+    if not isinstance(m, dict):
+        raise PlanError("model", m, expected)
+    _known_keys(m, MODEL_FIELDS, "model.")
+    class_name = _require(m, "class_name", "model.", "a model class name")
+    if not isinstance(class_name, str) or not class_name:
+        raise PlanError("model.class_name", class_name, "a model class name")
+    sizes = (_positive_int(m, k, "model.", MAX_MODEL_SIZE) for k in ("num_layers", "num_heads", "head_dim"))
+    return ModelSignature(class_name, *sizes)
+
+
+def _layout(data: dict) -> TokenLayout:
+    expected = "an object with " + ", ".join(LAYOUT_FIELDS)
+    lay = _require(data, "layout", "", expected)
+    if not isinstance(lay, dict):
+        raise PlanError("layout", lay, expected)
+    _known_keys(lay, LAYOUT_FIELDS, "layout.")
+    for key in LAYOUT_FIELDS:  # all five, though TokenLayout has defaults: a lost field is not a default
+        _require(lay, key, "layout.", f"a value (a layout gives all of {', '.join(LAYOUT_FIELDS)})")
+    try:
+        return TokenLayout(**lay)
+    except (TypeError, ValueError) as exc:
+        named = re.match(r"TokenLayout\.(\w+)", str(exc))
+        if named and named.group(1) in lay:
+            raise PlanError(f"layout.{named.group(1)}", lay[named.group(1)], f"a valid value ({exc})") from None
+        raise PlanError("layout", lay, f"a valid token layout ({exc})") from None
+
+
+def _layer_entry(raw: Any, at: str, sig: ModelSignature, layout: TokenLayout, block_size: int, built: set) -> LayerEntry:
+    if not isinstance(raw, dict):
+        raise PlanError(at, raw, "an object with layer, heads and optional step_start, step_end")
+    where = f"{at}."
+    _known_keys(raw, LAYER_FIELDS, where)
+    layer = _require(raw, "layer", where, f"a layer index in 0..{sig.num_layers - 1}")
+    if not _is_int(layer) or not 0 <= layer < sig.num_layers:
+        raise PlanError(f"{where}layer", layer, f"a layer index in 0..{sig.num_layers - 1}")
+    start = raw.get("step_start", 0)
+    if not _is_int(start) or start < 0:
+        raise PlanError(f"{where}step_start", start, "an integer >= 0")
+    end = raw.get("step_end")
+    if end is not None and (not _is_int(end) or end <= start):
+        raise PlanError(f"{where}step_end", end, f"null or an integer > step_start ({start})")
+    heads_raw = _require(raw, "heads", where, f"a list of {sig.num_heads} head entries")
+    if not isinstance(heads_raw, list) or len(heads_raw) != sig.num_heads:
+        found = len(heads_raw) if isinstance(heads_raw, list) else heads_raw
+        raise PlanError(f"{where}heads", found, f"a list of {sig.num_heads} head entries (model.num_heads)")
+    heads = tuple(_head(head, f"{where}heads[{h}]", layout, block_size, built) for h, head in enumerate(heads_raw))
+    return LayerEntry(layer, heads, start, end)
+
+
+def _head(head: Any, at: str, layout: TokenLayout, block_size: int, built: set) -> HeadSpec:
+    if not isinstance(head, dict):
+        raise PlanError(at, head, 'an object {"pattern": ..., "params": {...}}')
+    _known_keys(head, HEAD_FIELDS, f"{at}.")
+    name = head.get("pattern")
+    if not isinstance(name, str) or name not in pattern_registry.available():
+        raise PlanError(f"{at}.pattern", name, f"one of {', '.join(pattern_registry.available())}")
+    params = head.get("params", {})
+    if not isinstance(params, dict):
+        raise PlanError(f"{at}.params", params, "an object of pattern parameters")
+    _json_data(params, f"{at}.params")
+    key = (name, json.dumps(params, sort_keys=True))
+    if key not in built:
+        # Build once per distinct recipe: the builder is the one judge of its parameters.
+        try:
+            pattern_registry.build(name, layout, block_size=block_size, **params)
+        except PatternError as exc:
+            raise PlanError(f"{at}.params", params, f"valid parameters of {name!r} ({exc})") from None
+        except (TypeError, ValueError, OverflowError, RuntimeError, IndexError) as exc:
+            # a builder (perhaps a third party's) that failed without a PatternError: still the plan's fault
+            raise PlanError(f"{at}.params", params, f"parameters {name!r} can be built with "
+                            f"({type(exc).__name__}: {exc})") from exc
+        built.add(key)
+    return HeadSpec(name, copy.deepcopy(params))  # the caller's dict may change later; the plan must not
 
 
 def _overlap(a: LayerEntry, b: LayerEntry) -> bool:

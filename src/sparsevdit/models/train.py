@@ -12,6 +12,8 @@ from pathlib import Path
 
 import torch
 
+from ..atomic_files import saving
+from ..torch_files import load_plain
 from .data import CLASSES, make_batch
 from .vdit import VDiTConfig, VideoDiT, flow_matching_loss
 from .weights import save_weights
@@ -73,11 +75,25 @@ def validation_loss(model: VideoDiT, cfg: TrainConfig, device, amp: bool) -> flo
     return total / count
 
 
+class CheckpointError(ValueError):
+    """A file that is not a training checkpoint we can resume from; the message says why."""
+
+
 def _save_checkpoint(path: Path, model, ema, opt, step, cfg, history) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save({"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(), "step": step,
-                "train_config": asdict(cfg), "history": history}, tmp)
-    os.replace(tmp, path)
+    # tensors and plain data only (the config as a dict): load_checkpoint reads it with weights_only=True
+    with saving(path) as tmp:
+        torch.save({"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(), "step": step,
+                    "train_config": asdict(cfg), "history": history}, tmp)
+
+
+def load_checkpoint(path: str | os.PathLike, device: torch.device | str = "cpu") -> dict:
+    """A checkpoint written by ``train``; CheckpointError for any other file (never runs code from it)."""
+    expected = "a checkpoint.pt written by `sparsevdit train`"
+    state = load_plain(path, what=expected, error=CheckpointError, map_location=device)
+    missing = [k for k in ("model", "ema", "opt", "step", "history") if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise CheckpointError(f"{path} lacks {', '.join(missing)}; expected {expected}")
+    return state
 
 
 def plot_history(history: list[dict], path: Path) -> None:
@@ -124,7 +140,7 @@ def train(cfg: TrainConfig, out: str | os.PathLike, *, device: str = "auto", res
     step, history = 0, []
     ckpt_path = out / "checkpoint.pt"
     if resume and ckpt_path.exists():
-        state = torch.load(ckpt_path, map_location=dev, weights_only=False)
+        state = load_checkpoint(ckpt_path, dev)
         model.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
         opt.load_state_dict(state["opt"])

@@ -12,11 +12,15 @@ from .base import BlockGeometry, num_blocks
 from .registry import PatternError, build, empty_mask, register
 
 
+# Widths beyond any sequence our int32 block indices address; past the sequence a band keeps everything.
+MAX_WIDTH = 2**31
+
+
 def _radius(name: str, layout: TokenLayout, width: int | None) -> int:
     if width is None:
         width = layout.tokens_per_frame
-    if isinstance(width, bool) or not isinstance(width, int) or width < 1:
-        raise PatternError(f"{name}: width must be a positive number of tokens, got {width!r}")
+    if isinstance(width, bool) or not isinstance(width, int) or not 1 <= width <= MAX_WIDTH:
+        raise PatternError(f"{name}: width must be a positive integer number of tokens (at most 2**31), got {width!r}")
     return width // 2
 
 
@@ -128,8 +132,11 @@ def union(layout: TokenLayout, *, block_size: int, patterns: list | None = None)
     for item in patterns:
         if isinstance(item, str):
             item = {"name": item}
-        if not isinstance(item, dict) or "name" not in item:
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
             raise PatternError(f"union: each entry must be a name or {{'name': ..., 'params': {{...}}}}, got {item!r}")
+        unknown = [k for k in item if k not in ("name", "params")]
+        if unknown:  # a typo ("param") would otherwise build the part with its defaults
+            raise PatternError(f"union: entry {item['name']!r} has no field {unknown[0]!r}; its fields: name, params")
         if item["name"] == "union":
             raise PatternError("union: nest no union inside a union; list its parts instead")
         params = item.get("params", {})

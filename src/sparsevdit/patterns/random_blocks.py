@@ -23,9 +23,12 @@ def random_blocks(
     """
     if not isinstance(density, (int, float)) or isinstance(density, bool) or not 0 < density <= 1:
         raise PatternError(f"random_blocks: density must be in (0, 1], got {density!r}")
+    # torch seeds are 64-bit; refusing others keeps int() from turning 0.5 or "3" into another seed
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+        raise PatternError(f"random_blocks: seed must be an integer in 0..2**63-1, got {seed!r}")
     nb = num_blocks(layout.num_tokens, block_size)
     keep = max(1, round(density * nb))
-    gen = torch.Generator().manual_seed(int(seed))
+    gen = torch.Generator().manual_seed(seed)
     ranks = torch.rand(nb, nb, generator=gen).argsort(dim=1).argsort(dim=1)
     geo = BlockGeometry(layout, block_size, "frame_major")
     return geo.with_text(ranks < keep, text_rows, text_cols)

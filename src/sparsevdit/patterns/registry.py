@@ -119,13 +119,33 @@ def check_params(name: str, params: dict) -> dict:
         raise PatternError(f"pattern {name!r} has no parameter {', '.join(unknown)}; its parameters: {valid}")
     full = {**known, **params}
     for key, value in params.items():
-        if isinstance(known[key], bool) and not isinstance(value, bool):
-            raise PatternError(f"pattern {name!r}: {key} must be true or false, got {value!r}")
-    try:
-        json.dumps(full)
-    except TypeError as exc:
-        raise PatternError(f"parameters of pattern {name!r} must be JSON values (numbers, strings, lists): {exc}") from None
+        _check_type(name, key, known[key], value)
+    for key, value in full.items():
+        try:
+            json.dumps(value, allow_nan=False)  # a plan file holds them (and JSON has no NaN)
+        except (TypeError, ValueError) as exc:
+            raise PatternError(
+                f"pattern {name!r}: {key} must be a JSON value (finite number, string, list, object), got {value!r} ({exc})"
+            ) from None
     return full
+
+
+def _check_type(name: str, key: str, default: Any, value: Any) -> None:
+    """A parameter whose default is a bool, int, float or str takes that type (an int for a float is
+    fine): 4.0 for a count, "3" for a seed or 1 for true would otherwise be taken silently or crash
+    deep inside a builder. Ranges are the builder's to check."""
+    if isinstance(default, bool):
+        ok, expected = isinstance(value, bool), "true or false"
+    elif isinstance(default, int):
+        ok, expected = isinstance(value, int) and not isinstance(value, bool), "an integer"
+    elif isinstance(default, float):
+        ok, expected = isinstance(value, (int, float)) and not isinstance(value, bool), "a number"
+    elif isinstance(default, str):
+        ok, expected = isinstance(value, str), "a string"
+    else:  # no default type (None): the builder checks
+        return
+    if not ok:
+        raise PatternError(f"pattern {name!r}: {key} must be {expected}, got {value!r}")
 
 
 def build(name: str, layout: TokenLayout, *, block_size: int = 128, **params: Any) -> BlockPattern:

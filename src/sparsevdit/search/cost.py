@@ -45,7 +45,8 @@ from ..layout import TokenLayout
 from ..patterns import BlockPattern
 
 FAMILIES = ("dense", "skip", "diagonal", "multi_diagonal", "vertical_stripe", "diag+stripes", "multi+stripes", "random")
-DEFAULT_KERNEL_TABLE = Path(__file__).resolve().parents[3] / "bench" / "results" / "kernels-h200.json"
+# Package data (a copy of bench/results/kernels-h200.json), so an installed wheel finds it outside the checkout.
+DEFAULT_KERNEL_TABLE = Path(__file__).resolve().parent.parent / "data" / "kernels-h200.json"
 _BORROW = {"vertical_stripe": "random", "multi+stripes": "diag+stripes", "random_blocks": "random"}
 
 
@@ -144,7 +145,7 @@ class CostModel:
     @classmethod
     def measured(cls, path: str | os.PathLike | None = None, *, shape: str | None = None, backend: str | None = None,
                  num_tokens: int | None = None) -> "CostModel":
-        """From a kernel benchmark result file (default ``bench/results/kernels-h200.json``, the newest).
+        """From a kernel benchmark result file (default: the package's copy of ``bench/results/kernels-h200.json``).
 
         ``shape``: which benchmark shape (default: nearest ``num_tokens`` on a log scale, else the
         first); ``backend``: triton if it has rows for that shape, else flex.

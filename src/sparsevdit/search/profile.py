@@ -27,13 +27,20 @@ from pathlib import Path
 import torch
 
 from .. import patterns as P
+from ..atomic_files import saving
 from ..layout import TokenLayout
 from ..plan import HeadSpec
+from ..torch_files import load_plain
 from .candidates import Candidate, build, default_candidates
 from .common import ORDERINGS, CalibrationConfig, MaskSpec, capturing, measure_layer, sample_rows, sample_video
 
 PROFILE_FORMAT = "sparsevdit-profile"
 PROFILE_VERSION = 1
+_EXPECTED = "a profile written by `sparsevdit profile`"
+
+
+class ProfileError(ValueError):
+    """A file that is not a usable profile; the message says what it is and what was expected."""
 
 
 @dataclass
@@ -89,26 +96,28 @@ class Profile:
         }
 
     def save(self, path: str | os.PathLike) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        torch.save(self.to_dict(), tmp)
-        tmp.replace(path)
-        return path
+        """Tensors and plain data only (``load`` reads it with ``weights_only=True``), atomically, 0644."""
+        with saving(path) as tmp:
+            torch.save(self.to_dict(), tmp)
+        return Path(path)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Profile":
-        data = torch.load(Path(path), map_location="cpu", weights_only=False)
+        """Read a profile written by ``save``; ProfileError for any other file (never runs code from it)."""
+        data = load_plain(path, what=_EXPECTED, error=ProfileError)
         if not isinstance(data, dict) or data.get("format") != PROFILE_FORMAT:
-            raise ValueError(f"{path} is not a sparsevdit profile (write one with `sparsevdit profile`)")
+            raise ProfileError(f"{path} is a torch file but not a sparsevdit profile; expected {_EXPECTED}")
         if data.get("version") != PROFILE_VERSION:
-            raise ValueError(f"{path}: profile version {data.get('version')!r}, this sparsevdit reads {PROFILE_VERSION}")
-        return cls(
-            data["model"], TokenLayout(**data["layout"]), data["block_size"], CalibrationConfig.from_dict(data["calib"]),
-            [Candidate.from_dict(c) for c in data["candidates"]], data["stripe_blocks"], data["density"],
-            data["rel_err"], data["mse"], data["recall"], data["out_rms"], data["column_mass"], data["block_map"],
-            data["dense_video"], data.get("settings", {}), data.get("attn_gain"),
-        )
+            raise ProfileError(f"{path}: profile version {data.get('version')!r}, this sparsevdit reads {PROFILE_VERSION}")
+        try:
+            return cls(
+                data["model"], TokenLayout(**data["layout"]), data["block_size"], CalibrationConfig.from_dict(data["calib"]),
+                [Candidate.from_dict(c) for c in data["candidates"]], data["stripe_blocks"], data["density"],
+                data["rel_err"], data["mse"], data["recall"], data["out_rms"], data["column_mass"], data["block_map"],
+                data["dense_video"], data.get("settings", {}), data.get("attn_gain"),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ProfileError(f"{path}: a damaged sparsevdit profile ({type(exc).__name__}: {exc}); expected {_EXPECTED}") from None
 
 
 def _progress(console, enabled: bool):
