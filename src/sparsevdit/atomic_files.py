@@ -71,6 +71,18 @@ def _no_nan(value: Any, where: str = "") -> None:
             _no_nan(v, f"{where}[{i}]")
 
 
+def non_finite_as_null(value: Any) -> Any:
+    """A copy with every NaN / infinity replaced by None, for results where one is a real answer (the PSNR of
+    identical videos is infinite): ``write_json`` refuses them, this says "no finite value" explicitly."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: non_finite_as_null(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [non_finite_as_null(v) for v in value]
+    return value
+
+
 def write_json(path: str | os.PathLike, data: Any, *, indent: int = 1) -> Path:
     """Strict JSON (a NaN or infinity is an error, not a ``NaN`` token other readers reject), atomically."""
     _no_nan(data)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import html
 import json
-import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -18,7 +17,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from . import patterns as P
-from .atomic_files import building_folder, write_json, write_text
+from .atomic_files import building_folder, non_finite_as_null, write_json, write_text
 from .layout import TokenLayout
 from .metrics import video_psnr_ssim
 from .models.data import CLASSES, caption_for
@@ -177,7 +176,7 @@ def run_demo(
     # run leaves neither half-written files nor new videos beside an old report.
     with building_folder(out) as tmp:
         report["files"] = write_outputs(tmp, dense, sparse, s, exts, upscale)
-        write_json(tmp / "report.json", _json_ready(report))
+        write_json(tmp / "report.json", non_finite_as_null(report))  # PSNR inf: sparse equals dense
         _write_html(report, tmp / "report.html")
     files = report["files"]
     console.print(
@@ -186,17 +185,6 @@ def run_demo(
     )
     console.print(f"wrote {out}/report.html, report.json, frames.png and {len(files) - 1} videos")
     return report
-
-
-def _json_ready(value):
-    """PSNR is infinite where sparse equals dense (an all-dense plan): JSON has no infinity, so null."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_ready(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_ready(v) for v in value]
-    return value
 
 
 def write_outputs(folder: Path, dense: torch.Tensor, sparse: torch.Tensor, s: DemoSettings, exts: tuple[str, ...],

@@ -7,7 +7,6 @@ import json
 import os
 import platform
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
@@ -52,12 +51,8 @@ def median_ms(fn, warmup_ms: int = 25, rep_ms: int = 100) -> float:
 
 
 def write_json(path: str | os.PathLike, data: dict) -> Path:
-    """Atomic write: a crash mid-way leaves any previous results file intact."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=1)
-        f.write("\n")
-    os.replace(tmp, path)
-    return path
+    """Atomic write: a crash mid-way leaves any previous results file intact (and no temp file).
+    Lenient JSON (a NaN timing stays visible as NaN rather than losing a GPU run's rows)."""
+    from ..atomic_files import write_text
+
+    return write_text(path, json.dumps(data, indent=1) + "\n")

@@ -52,7 +52,7 @@ def check_algorithm(value: str) -> str:
     from ..search import available_algorithms
 
     if value not in available_algorithms():
-        raise typer.BadParameter(f"{value!r} is not a search algorithm; choose from {', '.join(available_algorithms())}.")
+        raise typer.BadParameter(f"unknown search algorithm {value!r}; choose from {', '.join(available_algorithms())}.")
     return value
 
 
@@ -153,7 +153,7 @@ def register(app: typer.Typer) -> None:
 
 
 def profile_cmd(
-    out: Path = typer.Option(Path("profile.pt"), "--out", "-o", callback=check_out_file, help="profile file to write (torch.save)"),
+    out: Path = typer.Option(Path("out/profile.pt"), "--out", "-o", callback=check_out_file, help="profile file to write (torch.save)"),
     weights: WeightsOpt = None,
     device: DeviceOpt = "auto",
     seeds: SeedsOpt = None,
@@ -192,7 +192,7 @@ def profile_cmd(
 
 def search_cmd(
     algorithm: str = typer.Option("budget", "--algorithm", "-a", callback=check_algorithm, help="sparse-vdit | budget"),
-    out: Path = typer.Option(Path("plan.json"), "--out", "-o", callback=check_out_file, help="plan file to write"),
+    out: Path = typer.Option(Path("out/plan.json"), "--out", "-o", callback=check_out_file, help="plan file to write"),
     profile: Optional[Path] = typer.Option(None, help="budget: a profile from `sparsevdit profile` (default: profile first)"),
     target_psnr: Optional[float] = typer.Option(None, callback=finite(0, min_open=True), help="budget: PSNR (dB, > 0) of the final video vs dense on the calibration seeds"),
     max_rel_error: Optional[float] = typer.Option(None, callback=finite(0, min_open=True), help="budget: relative error (> 0) allowed per layer (attention output, all heads)"),

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from ..atomic_files import non_finite_as_null, saving, write_json
 from .data import CLASSES, make_batch
 from .vdit import VDiTConfig, VideoDiT, flow_matching_loss
 from .weights import save_weights
@@ -74,10 +75,9 @@ def validation_loss(model: VideoDiT, cfg: TrainConfig, device, amp: bool) -> flo
 
 
 def _save_checkpoint(path: Path, model, ema, opt, step, cfg, history) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save({"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(), "step": step,
-                "train_config": asdict(cfg), "history": history}, tmp)
-    os.replace(tmp, path)
+    with saving(path) as tmp:  # an interrupted save keeps the previous checkpoint and leaves no temp file
+        torch.save({"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(), "step": step,
+                    "train_config": asdict(cfg), "history": history}, tmp)
 
 
 def plot_history(history: list[dict], path: Path) -> None:
@@ -104,8 +104,11 @@ def plot_history(history: list[dict], path: Path) -> None:
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    try:
+        with saving(path, suffix=".tmp.png") as tmp:
+            fig.savefig(tmp, format="png")
+    finally:
+        plt.close(fig)
 
 
 def train(cfg: TrainConfig, out: str | os.PathLike, *, device: str = "auto", resume: bool = False, log=print) -> dict:
@@ -191,5 +194,5 @@ def train(cfg: TrainConfig, out: str | os.PathLike, *, device: str = "auto", res
         "stopped_early": stopped_early, "classes": CLASSES,
     }
     save_weights(ema, out / "weights", meta=meta)
-    (out / "summary.json").write_text(json.dumps(meta, indent=1) + "\n")
+    write_json(out / "summary.json", non_finite_as_null(meta))  # a diverged loss is null, not invalid JSON
     return meta

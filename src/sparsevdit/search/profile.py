@@ -89,12 +89,11 @@ class Profile:
         }
 
     def save(self, path: str | os.PathLike) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        torch.save(self.to_dict(), tmp)
-        tmp.replace(path)
-        return path
+        from ..atomic_files import saving
+
+        with saving(path) as tmp:  # an interrupted save leaves the old profile and no temp file
+            torch.save(self.to_dict(), tmp)
+        return Path(path)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Profile":
