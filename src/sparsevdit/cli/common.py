@@ -223,6 +223,20 @@ def _has_non_finite(value: Any) -> bool:
     return False
 
 
+def load_plan(path: Optional[Path]):
+    """A plan file, or None; a malformed one is one error line naming the file."""
+    if path is None:
+        return None
+    from ..plan import PlanError, SparsityPlan
+
+    try:
+        plan = SparsityPlan.load(path)
+    except PlanError as exc:
+        error_line(f"{path}: {exc}")
+    plan.source = str(path)
+    return plan
+
+
 # --------------------------------------------------------------------------------------------------
 # the bundled model's shape, read without loading its weights
 # --------------------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from .common import (at_least, bad, check_backend, check_device, check_out_folder, check_pixels, console,
-                     int_list, model_config, resolve_device)
+                     int_list, load_plan, model_config, resolve_device)
 
 
 def register(app: typer.Typer) -> None:
@@ -55,11 +55,6 @@ def register(app: typer.Typer) -> None:
             s = replace(s, classes=tuple(seed % cfg.num_classes for seed in s.seeds))
         if len(s.classes) != len(s.seeds):
             bad("--classes", classes, f"one class per seed ({len(s.seeds)} seeds)")
-        loaded = None
-        if plan is not None:
-            from ..plan import SparsityPlan
-
-            loaded = SparsityPlan.load(plan)  # a malformed plan: PlanError, one error line
-            loaded.source = str(plan)
+        loaded = load_plan(plan)
         # run_demo checks the plan against the model and the clip size before it samples anything.
         run_demo(out, device=dev, settings=s, weights=weights, plan=loaded, use_bundled_plan=not fixed_mix, console=console)

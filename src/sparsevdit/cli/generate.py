@@ -15,7 +15,8 @@ from typing import Optional
 
 import typer
 
-from .common import at_least, check_backend, check_device, check_pixels, console, fail as _fail, finite, one_of, resolve_device
+from .common import (at_least, check_backend, check_device, check_pixels, console, fail as _fail, finite, load_plan,
+                     one_of, resolve_device)
 
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 
@@ -34,17 +35,6 @@ def _check_video_out(value: Path) -> Path:
     if value.is_dir():
         raise typer.BadParameter(f"{str(value)!r} is a folder: give a video file name.")
     return value
-
-
-def _load_plan(path: Optional[Path]):
-    if path is None:
-        return None
-    from ..plan import PlanError, SparsityPlan
-
-    try:
-        return SparsityPlan.load(path)
-    except PlanError as exc:
-        _fail(f"{path}: {exc}")
 
 
 def _to_uint8(frames):
@@ -231,7 +221,7 @@ def generate(
     """Generate one video with a sparsity plan applied (the bundled model or a diffusers pipeline)."""
     dev = resolve_device(device)
     torch_dtype = _dtype(dtype, dev)
-    sparsity = _load_plan(plan)
+    sparsity = load_plan(plan)
     common = dict(prompt=prompt, frames=frames, height=height, width=width, steps=steps, guidance=guidance, seed=seed,
                   out=out, fps=fps, device=dev, dtype=torch_dtype, backend=backend)
     if model == "bundled":
