@@ -156,8 +156,11 @@ CASES = [
     (["train", "--max-minutes", "-1"], ["--max-minutes", "-1", "0<x"]),
     (["train", "--size", "30"], ["--size", "30", "patch size 4"]),
     (["train", "--dim", "100", "--heads", "6"], ["--dim", "100", "multiple of --heads 6"]),
-    # unknown command
+    # unknown command, unknown or missing option
     (["nosuch"], ["No such command", "nosuch"]),
+    (["--bogus"], ["No such option", "--bogus"]),
+    (["demo", "--bogus"], ["No such option", "--bogus"]),
+    (["patterns", "show"], ["Missing argument", "name"]),
 ]
 
 
@@ -278,6 +281,18 @@ def test_library_errors_meant_for_users_become_one_line(no_model_work, monkeypat
 
         monkeypatch.setattr(sparsevdit.models.data, "caption_for", raising)
         assert_one_error_line(runner.invoke(app, ["classes"]), str(exc).split()[0])
+
+
+def test_sparsevdit_traceback_shows_a_user_error_as_raised(monkeypatch):
+    import sparsevdit.models.data
+
+    def raising(i):
+        raise ValueError("bad value")
+
+    monkeypatch.setattr(sparsevdit.models.data, "caption_for", raising)
+    monkeypatch.setenv("SPARSEVDIT_TRACEBACK", "1")
+    result = runner.invoke(app, ["classes"])
+    assert isinstance(result.exception, ValueError) and result.exit_code == 1
 
 
 # --------------------------------------------------------------------------------------------------

@@ -50,15 +50,25 @@ def fail(message: str) -> NoReturn:
     error_line(message)
 
 
+def _usage_error(exc: UsageError) -> NoReturn:
+    where = f" (see `{exc.ctx.command_path} --help`)" if exc.ctx is not None else ""
+    error_line(exc.format_message() + where)
+
+
 class CommandGroup(TyperGroup):
     """The top-level group: every command, nested ones included, runs inside its ``invoke``."""
+
+    def make_context(self, info_name: Optional[str], args: list[str], parent: Any = None, **extra: Any) -> Any:
+        try:  # the top level's own options (`sparsevdit --bogus`)
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except UsageError as exc:
+            _usage_error(exc)
 
     def invoke(self, ctx: typer.Context) -> Any:
         try:
             return super().invoke(ctx)
         except UsageError as exc:  # a bad option value, a missing option, an unknown command
-            where = f" (see `{exc.ctx.command_path} --help`)" if exc.ctx is not None else ""
-            error_line(exc.format_message() + where)
+            _usage_error(exc)
         except _user_errors() as exc:
             if os.environ.get("SPARSEVDIT_TRACEBACK"):
                 raise
