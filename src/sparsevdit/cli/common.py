@@ -157,22 +157,19 @@ def int_list(text: Optional[str], option: str, *, low: int = 0, high: int | None
     return tuple(values)
 
 
-DEVICES = "auto, cpu, cuda, cuda:N"
+DEVICES = "auto, cpu, cuda"
 
 
 def check_device(value: str) -> str:
-    """``--device`` callback: auto, cpu, or cuda[:N] where CUDA is present."""
+    """``--device`` callback: auto, cpu, or cuda where CUDA is present. (No ``cuda:N``: the commands pick
+    their defaults by ``device == "cuda"``; use CUDA_VISIBLE_DEVICES to choose a GPU.)"""
     import torch
 
-    if value in ("auto", "cpu"):
-        return value
-    if value == "cuda" or (value.startswith("cuda:") and value[5:].isdigit()):
-        if not torch.cuda.is_available():
-            raise BadParameter(f"{value!r}: no CUDA GPU is available on this machine (use cpu or auto).")
-        if ":" in value and int(value[5:]) >= torch.cuda.device_count():
-            raise BadParameter(f"{value!r}: this machine has {torch.cuda.device_count()} CUDA device(s).")
-        return value
-    raise BadParameter(f"{value!r} is not a device; choose from {DEVICES}.")
+    if value not in ("auto", "cpu", "cuda"):
+        raise BadParameter(f"{value!r} is not a device; choose from {DEVICES}.")
+    if value == "cuda" and not torch.cuda.is_available():
+        raise BadParameter(f"{value!r}: no CUDA GPU is available on this machine (use cpu or auto).")
+    return value
 
 
 def resolve_device(device: str) -> str:
