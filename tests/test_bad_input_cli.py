@@ -19,6 +19,10 @@ from typer.testing import CliRunner
 
 import sparsevdit
 from sparsevdit.cli import app
+from sparsevdit.models.vdit import VDiTConfig
+from sparsevdit.search.budget import BudgetSettings
+from sparsevdit.search.cost import CostModel
+from sparsevdit.search.sparse_vdit import SparseVDiTSettings
 
 runner = CliRunner()
 ROOT = Path(__file__).resolve().parents[1]
@@ -376,3 +380,22 @@ def test_write_video_leaves_no_temp_file_when_it_fails(tmp_path, monkeypatch):
     assert (tmp_path / "v.gif").read_bytes() == b"old"
     with pytest.raises(ValueError, match="fps"):
         write_video(torch.zeros(2, 8, 8, 3, dtype=torch.uint8).numpy(), tmp_path / "w.gif", fps=0)
+
+
+# --------------------------------------------------------------------------------------------------
+# the library refuses the same values when called directly
+# --------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("make", [
+    lambda: BudgetSettings(max_time=float("nan")),
+    lambda: BudgetSettings(target_psnr=-1.0),
+    lambda: BudgetSettings(max_time=0.5, dense_warmup_steps=-2),
+    lambda: SparseVDiTSettings(lam=float("nan")),
+    lambda: SparseVDiTSettings(mode_density=2.0),
+    lambda: CostModel.from_spec("flops:-5"),
+    lambda: CostModel.measured(BUNDLED_PLAN),  # a plan is no kernel benchmark result
+    lambda: VDiTConfig().layout(0, 48, 48),  # 0 frames was the training size, silently
+    lambda: VDiTConfig().layout(16, 0, 48),
+])
+def test_library_refuses_the_same_values(make):
+    with pytest.raises(ValueError):
+        make()
