@@ -13,7 +13,7 @@ import torch
 from sparsevdit.bench.kernels import Shape
 from sparsevdit.layout import TokenLayout
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench" / "probes"))
 
 import dense_heads  # noqa: E402
 import kernel_variants  # noqa: E402

@@ -72,7 +72,7 @@ def test_compiles_for_sm90_without_spills():
     # a fresh process without TRITON_INTERPRET (other test modules switch this one to the interpreter)
     code = (
         "import json, sys\n"
-        f"sys.path[:0] = [{str(ROOT / 'src')!r}, {str(ROOT / 'bench')!r}]\n"
+        f"sys.path[:0] = [{str(ROOT / 'src')!r}, {str(ROOT / 'bench' / 'probes')!r}]\n"
         "from sparsevdit.kernels import gluon_kernel as gk\n"
         "from compile_check import cubin_resources\n"
         "for d in (128, 64):\n"

@@ -2,7 +2,7 @@
 
 Guards what the GPU runs but CI cannot: the autotuned configs and the warp-specialised config build,
 use wgmma, and the default config does not spill (a pointer-load tail loop once cost 1.3 KB a thread).
-Each check runs ``bench/compile_check.py`` in a fresh process without TRITON_INTERPRET (other test
+Each check runs ``bench/probes/compile_check.py`` in a fresh process without TRITON_INTERPRET (other test
 modules switch this process to the interpreter).
 """
 
@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def compile_rows(configs: list[str], head_dim: int, variants: str) -> list[dict]:
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), env.get("PYTHONPATH", "")])
-    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "compile_check.py"), "--configs", ",".join(configs),
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "probes" / "compile_check.py"), "--configs", ",".join(configs),
                            "--head-dims", str(head_dim), "--variants", variants],
                           env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]

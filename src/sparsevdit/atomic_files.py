@@ -22,23 +22,24 @@ def _umask() -> int:
     return mask
 
 
-def _temp_beside(path: Path, directory: bool = False) -> Path:
+def _temp_beside(path: Path, directory: bool = False, suffix: str = ".tmp") -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     if directory:
-        return Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        return Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix))
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
     os.close(fd)
     return Path(tmp)
 
 
 @contextlib.contextmanager
-def saving(path: str | os.PathLike) -> Iterator[Path]:
+def saving(path: str | os.PathLike, *, suffix: str = ".tmp") -> Iterator[Path]:
     """Yield a temporary path beside ``path``; when the block ends without an error it replaces ``path``,
-    otherwise it is removed and ``path`` is untouched. For writers that take a path (torch.save, videos)."""
+    otherwise it is removed and ``path`` is untouched. For writers that take a path (torch.save, videos).
+    ``suffix``: the temporary name's ending, for writers that pick the format by it (``".tmp.mp4"``)."""
     path = Path(path)
     if path.is_dir():
         raise IsADirectoryError(f"{path} is a folder: give a file name")
-    tmp = _temp_beside(path)
+    tmp = _temp_beside(path, suffix=suffix)
     try:
         yield tmp
         os.chmod(tmp, 0o666 & ~_umask())
@@ -68,6 +69,18 @@ def _no_nan(value: Any, where: str = "") -> None:
     elif isinstance(value, (list, tuple)):
         for i, v in enumerate(value):
             _no_nan(v, f"{where}[{i}]")
+
+
+def non_finite_as_null(value: Any) -> Any:
+    """A copy with every NaN / infinity replaced by None, for results where one is a real answer (the PSNR of
+    identical videos is infinite): ``write_json`` refuses them, this says "no finite value" explicitly."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: non_finite_as_null(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [non_finite_as_null(v) for v in value]
+    return value
 
 
 def write_json(path: str | os.PathLike, data: Any, *, indent: int = 1) -> Path:

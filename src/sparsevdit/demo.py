@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from . import patterns as P
+from .atomic_files import building_folder, non_finite_as_null, write_json, write_text
 from .layout import TokenLayout
 from .metrics import video_psnr_ssim
 from .models.data import CLASSES, caption_for
@@ -97,17 +98,25 @@ def run_demo(
         device = "cuda" if torch.cuda.is_available() else "cpu"
     s = settings or default_settings(device)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"{out} exists and is not a folder")
     dtype = getattr(torch, s.dtype)
     model = load_weights(weights, device=device, dtype=dtype)
     layout = model.cfg.layout(s.frames, s.height, s.width)
+    bad_classes = [c for c in s.classes if not 0 <= c < model.cfg.num_classes]
+    if bad_classes or len(s.classes) != len(s.seeds):
+        raise ValueError(f"classes {list(s.classes)}: give one per seed ({len(s.seeds)}), each in 0..{model.cfg.num_classes - 1}")
     classes = torch.tensor(s.classes, device=device)
     sampler = SamplerConfig(steps=s.steps, guidance=s.guidance)
 
     if plan is None and use_bundled_plan:
         plan = bundled_plan(model, layout, s.block_size, s.steps)
     if plan is not None:
-        from .integrations.bundled import plan_patterns
+        from .integrations.bundled import check_layout, model_signature, plan_patterns
+
+        # Refuse a plan for another model or clip size now, not after the whole dense run.
+        plan.check_model(model_signature(model))
+        check_layout(plan, model, layout)
 
         per_layer = lambda step: plan_patterns(plan, model, layout, step)  # noqa: E731
         sparse_label = f"plan {getattr(plan, 'source', '')}".strip()
@@ -153,18 +162,6 @@ def run_demo(
     exts = ("mp4", "gif") if mp4_writer_available() else ("gif",)
     if exts == ("gif",):
         console.print("imageio-ffmpeg is not installed: writing GIFs only (pip install imageio-ffmpeg for MP4)")
-    files = []
-    for i, (seed, cls) in enumerate(zip(s.seeds, s.classes)):
-        d, sp = to_uint8_frames(dense[i], upscale), to_uint8_frames(sparse[i], upscale)
-        for name, frames in (("dense", d), ("sparse", sp), ("side_by_side", side_by_side(d, sp))):
-            for ext in exts:
-                files.append(write_video(frames, out / f"seed{seed}_{name}.{ext}").name)
-    rows, labels = [], []
-    for i, (seed, cls) in enumerate(zip(s.seeds, s.classes)):
-        rows += [dense[i], sparse[i]]
-        labels += [f"seed {seed} dense", f"seed {seed} sparse"]
-    files.append(frame_grid(rows, out / "frames.png", labels).name)
-
     report = {
         "psnr": quality["psnr"], "ssim": quality["ssim"],
         "per_seed": [{"seed": seed, "class": CLASSES[c], "caption": caption_for(c), **q}
@@ -173,10 +170,15 @@ def run_demo(
         "dense_seconds": dense_s, "sparse_seconds": sparse_s,
         "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
         "settings": {**asdict(s), "layout": layout.to_dict(), "tokens": layout.num_tokens},
-        "files": files,
+        "files": [],
     }
-    (out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
-    _write_html(report, out / "report.html")
+    # Everything is written into a temporary folder that moves into ``out`` at the end: an interrupted
+    # run leaves neither half-written files nor new videos beside an old report.
+    with building_folder(out) as tmp:
+        report["files"] = write_outputs(tmp, dense, sparse, s, exts, upscale)
+        write_json(tmp / "report.json", non_finite_as_null(report))  # PSNR inf: sparse equals dense
+        _write_html(report, tmp / "report.html")
+    files = report["files"]
     console.print(
         f"PSNR {report['psnr']:.2f} dB, SSIM {report['ssim']:.4f} (sparse vs dense), attention density {density:.1%}; "
         f"dense {dense_s:.1f} s, sparse {sparse_s:.1f} s"
@@ -185,13 +187,30 @@ def run_demo(
     return report
 
 
+def write_outputs(folder: Path, dense: torch.Tensor, sparse: torch.Tensor, s: DemoSettings, exts: tuple[str, ...],
+                  upscale: int) -> list[str]:
+    """The videos (dense, sparse, side by side per seed) and the frame grid; returns their file names."""
+    files = []
+    for i, seed in enumerate(s.seeds):
+        d, sp = to_uint8_frames(dense[i], upscale), to_uint8_frames(sparse[i], upscale)
+        for name, frames in (("dense", d), ("sparse", sp), ("side_by_side", side_by_side(d, sp))):
+            for ext in exts:
+                files.append(write_video(frames, folder / f"seed{seed}_{name}.{ext}").name)
+    rows, labels = [], []
+    for i, seed in enumerate(s.seeds):
+        rows += [dense[i], sparse[i]]
+        labels += [f"seed {seed} dense", f"seed {seed} sparse"]
+    files.append(frame_grid(rows, folder / "frames.png", labels).name)
+    return files
+
+
 def _write_html(report: dict, path: Path) -> None:
     rows = "".join(
         f"<tr><td>{r['seed']}</td><td>{html.escape(r['caption'])}</td><td>{r['psnr']:.2f}</td><td>{r['ssim']:.4f}</td>"
         f"<td><img src='seed{r['seed']}_side_by_side.gif'></td></tr>"
         for r in report["per_seed"]
     )
-    path.write_text(f"""<!doctype html><html><head><meta charset="utf-8"><title>sparsevdit demo</title>
+    write_text(path, f"""<!doctype html><html><head><meta charset="utf-8"><title>sparsevdit demo</title>
 <style>body{{font-family:sans-serif;margin:2em}} td,th{{border:1px solid #ccc;padding:4px}} table{{border-collapse:collapse}}</style>
 </head><body><h1>sparsevdit demo: dense vs sparse attention, same seeds</h1>
 <p>Sparse configuration: {html.escape(report['sparse_config'])}; mean attention density {report['attention_density']:.1%}.

@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .atomic_files import saving
+
 
 def to_uint8_frames(video: torch.Tensor, upscale: int = 1) -> np.ndarray:
     """[3, T, H, W] in [-1, 1] to uint8 [T, H*upscale, W*upscale, 3]."""
@@ -33,19 +35,20 @@ def mp4_writer_available() -> bool:
 
 
 def write_video(frames: np.ndarray, path: str | Path, fps: int = 8) -> Path:
-    """uint8 [T, H, W, 3] to .mp4 (H.264) or .gif, by suffix; written to a temp name, then renamed."""
+    """uint8 [T, H, W, 3] to .mp4 (H.264) or .gif, by suffix; atomically (a temp name beside it, then renamed)."""
     import imageio.v2 as imageio
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    if path.suffix == ".mp4":
-        imageio.mimsave(tmp, list(_even(frames)), fps=fps, codec="libx264", quality=8, macro_block_size=1)
-    elif path.suffix == ".gif":
-        imageio.mimsave(tmp, list(frames), duration=1000 / fps, loop=0)
-    else:
+    if path.suffix not in (".mp4", ".gif"):
         raise ValueError(f"unsupported video suffix {path.suffix!r}: use .mp4 or .gif")
-    tmp.replace(path)
+    if not fps > 0:
+        raise ValueError(f"fps must be positive, got {fps}")
+    # the temporary name keeps the suffix: imageio (and ffmpeg) pick the format by it
+    with saving(path, suffix=f".tmp{path.suffix}") as tmp:
+        if path.suffix == ".mp4":
+            imageio.mimsave(tmp, list(_even(frames)), fps=fps, codec="libx264", quality=8, macro_block_size=1)
+        else:
+            imageio.mimsave(tmp, list(frames), duration=1000 / fps, loop=0)
     return path
 
 
@@ -64,7 +67,6 @@ def frame_grid(rows: list[torch.Tensor], path: str | Path, labels: list[str] | N
     from PIL import Image, ImageDraw
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     strips = []
     for video in rows:
         frames = to_uint8_frames(video, upscale)
@@ -82,5 +84,6 @@ def frame_grid(rows: list[torch.Tensor], path: str | Path, labels: list[str] | N
         if labels:
             draw.text((4, y + strip.shape[0] // 2 - 6), labels[i][:24], fill="black")
         y += strip.shape[0] + 2
-    canvas.save(path)
+    with saving(path, suffix=".tmp.png") as tmp:
+        canvas.save(tmp, format="PNG")
     return path

@@ -7,7 +7,6 @@ import json
 import os
 import platform
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
@@ -54,5 +53,6 @@ def median_ms(fn, warmup_ms: int = 25, rep_ms: int = 100) -> float:
 
 
 def write_json(path: str | os.PathLike, data: dict) -> Path:
-    """Atomic write: a crash mid-way leaves any previous results file intact."""
-    return atomic_files.write_json(path, data)
+    """Atomic write: a crash mid-way leaves any previous results file intact (and no temp file). Strict
+    JSON: a NaN or infinite timing is written as null, so the run's other rows are kept."""
+    return atomic_files.write_json(path, atomic_files.non_finite_as_null(data))

@@ -478,7 +478,8 @@ def parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--tiny", action="store_true",
                    help="a tiny random Wan config instead of --models (CPU smoke test; times mean nothing)")
     p.add_argument("--out", default=None,
-                   help="result JSON (default bench/results/e2e-<gpu>.json; e2e-tiny-<device>.json with --tiny)")
+                   help="result JSON (default out/bench/e2e-<gpu>.json, e2e-tiny-<device>.json with --tiny; "
+                        "the repository's results: pass bench/results/...)")
     return p
 
 
@@ -506,7 +507,8 @@ def main(argv=None, prog: str | None = None) -> int:
                         rep=args.rep, device=str(device), sdpa=args.sdpa, dense_plan=not args.no_dense_plan,
                         compile=args.compile, profile=args.profile)
     slug = gpu_slug() if device.type == "cuda" else "cpu"
-    out = args.out or (f"bench/results/e2e-tiny-{slug}.json" if args.tiny else f"bench/results/e2e-{slug}.json")
+    # never a tracked result by default: the repository's files are written by passing --out
+    out = args.out or (f"out/bench/e2e-tiny-{slug}.json" if args.tiny else f"out/bench/e2e-{slug}.json")
     result = run(settings, on_model=lambda partial: write_json(out, partial))
     print(format_table(result))
     if args.profile:

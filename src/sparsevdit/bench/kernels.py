@@ -242,7 +242,7 @@ def calibrate(shapes, densities, backend: str, out: str | None, log=print) -> li
         log("  ".join(f"{c if c == 'family' else 'd=' + c:>14s}" for c in cols))
         for r in rows:
             log("  ".join(f"{str(r[c]):>14s}" for c in cols))
-        path = cm.save(out or f"bench/results/cost-{name}-{gpu_slug()}.json")
+        path = cm.save(out or f"out/bench/cost-{name}-{gpu_slug()}.json")
         log(f"wrote {path}")
         paths.append(path)
     return paths
@@ -258,8 +258,8 @@ def main(argv=None, prog: str | None = None) -> int:
                              "(with --calibrate: one backend, default triton). triton@tl: the triton backend with "
                              "its Gluon path off (the tl kernel alone); gluon: the Gluon kernel at every density")
     parser.add_argument("--out", default=None,
-                        help="result JSON (default bench/results/kernels-<gpu>.json; "
-                             "with --calibrate bench/results/cost-<shape>-<gpu>.json)")
+                        help="result JSON (default out/bench/kernels-<gpu>.json; with --calibrate "
+                             "out/bench/cost-<shape>-<gpu>.json; the repository's results: pass bench/results/...)")
     parser.add_argument("--no-check", action="store_true", help="skip the float32 spot check of each output")
     parser.add_argument("--rounds", type=int, default=1,
                         help="time every row this many times (backends interleaved) and keep the median")
@@ -297,7 +297,7 @@ def main(argv=None, prog: str | None = None) -> int:
     rows = run(shapes, densities, args.patterns.split(","), backends,
                check=not args.no_check, rounds=args.rounds, baseline_per_case=args.baseline_per_case)
     print_table(rows)
-    out = args.out or f"bench/results/kernels-{gpu_slug()}.json"
+    out = args.out or f"out/bench/kernels-{gpu_slug()}.json"  # never a tracked result by default
     path = write_json(out, {**environment(), "rows": rows})
     print(f"wrote {path}")
     return 0

@@ -51,8 +51,13 @@ def apply(model_or_pipeline, plan, *, backend: str = "auto"):
     """Install ``plan`` (a SparsityPlan or a plan file) on a model or pipeline; returns it.
 
     Each denoising step then runs ``plan.patterns_for(layer, step)`` in every self-attention layer.
-    A plan for another model or layout is refused with a ``PlanError``.
+    A plan for another model or layout is refused with a ``PlanError``; an unknown ``backend`` with a
+    ``BackendError`` listing the backends (here, not at the first forward).
     """
+    if backend != "auto":
+        from ..kernels.registry import get_backend
+
+        get_backend(backend)
     plan = _as_plan(plan)
     if _is_bundled(model_or_pipeline):
         return apply_bundled(model_or_pipeline, plan, backend=backend)

@@ -540,7 +540,9 @@ def save_frames_png(video: torch.Tensor, path: str | Path, scale: int = 1, gap: 
             y0 = gap + b * (H + gap)
             x0 = gap + t * (W + gap)
             grid[y0 : y0 + H, x0 : x0 + W] = img[b, t]
+    from ..atomic_files import saving
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(grid).save(path)
+    with saving(path, suffix=".tmp" + path.suffix) as tmp:  # the format follows the name's suffix
+        Image.fromarray(grid).save(tmp)
     return path

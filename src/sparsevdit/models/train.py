@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from ..atomic_files import saving
+from ..atomic_files import non_finite_as_null, saving, write_json
 from ..torch_files import load_plain
 from .data import CLASSES, make_batch
 from .vdit import VDiTConfig, VideoDiT, flow_matching_loss
@@ -120,8 +120,11 @@ def plot_history(history: list[dict], path: Path) -> None:
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    try:
+        with saving(path, suffix=".tmp.png") as tmp:
+            fig.savefig(tmp, format="png")
+    finally:
+        plt.close(fig)
 
 
 def train(cfg: TrainConfig, out: str | os.PathLike, *, device: str = "auto", resume: bool = False, log=print) -> dict:
@@ -207,5 +210,5 @@ def train(cfg: TrainConfig, out: str | os.PathLike, *, device: str = "auto", res
         "stopped_early": stopped_early, "classes": CLASSES,
     }
     save_weights(ema, out / "weights", meta=meta)
-    (out / "summary.json").write_text(json.dumps(meta, indent=1) + "\n")
+    write_json(out / "summary.json", non_finite_as_null(meta))  # a diverged loss is null, not invalid JSON
     return meta

@@ -47,10 +47,13 @@ class VDiTConfig:
 
     def layout(self, frames: int | None = None, height: int | None = None, width: int | None = None) -> TokenLayout:
         """Token layout of a clip of the given pixel size (default: the training size)."""
-        h, w = height or self.height, width or self.width
-        if h % self.patch or w % self.patch:
-            raise ValueError(f"height and width must be multiples of the patch size {self.patch}, got {h}x{w}")
-        return TokenLayout(frames or self.frames, h // self.patch, w // self.patch)
+        # ``is None``, not ``or``: a 0 given by a caller is an error, never the training size
+        f = self.frames if frames is None else frames
+        h = self.height if height is None else height
+        w = self.width if width is None else width
+        if h < self.patch or w < self.patch or h % self.patch or w % self.patch:
+            raise ValueError(f"height and width must be positive multiples of the patch size {self.patch}, got {h}x{w}")
+        return TokenLayout(f, h // self.patch, w // self.patch)
 
 
 class RMSNorm(nn.Module):

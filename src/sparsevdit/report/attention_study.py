@@ -12,7 +12,6 @@ the whole N x N at once) and
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .. import patterns as P
+from ..atomic_files import building_folder, write_json
 from ..models.vdit import SamplerConfig, sample
 from ..models.weights import load_weights
 
@@ -63,8 +63,13 @@ def run_study(out, *, weights=None, frames=16, size=64, steps=16, seed=0, cls=7,
     import matplotlib.pyplot as plt
 
     console = console or Console()
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    with building_folder(out) as tmp:  # the maps and study.json land together or not at all
+        study = _study(tmp, plt, weights, frames, size, steps, seed, cls, block_size, console)
+    console.print(f"wrote {Path(out)}/study.json and {', '.join(study['figures'])}")
+    return study
+
+
+def _study(out: Path, plt, weights, frames, size, steps, seed, cls, block_size, console: Console) -> dict:
     model = load_weights(weights)
     layout = model.cfg.layout(frames, size, size)
     observe = sorted({0, steps // 2, steps - 1})
@@ -128,7 +133,7 @@ def run_study(out, *, weights=None, frames=16, size=64, steps=16, seed=0, cls=7,
     study = {"layout": layout.to_dict(), "block_size": block_size, "steps": steps, "observed_steps": observe,
              "seed": seed, "class": cls, "pattern_density": density, "min_recall": MIN_RECALL,
              "counts": {str(k): v for k, v in counts.items()}, "heads": records, "figures": figures}
-    (out / "study.json").write_text(json.dumps(study, indent=1) + "\n")
+    write_json(out / "study.json", study)
     table = Table(title=f"heads per pattern (recall at density {density:.1%}, label needs >= {MIN_RECALL})")
     table.add_column("step")
     for label in LABELS:
@@ -136,5 +141,4 @@ def run_study(out, *, weights=None, frames=16, size=64, steps=16, seed=0, cls=7,
     for step, c in counts.items():
         table.add_row(f"{step + 1}/{steps}", *(str(c[label]) for label in LABELS))
     console.print(table)
-    console.print(f"wrote {out}/study.json and {', '.join(figures)}")
     return study

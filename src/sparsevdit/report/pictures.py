@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..atomic_files import saving
 from ..patterns import BlockPattern
 
 
@@ -14,7 +15,8 @@ def save_block_mask_png(pattern: BlockPattern, path: str | Path, title: str | No
     import matplotlib.pyplot as plt
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a folder: give a file name ending in .png")
     fig, ax = plt.subplots(figsize=(5.2, 5.2), dpi=110)
     ax.imshow(pattern.block_mask.numpy(), cmap="Blues", vmin=0, vmax=1.25, interpolation="nearest")
     params = ", ".join(f"{k}={v}" for k, v in pattern.params.items() if v is not None)
@@ -23,8 +25,9 @@ def save_block_mask_png(pattern: BlockPattern, path: str | Path, title: str | No
     ax.set_ylabel("query block", fontsize=8)
     ax.tick_params(labelsize=7)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    tmp.replace(path)
+    try:
+        with saving(path, suffix=".tmp.png") as tmp:
+            fig.savefig(tmp, format="png")
+    finally:
+        plt.close(fig)
     return path

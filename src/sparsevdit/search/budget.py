@@ -76,6 +76,17 @@ class BudgetSettings:
                              "or max_time (predicted attention time relative to dense)")
         if self.step_ranges is not None and self.step_ranges < 1:
             raise ValueError(f"step_ranges must be >= 1 (or None: every step), got {self.step_ranges}")
+        # NaN passes every comparison, so each budget is checked to be a finite number in its range
+        # (max_time 0 is allowed here: every head skipped is its answer; the CLI refuses it as a likely slip)
+        for name, value, ok, allowed in (
+            ("target_psnr", self.target_psnr, lambda x: x > 0, "> 0"),
+            ("max_rel_error", self.max_rel_error, lambda x: x >= 0, ">= 0"),
+            ("max_time", self.max_time, lambda x: 0 <= x <= 1, "in [0, 1]"),
+        ):
+            if value is not None and not (math.isfinite(value) and ok(value)):
+                raise ValueError(f"budget search: {name} must be a finite number {allowed}, got {value}")
+        if self.dense_warmup_steps < 0:
+            raise ValueError(f"dense_warmup_steps must be >= 0, got {self.dense_warmup_steps}")
 
 
 def split_steps(steps: int, ranges: int | None, warmup: int = 0) -> list[tuple[int, int]]:

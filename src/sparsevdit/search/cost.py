@@ -155,7 +155,10 @@ class CostModel:
             data = json.loads(path.read_text())
         except OSError as exc:
             raise FileNotFoundError(f"kernel timing file {path}: {exc.strerror}") from None
-        rows = data["rows"] if isinstance(data, dict) else data
+        rows = data.get("rows") if isinstance(data, dict) else data
+        if not isinstance(rows, list) or not all(isinstance(r, dict) and "shape" in r and "backend" in r for r in rows):
+            raise ValueError(f"{path} is not a kernel benchmark result (`sparsevdit bench kernels`): no rows of "
+                             "shape / backend timings")
         shapes = {}
         for r in rows:
             shapes.setdefault(r["shape"], _tokens_of(r))
@@ -209,7 +212,13 @@ class CostModel:
         if spec == "flops":
             return cls.flops()
         if spec.startswith("flops:"):
-            return cls.flops(float(spec.split(":", 1)[1]))
+            try:
+                overhead = float(spec.split(":", 1)[1])
+            except ValueError:
+                overhead = math.nan
+            if not (math.isfinite(overhead) and overhead >= 0):  # a negative overhead makes sparse free
+                raise ValueError(f"cost model {spec!r}: the per-block overhead must be a finite number >= 0")
+            return cls.flops(overhead)
         if spec == "measured":
             return cls.measured(num_tokens=num_tokens)
         if spec.startswith("measured:"):
@@ -233,10 +242,9 @@ class CostModel:
         return cls(data["kind"], table, data.get("source", ""), data.get("block_overhead", 0.1))
 
     def save(self, path: str | os.PathLike) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_dict(), indent=1) + "\n")
-        return path
+        from ..atomic_files import write_json
+
+        return write_json(path, self.to_dict())
 
 
 def _tokens_of(row: dict) -> int:

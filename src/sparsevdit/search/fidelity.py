@@ -182,11 +182,9 @@ def _result(rows, calib, evalc, layout, dense_seconds, t_start, cost_f, cost_m) 
 
 
 def _write(path: Path, data: dict) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
-    tmp.replace(path)
+    from ..atomic_files import non_finite_as_null, write_json
+
+    write_json(path, non_finite_as_null(data))  # a long run's rows are never lost to one infinite ratio
 
 
 def _finite(x):
@@ -204,7 +202,6 @@ def plot_results(result: dict, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.3), dpi=110)
     for method, (color, marker) in STYLE.items():
         pts = [r for r in result["rows"] if r["method"] == method and r["psnr"] is not None]
@@ -230,8 +227,13 @@ def plot_results(result: dict, path: Path) -> Path:
     fig.suptitle(f"bundled VideoDiT, {lay['frames']}x{lay['height']}x{lay['width']} tokens, "
                  f"{result['calibration']['steps']} steps, held-out seeds {result['held_out']['seeds']}", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    from ..atomic_files import saving
+
+    try:
+        with saving(path, suffix=".tmp" + path.suffix) as tmp:
+            fig.savefig(tmp)
+    finally:
+        plt.close(fig)
     return path
 
 

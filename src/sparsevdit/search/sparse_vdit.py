@@ -25,6 +25,8 @@ search's own sampling run exactly.
 
 from __future__ import annotations
 
+import math
+
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass
@@ -48,6 +50,16 @@ class SparseVDiTSettings:
     epsilon: float = 1.0
     mode_density: float = 0.2
     rows_per_block: int | None = None
+
+    def __post_init__(self):
+        # NaN passes every comparison: each value is checked to be a finite number in its range
+        checks = (("lam", self.lam, self.lam >= 0, ">= 0"), ("epsilon", self.epsilon, self.epsilon > 0, "> 0"),
+                  ("mode_density", self.mode_density, 0 < self.mode_density <= 1, "in (0, 1]"))
+        for name, value, ok, allowed in checks:
+            if not (math.isfinite(value) and ok):
+                raise ValueError(f"sparse-vdit search: {name} must be a finite number {allowed}, got {value}")
+        if self.rows_per_block is not None and self.rows_per_block < 1:
+            raise ValueError(f"rows_per_block must be >= 1 (or None: every row), got {self.rows_per_block}")
 
 
 def mode_specs(layout: TokenLayout, block_size: int, density: float) -> dict[str, HeadSpec]:

@@ -1,6 +1,6 @@
 """Key chunks side by side: our kernel with the keys in 1, 2, 3, 4 ranges (and launch orders), and what ``auto`` picks (GPU).
 
-    PYTHONPATH=src python bench/kv_chunks.py --shapes wan1.3b,wan14b,hunyuan --out $OUT/kv-chunks.json
+    PYTHONPATH=src python bench/probes/kv_chunks.py --shapes wan1.3b,wan14b,hunyuan --out $OUT/kv-chunks.json
 
 Each case runs the autotuned kernel on the same q/k/v and index with ``kv_chunks`` forced to each
 value, interleaved ``--rounds`` times (median kept), next to cuDNN dense SDPA timed in the same rounds.
@@ -18,7 +18,7 @@ import sys
 
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "src"))
 
 from sparsevdit.bench.common import environment, median_ms, write_json  # noqa: E402
 from sparsevdit.bench.kernels import SHAPES, cudnn_dense, patterns_at, shape_tensors  # noqa: E402

@@ -1,6 +1,6 @@
 """Does L2 reuse of K/V limit our kernel at long sequences? A timing probe (GPU).
 
-    PYTHONPATH=src python bench/l2_probe.py --shapes hunyuan,wan14b --out $OUT/l2-probe.json
+    PYTHONPATH=src python bench/probes/l2_probe.py --shapes hunyuan,wan14b --out $OUT/l2-probe.json
 
 docs/kernel.md's hypothesis: at HunyuanVideo one head's K+V (61 MB) does not fit the H100's 50 MB L2,
 so random block masks there (0.84 of cuDNN's rate at 10%) lose to HBM traffic. Each row times the
@@ -26,7 +26,7 @@ import sys
 
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "src"))
 
 from sparsevdit.bench.common import environment, median_ms, write_json  # noqa: E402
 from sparsevdit.bench.kernels import SHAPES, cudnn_dense, shape_tensors  # noqa: E402

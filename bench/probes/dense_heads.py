@@ -1,7 +1,7 @@
 """Dense heads in a sparse layer: ``auto`` (dense heads on cuDNN, the rest on our kernel) vs all heads
 fused in our kernel, side by side (GPU).
 
-    PYTHONPATH=src python bench/dense_heads.py --shapes wan1.3b,wan14b --dense-heads 0.25,0.5 --out $OUT/dense-heads.json
+    PYTHONPATH=src python bench/probes/dense_heads.py --shapes wan1.3b,wan14b --dense-heads 0.25,0.5 --out $OUT/dense-heads.json
 
 A searched plan keeps some heads dense. ``sparse_attention(backend="auto")`` sends those to the sdpa
 backend (cuDNN first) and the sparse ones to ``triton``: two launches instead of one, and the dense
@@ -20,7 +20,7 @@ import sys
 
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "src"))
 
 import sparsevdit as sv  # noqa: E402
 from sparsevdit import patterns as P  # noqa: E402
@@ -33,7 +33,7 @@ def main(argv=None) -> int:
     ap.add_argument("--shapes", default="wan1.3b,wan14b")
     ap.add_argument("--dense-heads", default="0.25,0.5", help="fractions of the heads that are dense")
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--out", default="bench/results/dense-heads.json")
+    ap.add_argument("--out", default="out/probes/dense-heads.json")  # never bench/results by default
     args = ap.parse_args(argv)
     rows = []
     result = {**environment(), "benchmark": "dense-heads", "rows": rows}

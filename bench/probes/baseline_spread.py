@@ -1,6 +1,6 @@
 """How much do cuDNN's dense time and ours move within one run? (GPU)
 
-    PYTHONPATH=src python bench/baseline_spread.py --shapes wan1.3b,wan14b --rounds 8 --out $OUT/spread.json
+    PYTHONPATH=src python bench/probes/baseline_spread.py --shapes wan1.3b,wan14b --rounds 8 --out $OUT/spread.json
 
 Efficiency divides cuDNN's dense time by ours, so a slow or fast stretch of either moves it. This times
 cuDNN dense SDPA, our kernel dense and our kernel on a random 10% mask, interleaved ``--rounds`` times on
@@ -18,7 +18,7 @@ import sys
 
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "src"))
 
 from sparsevdit.bench.common import environment, median_ms, write_json  # noqa: E402
 from sparsevdit.bench.kernels import SHAPES, cudnn_dense, patterns_at, shape_tensors  # noqa: E402

@@ -15,18 +15,10 @@ from typing import Optional
 
 import typer
 
-from .cli import app, console  # noqa: F401
+from .common import (at_least, check_backend, check_device, check_pixels, console, fail as _fail, finite, load_plan,
+                     one_of, resolve_device)
 
-
-def _fail(message: str) -> None:
-    console.print(f"[red]error:[/red] {message}")
-    raise typer.Exit(2)
-
-
-def _device(device: str) -> str:
-    import torch
-
-    return ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+DTYPES = ("auto", "float32", "float16", "bfloat16")
 
 
 def _dtype(dtype: str, device: str):
@@ -34,20 +26,15 @@ def _dtype(dtype: str, device: str):
 
     if dtype == "auto":
         return torch.bfloat16 if device.startswith("cuda") else torch.float32
-    if not isinstance(getattr(torch, dtype, None), torch.dtype):
-        _fail(f"--dtype must be auto, float32, float16 or bfloat16, got {dtype!r}")
     return getattr(torch, dtype)
 
 
-def _load_plan(path: Optional[Path]):
-    if path is None:
-        return None
-    from .plan import PlanError, SparsityPlan
-
-    try:
-        return SparsityPlan.load(path)
-    except PlanError as exc:
-        _fail(f"{path}: {exc}")
+def _check_video_out(value: Path) -> Path:
+    if value.suffix not in (".mp4", ".gif"):
+        raise typer.BadParameter(f"{str(value)!r} does not end in .mp4 or .gif.")
+    if value.is_dir():
+        raise typer.BadParameter(f"{str(value)!r} is a folder: give a video file name.")
+    return value
 
 
 def _to_uint8(frames):
@@ -70,7 +57,7 @@ def _to_uint8(frames):
 # bundled model
 # --------------------------------------------------------------------------------------------------
 def _bundled_class(prompt: Optional[str]) -> int:
-    from .models.data import CLASSES
+    from ..models.data import CLASSES
 
     if prompt is None:
         return 0
@@ -89,13 +76,17 @@ def _bundled_class(prompt: Optional[str]) -> int:
 def _generate_bundled(plan, *, prompt, frames, height, width, steps, guidance, seed, out, fps, device, dtype, backend):
     import torch
 
-    from .models.vdit import SamplerConfig, sample
-    from .models.weights import load_weights
-    from .plan import PlanError
-    from .video_io import to_uint8_frames, write_video
+    from ..integrations import apply
+    from ..integrations.bundled import check_layout
+    from ..models.vdit import SamplerConfig, sample
+    from ..models.weights import load_weights
+    from ..video_io import to_uint8_frames, write_video
+    from .common import model_config
 
-    model = load_weights(None, device=device, dtype=dtype)
-    p = model.cfg.patch
+    cfg = model_config(None)
+    check_pixels(cfg, frames=frames, height=height, width=width)
+    cls = _bundled_class(prompt)
+    p = cfg.patch
     if plan is not None:
         frames = frames or plan.layout.frames
         height = height or plan.layout.height * p
@@ -103,24 +94,15 @@ def _generate_bundled(plan, *, prompt, frames, height, width, steps, guidance, s
     frames, height = frames or 16, height or (48 if device == "cpu" else 128)
     width = width or height
     steps = steps or (16 if device == "cpu" else 30)
-    cls = _bundled_class(prompt)
+    model = load_weights(None, device=device, dtype=dtype)
     if plan is not None:
-        try:
-            from .integrations import apply
-        except ImportError as exc:  # pragma: no cover - integrations ship with the package
-            _fail(f"applying a plan to the bundled model needs sparsevdit.integrations.apply ({exc})")
-        try:
-            apply(model, plan, backend=backend)
-            model.cfg.layout(frames, height, width)  # a size that is no multiple of the patch fails here
-        except (PlanError, ValueError) as exc:
-            _fail(str(exc))
+        # A plan for another model or clip size is refused here, before sampling.
+        apply(model, plan, backend=backend)
+        check_layout(plan, model, model.cfg.layout(frames, height, width))
     sampler = SamplerConfig(steps=steps, guidance=3.0 if guidance is None else guidance)
     t0 = time.perf_counter()
-    try:
-        video = sample(model, torch.tensor([cls], device=device), frames=frames, height=height, width=width,
-                       seeds=[seed], sampler=sampler)
-    except (PlanError, ValueError) as exc:
-        _fail(str(exc))
+    video = sample(model, torch.tensor([cls], device=device), frames=frames, height=height, width=width,
+                   seeds=[seed], sampler=sampler)
     seconds = time.perf_counter() - t0
     write_video(to_uint8_frames(video[0], upscale=max(1, 256 // width)), out, fps=fps or 8)
     return seconds, f"bundled VideoDiT, class {cls}, {frames}x{height}x{width} px, {steps} steps"
@@ -179,14 +161,14 @@ def _generate_diffusers(plan, *, name, prompt, negative_prompt, frames, height, 
                         device, dtype, backend):
     import torch
 
-    from .plan import PlanError
-    from .video_io import write_video
+    from ..plan import PlanError
+    from ..video_io import write_video
 
     pipe = _load_pipeline(name, dtype)
     pipe.to(device)
     kwargs = {}
     if plan is not None:
-        from .integrations import apply
+        from ..integrations import apply
 
         try:
             apply(pipe, plan, backend=backend)
@@ -215,30 +197,31 @@ def _generate_diffusers(plan, *, name, prompt, negative_prompt, frames, height, 
     return seconds, f"{type(pipe).__name__} from {name}, {', '.join(f'{k}={v}' for k, v in kwargs.items())}"
 
 
-@app.command()
+def register(app: typer.Typer) -> None:
+    app.command()(generate)
+
+
 def generate(
     model: str = typer.Option("bundled", "--model", "-m", help="'bundled' (our small VideoDiT), a diffusers pipeline folder, or a Hugging Face Hub id"),
     plan: Optional[Path] = typer.Option(None, "--plan", help="plan file (from `sparsevdit search`); without it attention stays dense"),
     prompt: Optional[str] = typer.Option(None, "--prompt", help="text prompt; for the bundled model a scene class name or index (`sparsevdit classes`)"),
     negative_prompt: Optional[str] = typer.Option(None, "--negative-prompt", help="negative prompt (diffusers pipelines)"),
-    frames: Optional[int] = typer.Option(None, "--frames", help="frames to generate (default: the plan's size, else the model's default)"),
-    height: Optional[int] = typer.Option(None, "--height", help="pixels (default: the plan's size, else the model's default)"),
-    width: Optional[int] = typer.Option(None, "--width", help="pixels (default: the plan's size, else as height / the model's default)"),
-    steps: Optional[int] = typer.Option(None, "--steps", help="denoising steps (default: the model's)"),
-    guidance: Optional[float] = typer.Option(None, "--guidance", help="classifier-free guidance scale (default: the model's)"),
-    seed: int = typer.Option(0, "--seed", help="random seed"),
-    out: Path = typer.Option(Path("out/generate/video.mp4"), "--out", "-o", help="video file to write (.mp4 or .gif)"),
-    fps: Optional[int] = typer.Option(None, "--fps", help="frames per second of the file (default: 8 bundled, 16 diffusers)"),
-    device: str = typer.Option("auto", "--device", help="cpu, cuda or auto"),
-    dtype: str = typer.Option("auto", "--dtype", help="auto (bfloat16 on GPU, float32 on CPU), float32, float16, bfloat16"),
-    backend: str = typer.Option("auto", "--backend", help="attention backend for the plan's sparse layers"),
+    frames: Optional[int] = typer.Option(None, "--frames", callback=at_least(1), help="frames to generate (default: the plan's size, else the model's default)"),
+    height: Optional[int] = typer.Option(None, "--height", callback=at_least(1), help="pixels (default: the plan's size, else the model's default)"),
+    width: Optional[int] = typer.Option(None, "--width", callback=at_least(1), help="pixels (default: the plan's size, else as height / the model's default)"),
+    steps: Optional[int] = typer.Option(None, "--steps", callback=at_least(1), help="denoising steps (default: the model's)"),
+    guidance: Optional[float] = typer.Option(None, "--guidance", callback=finite(0), help="classifier-free guidance scale, >= 0 (default: the model's)"),
+    seed: int = typer.Option(0, "--seed", callback=at_least(0), help="random seed"),
+    out: Path = typer.Option(Path("out/generate/video.mp4"), "--out", "-o", callback=_check_video_out, help="video file to write (.mp4 or .gif)"),
+    fps: Optional[int] = typer.Option(None, "--fps", callback=at_least(1), help="frames per second of the file (default: 8 bundled, 16 diffusers)"),
+    device: str = typer.Option("auto", "--device", callback=check_device, help="cpu, cuda or auto"),
+    dtype: str = typer.Option("auto", "--dtype", callback=one_of(DTYPES), help="auto (bfloat16 on GPU, float32 on CPU), float32, float16, bfloat16"),
+    backend: str = typer.Option("auto", "--backend", callback=check_backend, help="attention backend for the plan's sparse layers"),
 ) -> None:
     """Generate one video with a sparsity plan applied (the bundled model or a diffusers pipeline)."""
-    if out.suffix not in (".mp4", ".gif"):
-        _fail(f"--out must end in .mp4 or .gif, got {out}")
-    dev = _device(device)
+    dev = resolve_device(device)
     torch_dtype = _dtype(dtype, dev)
-    sparsity = _load_plan(plan)
+    sparsity = load_plan(plan)
     common = dict(prompt=prompt, frames=frames, height=height, width=width, steps=steps, guidance=guidance, seed=seed,
                   out=out, fps=fps, device=dev, dtype=torch_dtype, backend=backend)
     if model == "bundled":

@@ -1,6 +1,6 @@
 """Probe Triton 3.6 warp specialisation on Hopper with minimal flash-attention loops (GPU).
 
-    PYTHONPATH=src python bench/ws_probe.py --out $OUT/ws-probe.json
+    PYTHONPATH=src python bench/probes/ws_probe.py --out $OUT/ws-probe.json
 
 Our block-sparse kernel with ``warp_specialize=True`` (4 warps) compiled once O was stored by pointer,
 but hung on the H100 (2026-11-23). This isolates why: each variant is one key loop of the same

@@ -2,7 +2,7 @@
 
     ncu --clock-control none --section SpeedOfLight --section WarpStateStats --section InstructionStats \
         --kernel-name regex:'block_sparse|cudnn|sm90|flash' --launch-skip 0 --launch-count 2 \
-        python bench/profile_dense.py --shape wan1.3b --density 1.0
+        python bench/probes/profile_dense.py --shape wan1.3b --density 1.0
 
 Why: our kernel's dense rows run at 0.91-0.93 of cuDNN (docs/kernel.md) and no Triton 3.6 dense loop
 we measured does better; Nsight Compute's stall reasons and pipe utilisation say which unit the gap
@@ -19,7 +19,7 @@ import sys
 
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "src"))
 
 from sparsevdit.bench.kernels import SHAPES, cudnn_dense, patterns_at, shape_tensors  # noqa: E402
 from sparsevdit.kernels import triton_sparse as ts  # noqa: E402

@@ -1,7 +1,7 @@
 """The Gluon kernel (backend ``gluon``, kernels/gluon_kernel.py) beside cuDNN: exactness, then speed (GPU).
 
-    PYTHONPATH=src python bench/gluon_probe.py --compile-only           # any machine: builds for sm_90
-    PYTHONPATH=src python bench/gluon_probe.py --shape 12x32768 --grids tile,persistent --out $OUT/gluon-probe.json
+    PYTHONPATH=src python bench/probes/gluon_probe.py --compile-only           # any machine: builds for sm_90
+    PYTHONPATH=src python bench/probes/gluon_probe.py --shape 12x32768 --grids tile,persistent --out $OUT/gluon-probe.json
 
 FlashAttention-3's structure over our block lists: a loader warp and two consumer warpgroups sharing K/V
 (docs/kernel.md, "The way past it"). ``--grids``: ``tile`` launches one CTA per query tile (the first
@@ -24,7 +24,7 @@ import sys
 
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "src"))
 
 from sparsevdit.kernels import triton_sparse as ts  # noqa: E402
 

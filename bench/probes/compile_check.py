@@ -1,6 +1,6 @@
 """Compile the Triton kernel for Hopper (sm_90) on any machine, GPU or not, and report per config.
 
-    PYTHONPATH=src python bench/compile_check.py --configs M128N64w4s2,M128N64w4s2-ws --head-dims 128
+    PYTHONPATH=src python bench/probes/compile_check.py --configs M128N64w4s2,M128N64w4s2-ws --head-dims 128
 
 Triton's compiler (MLIR passes, ptxas) needs no GPU, so whether a config compiles (warp specialisation
 in Triton 3.6 rejects some kernels with ``PassManager::run failed``), its shared memory, registers and
@@ -17,7 +17,7 @@ import subprocess
 import sys
 import tempfile
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "src"))
 sys.path.insert(0, os.path.dirname(__file__))
 
 from kernel_variants import parse_config  # noqa: E402

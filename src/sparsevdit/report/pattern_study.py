@@ -1,4 +1,4 @@
-"""Interim demo (until the bundled model lands): patterns and their attention error on structured data.
+"""`sparsevdit patterns study`: every pattern's attention error on synthetic heads of known structure.
 
 Q and K are built from smooth 3-D position features, so each synthetic head has one of the
 structures Sparse-vDiT reports in real video DiTs: a spatial window, the same place across frames,
@@ -9,7 +9,6 @@ relative output error against dense attention and picks the cheapest pattern und
 from __future__ import annotations
 
 import html
-import json
 import math
 import time
 from pathlib import Path
@@ -19,9 +18,10 @@ from rich.console import Console
 from rich.progress import track
 from rich.table import Table
 
-from . import patterns as P
-from .kernels import sparse_attention
-from .layout import TokenLayout
+from .. import patterns as P
+from ..atomic_files import building_folder, write_json, write_text
+from ..kernels import sparse_attention
+from ..layout import TokenLayout
 
 HEAD_KINDS = ("spatial", "temporal", "sink", "diffuse")
 
@@ -78,11 +78,18 @@ def label(p: P.BlockPattern) -> str:
     return p.name
 
 
-def run_demo(out: Path, *, device: str = "auto", seed: int = 0, console: Console | None = None, error_budget: float = 0.25) -> dict:
+def run_pattern_study(out: Path, *, device: str = "auto", seed: int = 0, console: Console | None = None, error_budget: float = 0.25) -> dict:
     console = console or Console()
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    out = Path(out)
+    with building_folder(out) as tmp:  # the pictures and the report land together or not at all
+        report = _study(tmp, device, seed, console, error_budget)
+    console.print(f"wrote {Path(out) / 'report.html'}, {Path(out) / 'report.json'} and "
+                  f"{len(report['candidates']) + len(report['attention_maps'])} pictures")
+    return report
+
+
+def _study(out: Path, device: str, seed: int, console: Console, error_budget: float) -> dict:
     (out / "patterns").mkdir(parents=True, exist_ok=True)
     layout, block_size, head_dim = TokenLayout(8, 16, 16), 64, 64
     gen = torch.Generator().manual_seed(seed)
@@ -92,7 +99,7 @@ def run_demo(out: Path, *, device: str = "auto", seed: int = 0, console: Console
     ref = sparse_attention(q, k, v, dense, layout=layout, backend="reference")
     dense_seconds = time.perf_counter() - t0
 
-    from .report.pictures import save_block_mask_png
+    from .pictures import save_block_mask_png
 
     cands = candidates(layout, block_size)
     results = []
@@ -115,7 +122,7 @@ def run_demo(out: Path, *, device: str = "auto", seed: int = 0, console: Console
         "attention_maps": maps,
         "mean_density_of_choice": sum(c["density"] for c in choice.values()) / len(choice),
     }
-    (out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
+    write_json(out / "report.json", report)
     _write_html(report, out / "report.html")
 
     table = Table(title=f"relative output error vs dense attention ({layout}, blocks of {block_size})")
@@ -128,7 +135,6 @@ def run_demo(out: Path, *, device: str = "auto", seed: int = 0, console: Console
     console.print(table)
     for kind, c in choice.items():
         console.print(f"{kind:9s} head -> {c['pattern']} (density {c['density']:.1%}, error {c['rel_error']:.3f} <= {error_budget})")
-    console.print(f"wrote {out / 'report.html'}, {out / 'report.json'} and {len(results) + len(maps)} pictures")
     return report
 
 
@@ -169,10 +175,11 @@ def _write_html(report: dict, path: Path) -> None:
         for k, c in report["choice_per_head"].items()
     )
     heads = "".join(f"<th>{k} head error</th>" for k in HEAD_KINDS)
-    path.write_text(
-        f"""<!doctype html><html><head><meta charset="utf-8"><title>sparsevdit demo</title>
+    write_text(
+        path,
+        f"""<!doctype html><html><head><meta charset="utf-8"><title>sparsevdit pattern study</title>
 <style>body{{font-family:sans-serif;margin:2em}} td,th{{border:1px solid #ccc;padding:4px}} table{{border-collapse:collapse}}</style>
-</head><body><h1>sparsevdit demo: patterns vs dense attention</h1>
+</head><body><h1>sparsevdit pattern study: patterns vs dense attention</h1>
 <p>Layout {report['layout']}, blocks of {report['block_size']} tokens, device {report['device']}.
 Synthetic heads with the structures Sparse-vDiT reports; error = ||O_pattern - O_dense|| / ||O_dense||.</p>
 <h2>Dense attention maps (block-pooled)</h2><img src="attention_maps.png">

@@ -1,6 +1,6 @@
 """Time kernel variants of our Triton block-sparse kernel side by side with cuDNN dense SDPA (GPU).
 
-    PYTHONPATH=src python bench/kernel_variants.py --shapes wan1.3b,wan14b,hunyuan --out $OUT/variants.json
+    PYTHONPATH=src python bench/probes/kernel_variants.py --shapes wan1.3b,wan14b,hunyuan --out $OUT/variants.json
 
 For each shape (``sparsevdit.bench.kernels.SHAPES``) and pattern case (kind at a density, from
 ``patterns_at``), every variant runs on the same q/k/v and index: ``auto`` (the autotuned default path) and each forced
@@ -21,7 +21,7 @@ import sys
 
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "src"))
 
 from sparsevdit.bench.common import environment, median_ms, write_json  # noqa: E402
 from sparsevdit.bench.kernels import SHAPES, cudnn_dense, patterns_at, shape_tensors, spot_check  # noqa: E402
@@ -48,7 +48,7 @@ def main(argv=None) -> int:
                     help="comma list of kind:density")
     ap.add_argument("--configs", default="M128N128w8s3,M64N128w4s2,M64N64w4s3",
                     help="forced KernelConfig labels besides auto")
-    ap.add_argument("--out", default="bench/results/kernel-variants.json")
+    ap.add_argument("--out", default="out/probes/kernel-variants.json")  # never bench/results by default
     ap.add_argument("--rounds", type=int, default=1,
                     help="time every variant this many times, interleaved, with cuDNN dense in every round; "
                          "efficiency uses the case's median cuDNN time")

@@ -1,7 +1,7 @@
 """A/B two versions of the Triton kernel module in one process, on the same inputs (GPU).
 
     git show REV:src/sparsevdit/kernels/triton_sparse.py > /tmp/before.py
-    PYTHONPATH=src python bench/ab_kernel.py --before /tmp/before.py --cases wan14b:random:0.5,hunyuan:random:0.1
+    PYTHONPATH=src python bench/probes/ab_kernel.py --before /tmp/before.py --cases wan14b:random:0.5,hunyuan:random:0.1
 
 Run-to-run spread of a whole benchmark (cuDNN's baseline and ours move by a few %) hides changes of that
 size; here both versions run the same config on the same q/k/v and index, interleaved ``--rounds`` times,
@@ -20,7 +20,7 @@ import sys
 
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "src"))
 
 from sparsevdit.bench.common import environment, median_ms, write_json  # noqa: E402
 from sparsevdit.bench.kernels import SHAPES, patterns_at, shape_tensors  # noqa: E402

@@ -1,0 +1,60 @@
+"""``sparsevdit demo``: the bundled model generates the same seeds with dense and sparse attention."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .common import (at_least, bad, check_backend, check_device, check_out_folder, check_pixels, console,
+                     int_list, load_plan, model_config, resolve_device)
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def demo(
+        out: Path = typer.Option(Path("out/demo"), "--out", "-o", callback=check_out_folder, help="folder for the videos and the report"),
+        device: str = typer.Option("auto", callback=check_device, help="cpu, cuda or auto"),
+        weights: Optional[Path] = typer.Option(None, help="model folder (config.json + safetensors); default: the bundled model"),
+        frames: Optional[int] = typer.Option(None, callback=at_least(1), help="frames to generate (default: 16)"),
+        height: Optional[int] = typer.Option(None, callback=at_least(1), help="pixels, a multiple of the patch size 4 (default: 48 on CPU, 128 on GPU)"),
+        width: Optional[int] = typer.Option(None, callback=at_least(1), help="pixels, a multiple of the patch size 4 (default: as height)"),
+        steps: Optional[int] = typer.Option(None, callback=at_least(1), help="denoising steps (default: 16 on CPU, 30 on GPU)"),
+        seeds: Optional[str] = typer.Option(None, help="comma list of seeds (integers >= 0), e.g. 0,1"),
+        classes: Optional[str] = typer.Option(None, help="comma list of scene class indices, one per seed (default: seed % number of classes; see `sparsevdit classes`)"),
+        block_size: Optional[int] = typer.Option(None, callback=at_least(1), help="attention block size (default: 64 on CPU, 128 on GPU)"),
+        backend: str = typer.Option("auto", callback=check_backend, help="attention backend for the sparse run"),
+        plan: Optional[Path] = typer.Option(None, "--plan", help="sparse run uses this plan file (from `sparsevdit search`); its layout must match the clip size"),
+        fixed_mix: bool = typer.Option(False, "--fixed-mix", help="use the fixed per-head mix even where a bundled searched plan fits the clip size"),
+    ) -> None:
+        """Generate the same seeds with dense and sparse attention on the bundled model; write videos and a report.
+
+        The sparse run uses, in order: --plan; the searched plan shipped for the default CPU size
+        (sparsevdit/models/plans/); else a fixed per-head mix of diagonal / multi-diagonal / stripe heads.
+        """
+        from dataclasses import replace
+
+        from ..demo import default_settings, run_demo
+
+        cfg = model_config(weights)
+        check_pixels(cfg, frames=frames, height=height, width=width)
+        seed_list = int_list(seeds, "--seeds", low=0)
+        class_list = int_list(classes, "--classes", low=0, high=cfg.num_classes - 1,
+                              what=f"the model's {cfg.num_classes} classes")
+        dev = resolve_device(device)
+        s = default_settings(dev)
+        changes = {k: v for k, v in dict(frames=frames, height=height, width=width or height, steps=steps,
+                                         block_size=block_size).items() if v is not None}
+        if seed_list is not None:
+            changes["seeds"] = seed_list
+        if class_list is not None:
+            changes["classes"] = class_list
+        s = replace(s, backend=backend, **changes)
+        if class_list is None and len(s.classes) != len(s.seeds):  # seeds given without classes
+            s = replace(s, classes=tuple(seed % cfg.num_classes for seed in s.seeds))
+        if len(s.classes) != len(s.seeds):
+            bad("--classes", classes, f"one class per seed ({len(s.seeds)} seeds)")
+        loaded = load_plan(plan)
+        # run_demo checks the plan against the model and the clip size before it samples anything.
+        run_demo(out, device=dev, settings=s, weights=weights, plan=loaded, use_bundled_plan=not fixed_mix, console=console)

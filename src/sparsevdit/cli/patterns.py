@@ -1,0 +1,81 @@
+"""``sparsevdit patterns``: list the patterns, draw one (``show``), measure them on synthetic heads (``study``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.table import Table
+
+from .common import at_least, check_device, check_out_folder, console, parse_params
+
+
+def _check_png(value: Optional[Path]) -> Optional[Path]:
+    """``--png`` is a file: refuse a folder (or a name without .png) before the pattern is built."""
+    if value is None:
+        return value
+    if value.is_dir():
+        raise typer.BadParameter(f"{str(value)!r} is a folder: give a file name ending in .png.")
+    if value.suffix.lower() != ".png":
+        raise typer.BadParameter(f"{str(value)!r} does not end in .png.")
+    return value
+
+
+def register(app: typer.Typer) -> None:
+    patterns_app = typer.Typer(help="List the attention patterns, or draw one (`sparsevdit patterns show NAME`).")
+    app.add_typer(patterns_app, name="patterns")
+
+    @patterns_app.callback(invoke_without_command=True)
+    def patterns_list(ctx: typer.Context) -> None:
+        """List every registered pattern with its parameters."""
+        from .. import patterns as P
+
+        if ctx.invoked_subcommand is not None:
+            return
+        table = Table(title="attention patterns (sparsevdit.patterns.available())", show_lines=True)
+        table.add_column("pattern", style="bold")
+        table.add_column("what it keeps")
+        table.add_column("parameters (default): meaning")
+        for name in P.available():
+            params = "\n".join(f"{p.name} ({p.default!r}): {p.help}" for p in P.parameters(name)) or "-"
+            table.add_row(name, P.summary(name), params)
+        console.print(table)
+
+    @patterns_app.command("show")
+    def patterns_show(
+        name: str = typer.Argument(..., help="pattern name (see `sparsevdit patterns`)"),
+        frames: int = typer.Option(..., "--frames", "-f", callback=at_least(1), help="latent frames T"),
+        height: int = typer.Option(..., "--height", callback=at_least(1), help="tokens per column H (after patchify)"),
+        width: int = typer.Option(..., "--width", callback=at_least(1), help="tokens per row W (after patchify)"),
+        text: int = typer.Option(0, "--text", callback=at_least(0), help="number of text tokens in the self-attention sequence"),
+        text_position: Optional[str] = typer.Option(None, "--text-position", help="where the text sits: none | prefix | suffix (default prefix if --text > 0)"),
+        block_size: int = typer.Option(128, "--block-size", "-b", callback=at_least(1), help="tokens per block"),
+        param: List[str] = typer.Option([], "--param", "-p", help="pattern parameter key=value (JSON value), repeatable, e.g. -p width=4096"),
+        png: Optional[Path] = typer.Option(None, "--png", callback=_check_png, help="write a picture of the block mask to this .png file"),
+    ) -> None:
+        """Build one pattern over a layout, print its summary and optionally draw its block mask."""
+        from .. import patterns as P
+        from ..layout import TokenLayout
+
+        position = text_position or ("prefix" if text else "none")
+        params = parse_params(param)
+        layout = TokenLayout(frames, height, width, text_tokens=text, text_position=position)
+        pattern = P.build(name, layout, block_size=block_size, **params)  # a bad name or parameter: one error line
+        console.print(pattern.describe())
+        if png is not None:
+            from ..report.pictures import save_block_mask_png
+
+            save_block_mask_png(pattern, png)
+            console.print(f"wrote {png}")
+
+    @patterns_app.command("study")
+    def patterns_study(
+        out: Path = typer.Option(Path("out/pattern-study"), "--out", "-o", callback=check_out_folder, help="folder for the pictures and the report"),
+        device: str = typer.Option("auto", callback=check_device, help="cpu, cuda or auto"),
+        seed: int = typer.Option(0, callback=at_least(0), help="random seed"),
+    ) -> None:
+        """Every pattern's attention error on synthetic heads with known structure; writes PNGs and a report."""
+        from ..report.pattern_study import run_pattern_study
+
+        run_pattern_study(out, device=device, seed=seed, console=console)

@@ -1,0 +1,58 @@
+"""``sparsevdit train`` (the bundled video DiT on procedural clips) and ``sparsevdit classes``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .common import at_least, bad, check_device, check_out_folder, console, finite
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def train(
+        out: Path = typer.Option(Path("out/train"), "--out", "-o", callback=check_out_folder, help="folder for log.jsonl, loss.png, checkpoint.pt, weights/"),
+        steps: int = typer.Option(3000, callback=at_least(1), help="optimizer steps"),
+        batch: int = typer.Option(32, callback=at_least(1), help="clips per step"),
+        lr: float = typer.Option(3e-4, callback=finite(0, min_open=True), help="peak learning rate (warm-up, then cosine to 10%)"),
+        max_minutes: Optional[float] = typer.Option(None, callback=finite(0, min_open=True), help="end the run after this many training minutes (summed over resumes); the cosine schedule ends there"),
+        stop_after_minutes: Optional[float] = typer.Option(None, callback=finite(0, min_open=True), help="stop this invocation (saving a checkpoint) after N minutes; continue later with --resume"),
+        compile: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile the training step (default: on for CUDA)"),
+        eval_every: int = typer.Option(250, callback=at_least(1), help="validation on held-out seeds every N steps"),
+        frames: int = typer.Option(16, callback=at_least(1), help="training clip frames"),
+        size: int = typer.Option(64, callback=at_least(4), help="training clip height = width, pixels (a multiple of the patch size 4)"),
+        dim: int = typer.Option(384, callback=at_least(1), help="model width (a multiple of --heads)"),
+        depth: int = typer.Option(8, callback=at_least(1), help="transformer blocks"),
+        heads: int = typer.Option(6, callback=at_least(1), help="attention heads"),
+        device: str = typer.Option("auto", callback=check_device, help="cpu, cuda or auto"),
+        seed: int = typer.Option(0, callback=at_least(0), help="random seed (data stream and initialisation)"),
+        resume: bool = typer.Option(False, help="continue from out/checkpoint.pt"),
+    ) -> None:
+        """Train the video DiT on procedural clips (rectified flow; bf16 on GPU; tiny sizes run on CPU)."""
+        from ..models.data import CLASSES
+        from ..models.train import TrainConfig, train as run_train
+        from ..models.vdit import VDiTConfig
+
+        model = VDiTConfig(dim=dim, depth=depth, heads=heads, num_classes=len(CLASSES), frames=frames, height=size, width=size)
+        if size % model.patch:
+            bad("--size", size, f"a multiple of the patch size {model.patch}")
+        if dim % heads:
+            bad("--dim", dim, f"a multiple of --heads {heads}")
+        if compile is None:
+            import torch
+
+            compile = device != "cpu" and torch.cuda.is_available()
+        cfg = TrainConfig(steps=steps, batch=batch, lr=lr, max_minutes=max_minutes, stop_after_minutes=stop_after_minutes,
+                          compile=compile, eval_every=eval_every, seed=seed, checkpoint_every=max(eval_every, 100), model=model)
+        meta = run_train(cfg, out, device=device, resume=resume, log=console.print)
+        console.print(f"validation loss {meta['val_loss_untrained']:.4f} (untrained) -> {meta['val_loss_final']:.4f}; weights in {out / 'weights'}")
+
+    @app.command("classes")
+    def list_classes() -> None:
+        """The scene classes of the bundled model's training data, with their captions."""
+        from ..models.data import CLASSES, caption_for
+
+        for i, name in enumerate(CLASSES):
+            console.print(f"{i}: {name} - {caption_for(i)}")
