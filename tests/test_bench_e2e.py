@@ -88,7 +88,7 @@ def test_full_size_needs_a_gpu():
 
 @pytest.mark.parametrize("args,words", [
     (["bench", "e2e", "--help"], ["--models", "--densities", "--backend", "--warmup", "--rep", "--tiny", "--out", "32,760"]),
-    (["bench", "kernels", "--help"], ["--calibrate", "--shapes", "CostModel.calibrate"]),
+    (["bench", "kernels", "--help"], ["--calibrate", "--shapes", "calibrate_cost_model"]),
 ])
 def test_bench_help(args, words):
     result = runner.invoke(app, args, terminal_width=200)
@@ -98,18 +98,18 @@ def test_bench_help(args, words):
 
 
 def test_kernels_calibrate_writes_a_cost_table(tmp_path, monkeypatch):
-    """The --calibrate path reuses CostModel.calibrate (timed on a GPU; faked here) and saves its table."""
+    """The --calibrate path reuses calibrate_cost_model (timed on a GPU; faked here) and saves its table."""
     from sparsevdit.bench import kernels as kb
     from sparsevdit.search.cost import CostModel
 
     seen = {}
 
-    def fake(cls, layout, heads, head_dim, **kw):
+    def fake(layout, heads, head_dim, **kw):
         seen.update(layout=layout, heads=heads, head_dim=head_dim, **kw)
         table = {k: [(0.1, 0.12), (1.0, 1.1)] for k in ("diagonal", "multi_diagonal", "diag+stripes", "random")}
         return CostModel("calibrated", {**table, "dense": [(1.0, 1.1)]}, "fake")
 
-    monkeypatch.setattr(CostModel, "calibrate", classmethod(fake))
+    monkeypatch.setattr(kb, "calibrate_cost_model", fake)
     out = tmp_path / "cost.json"
     [path] = kb.calibrate(["wan1.3b"], [0.1, 0.25], "triton", str(out), log=lambda *a: None)
     assert seen["heads"] == 12 and seen["layout"].num_tokens == 32_760 and seen["backend"] == "triton"

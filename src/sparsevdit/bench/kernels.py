@@ -18,7 +18,7 @@ import torch
 from .. import patterns as P
 from ..kernels.registry import AttentionCall, BackendError, get_backend
 from ..layout import TokenLayout
-from .common import environment, gpu_slug, median_ms, write_json
+from .common import environment, gpu_name, gpu_slug, median_ms, write_json
 
 
 @dataclass(frozen=True)
@@ -120,8 +120,9 @@ def run(shapes, densities, kinds, backends, dtype=torch.bfloat16, check=True, lo
     import statistics
 
     rows = []
-    for shape_name in shapes:
-        shape = SHAPES[shape_name]
+    for named in shapes:  # a name in SHAPES, or a Shape
+        shape = SHAPES[named] if isinstance(named, str) else named
+        shape_name = shape.name
         n, h, d = shape.layout.num_tokens, shape.heads, shape.head_dim
         q, k, v = shape_tensors(shape, dtype)
         scale = 1.0 / math.sqrt(d)
@@ -222,20 +223,33 @@ def print_table(rows: list[dict]) -> None:
     Console(width=140).print(table)
 
 
+def calibrate_cost_model(layout, heads: int, head_dim: int, *, block_size: int = 128, backend: str = "triton",
+                         densities=(0.05, 0.1, 0.25, 0.5), log=print):
+    """A ``calibrated`` CostModel: every pattern kind timed on the current GPU at the model's shape (bf16)."""
+    from ..search.cost import CostModel
+
+    if not torch.cuda.is_available():
+        raise RuntimeError("calibrating the cost model times kernels on a CUDA GPU; on CPU use CostModel.flops()")
+    if block_size != 128:
+        raise ValueError(f"the kernel benchmark times 128-token blocks, not {block_size}")
+    shape = Shape("model", heads, head_dim, layout)
+    rows = run([shape], list(densities), list(KINDS), [backend], check=False, log=log)
+    return CostModel.from_rows([r for r in rows if r["backend"] == backend],
+                               f"{backend} on {gpu_name()}, {heads}x{layout.num_tokens}x{head_dim}, block {block_size}")
+
+
 def calibrate(shapes, densities, backend: str, out: str | None, log=print) -> list:
-    """Cost-model calibration tables (``CostModel.calibrate``) for named shapes; writes one JSON per shape.
+    """Cost-model calibration tables (``calibrate_cost_model``) for named shapes; writes one JSON per shape.
 
     The file is what ``sparsevdit search --cost FILE`` / ``CostModel.from_spec(FILE)`` read.
     """
-    from ..search.cost import CostModel
-
     if out is not None and len(shapes) != 1:
         raise ValueError("--calibrate with --out takes one shape (--shapes NAME); without --out one file per shape")
     paths = []
     for name in shapes:
         shape = SHAPES[name]
-        cm = CostModel.calibrate(shape.layout, shape.heads, shape.head_dim, backend=backend,
-                                 densities=tuple(densities), log=log)
+        cm = calibrate_cost_model(shape.layout, shape.heads, shape.head_dim, backend=backend,
+                                  densities=tuple(densities), log=log)
         log(f"{name}: {cm.describe()}")
         rows = cm.rows()
         cols = list(rows[0])
@@ -267,7 +281,7 @@ def main(argv=None, prog: str | None = None) -> int:
                         help="time cuDNN dense inside every case's rounds too and divide that case's rows by it "
                              "(fairer when the GPU's clocks drift, e.g. at its power cap; one more timing per case)")
     parser.add_argument("--calibrate", action="store_true",
-                        help="write the cost model's calibration table instead (search/cost.py CostModel.calibrate): "
+                        help="write the cost model's calibration table instead (calibrate_cost_model): "
                              "relative kernel time (kernel ms / cuDNN dense ms) per pattern family and density at "
                              "each shape of --shapes, timed on this GPU; use the file with "
                              "`sparsevdit search --cost FILE` (--patterns and --no-check do not apply)")

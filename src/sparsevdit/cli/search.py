@@ -272,8 +272,10 @@ def cost_cmd(
     model, _ = _model(weights, "auto")
     layout = calib.layout(model)
     if calibrate:
-        cm = CostModel.calibrate(layout, model.cfg.heads, model.cfg.head_dim, block_size=calib.block_size,
-                                 backend=backend, log=console.print)
+        from ..bench.kernels import calibrate_cost_model
+
+        cm = calibrate_cost_model(layout, model.cfg.heads, model.cfg.head_dim, block_size=calib.block_size,
+                                  backend=backend, log=console.print)
     else:
         cm = CostModel.from_spec(source, num_tokens=layout.num_tokens)
     rows = cm.rows()

@@ -21,7 +21,7 @@ Three sources of the table (``CostModel.kind``):
     token permutation of position-major patterns is not in these rows (it is one gather and one
     scatter of Q/K/V/O per layer, a few percent at most).
 ``calibrated``
-    The same table timed on the current GPU for the model's own shape (``CostModel.calibrate``,
+    The same table timed on the current GPU for the model's own shape (``bench.kernels.calibrate_cost_model``,
     ``sparsevdit cost --calibrate``). GPU only; written against the benchmark code of
     ``bench/kernels.py`` and NOT yet run on a GPU in this repository (no GPU was available when it was
     written): treat its first results with care.
@@ -181,29 +181,10 @@ class CostModel:
         return cls("measured", table, f"{path.name}: {backend} on {gpu}, shape {shape}")
 
     @classmethod
-    def calibrate(cls, layout: TokenLayout, heads: int, head_dim: int, *, block_size: int = 128,
-                  backend: str = "triton", densities=(0.05, 0.1, 0.25, 0.5), log=print) -> "CostModel":
-        """Time every pattern kind on the current GPU at the model's shape (bf16). GPU only.
-
-        NOTE: written without a GPU at hand and not yet run; it reuses ``bench/kernels.py``'s timing
-        (``run``), whose rows feed ``measured``'s table builder.
-        """
-        import torch
-
-        if not torch.cuda.is_available():
-            raise RuntimeError("CostModel.calibrate times kernels on a CUDA GPU; on CPU use CostModel.flops()")
-        from ..bench import kernels as kb
-
-        shape = kb.Shape("model", heads, head_dim, layout)
-        kb.SHAPES["model"] = shape
-        try:
-            rows = kb.run(["model"], list(densities), list(kb.KINDS), [backend], check=False, log=log)
-        finally:
-            kb.SHAPES.pop("model", None)
-        from ..bench.common import gpu_name
-
-        return cls("calibrated", _table_from_rows([r for r in rows if r["backend"] == backend]),
-                   f"{backend} on {gpu_name()}, {heads}x{layout.num_tokens}x{head_dim}, block {block_size}")
+    def from_rows(cls, rows: list[dict], source: str) -> "CostModel":
+        """A ``calibrated`` model from benchmark rows of one backend timed on this GPU
+        (``bench.kernels.calibrate_cost_model`` times them; the bench imports this module, never the reverse)."""
+        return cls("calibrated", _table_from_rows(rows), source)
 
     @classmethod
     def from_spec(cls, spec: str | None, *, num_tokens: int | None = None) -> "CostModel":
