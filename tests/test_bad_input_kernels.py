@@ -296,3 +296,26 @@ def test_register_backend_checks_what_it_is_given():
         register_backend(Old())
     with pytest.raises(ValueError, match="already registered"):
         register_backend(sv.kernels.get_backend("reference"))
+
+
+def test_a_plan_builds_anew_after_its_pattern_is_registered_again():
+    from sparsevdit.plan import ModelSignature, SparsityPlan
+
+    name = "test_bad_input_replaced"
+
+    @patterns.register(name)
+    def first(layout, *, block_size):
+        return patterns.registry.empty_mask(layout, block_size)
+
+    try:
+        lay = sv.TokenLayout(2, 4, 8)
+        plan = SparsityPlan.uniform(ModelSignature("M", 1, 1, 16), lay, name, block_size=16)
+        assert plan.patterns_for(0)[0].is_empty
+
+        @patterns.register(name, override=True)
+        def second(layout, *, block_size):
+            return ~patterns.registry.empty_mask(layout, block_size)
+
+        assert plan.patterns_for(0)[0].is_dense
+    finally:
+        del patterns.registry._REGISTRY[name]

@@ -217,7 +217,15 @@ def test_absurd_model_sizes(key):
     in_message(err, "at most")
 
 
-@pytest.mark.parametrize("frames, block_size", [(10**40, 4), (10**6, 4), (2, 1)])
+def test_layout_beyond_int32_tokens():
+    data = valid()
+    data["layout"] = {"frames": 10**40, "height": 100, "width": 100, "text_tokens": 0, "text_position": "none"}
+    err = refused(data)
+    assert err.field.startswith("layout")
+    in_message(err, "2,147,483,647")
+
+
+@pytest.mark.parametrize("frames, block_size", [(10**5, 128), (10**4, 4), (2, 1)])
 def test_absurd_layout_sizes(frames, block_size):
     data = valid()
     data["layout"] = TokenLayout(frames, 100, 100).to_dict()

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from . import patterns as pattern_registry
+from .patterns.base import MAX_BLOCKS_PER_SIDE
 from . import strict_json
 from .atomic_files import write_text
 from .layout import TokenLayout
@@ -51,7 +52,7 @@ HEAD_FIELDS = ("pattern", "params")
 # Sizes beyond any video DiT: refused, as a typo or a hostile file, before anything loops over them or
 # allocates for them. A block mask is MAX_BLOCKS^2 bools; HunyuanVideo at 720p has ~930 blocks of 128.
 MAX_MODEL_SIZE = 2**16  # num_layers, num_heads, head_dim
-MAX_BLOCKS = 8192  # blocks per side of the attention map (layout tokens / block_size)
+MAX_BLOCKS = MAX_BLOCKS_PER_SIDE  # blocks per side of the attention map (patterns.build's own limit)
 MAX_BLOCK_SIZE = 2**24  # tokens per block: beyond any sequence (one block), and safe in int64 offsets
 
 
@@ -197,7 +198,8 @@ class SparsityPlan:
         return [self._pattern(h) for h in entry.heads]
 
     def _pattern(self, head: HeadSpec) -> BlockPattern:
-        key = (head.pattern, json.dumps(head.params, sort_keys=True))
+        # by recipe, and by the builder's registration: a pattern registered again builds anew
+        key = (head.pattern, pattern_registry.revision(head.pattern), json.dumps(head.params, sort_keys=True))
         if key not in self._cache:
             self._cache[key] = pattern_registry.build(head.pattern, self.layout, block_size=self.block_size, **head.params)
         return self._cache[key]

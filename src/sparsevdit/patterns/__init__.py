@@ -3,7 +3,7 @@
 from . import builtin as _builtin  # noqa: F401  (registers the built-in patterns)
 from . import random_blocks as _random_blocks  # noqa: F401
 from .base import BlockPattern, block_lengths, num_blocks
-from .registry import ParamDoc, PatternError, available, build, check_params, parameters, register, summary
+from .registry import ParamDoc, PatternError, available, build, check_params, parameters, register, revision, summary
 
 __all__ = [
     "BlockPattern",
@@ -16,5 +16,6 @@ __all__ = [
     "num_blocks",
     "parameters",
     "register",
+    "revision",
     "summary",
 ]

@@ -34,9 +34,11 @@ class _Entry:
     builder: Builder
     summary: str
     params: tuple[ParamDoc, ...]
+    revision: int
 
 
 _REGISTRY: dict[str, _Entry] = {}
+_REVISION = 0  # counts registrations: a name registered again (override=True) gets a new revision
 
 
 def _parse_doc(builder: Builder) -> tuple[str, dict[str, str]]:
@@ -85,7 +87,9 @@ def register(name: str, *, override: bool = False) -> Callable[[Builder], Builde
             for p in sig.parameters.values()
             if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name != "block_size"
         )
-        _REGISTRY[name] = _Entry(name, builder, summary, params)
+        global _REVISION
+        _REVISION += 1
+        _REGISTRY[name] = _Entry(name, builder, summary, params, _REVISION)
         return builder
 
     return wrap
@@ -99,6 +103,11 @@ def _entry(name: str) -> _Entry:
     if name not in _REGISTRY:
         raise PatternError(f"unknown pattern {name!r}; available: {', '.join(available())}")
     return _REGISTRY[name]
+
+
+def revision(name: str) -> int:
+    """Which registration of ``name`` is current: caches of built patterns by recipe key on it."""
+    return _entry(name).revision
 
 
 def parameters(name: str) -> tuple[ParamDoc, ...]:
