@@ -29,25 +29,55 @@ def register(app: typer.Typer) -> None:
         device: str = typer.Option("auto", callback=check_device, help="cpu, cuda or auto"),
         seed: int = typer.Option(0, callback=at_least(0), help="random seed (data stream and initialisation)"),
         resume: bool = typer.Option(False, help="continue from out/checkpoint.pt"),
+        init_weights: Optional[Path] = typer.Option(None, help="fine-tune: start from this weights folder (model and EMA; fresh optimizer); the architecture comes from its config.json"),
+        schedule: Optional[str] = typer.Option(None, help="clip sizes the steps cycle through, FRAMESxHEIGHTxWIDTH:BATCH[*REPEAT], e.g. 16x128x128:16*3,16x64x64:32 (default: --frames x --size x --size at --batch); the first is the model's size"),
+        warmup: int = typer.Option(200, callback=at_least(0), help="linear learning-rate warm-up steps"),
+        text_in_attention: Optional[bool] = typer.Option(None, "--text-in-attention/--no-text-in-attention", help="the condition's tokens also join self-attention as a text prefix (default: as in --init-weights, else off)"),
+        checkpoint_every: Optional[int] = typer.Option(None, callback=at_least(1), help="save out/checkpoint.pt every N steps (default: max(--eval-every, 100)); a run that stops always saves one"),
     ) -> None:
         """Train the video DiT on procedural clips (rectified flow; bf16 on GPU; tiny sizes run on CPU)."""
         from ..models.data import CLASSES
         from ..models.train import TrainConfig, train as run_train
         from ..models.vdit import VDiTConfig
 
-        model = VDiTConfig(dim=dim, depth=depth, heads=heads, num_classes=len(CLASSES), frames=frames, height=size, width=size)
-        if size % model.patch:
-            bad("--size", size, f"a multiple of the patch size {model.patch}")
-        if dim % heads:
+        from dataclasses import replace
+
+        from ..models.train import ClipSize
+
+        sizes = ()
+        if schedule is not None:
+            try:
+                sizes = ClipSize.parse_schedule(schedule)
+            except ValueError as e:
+                bad("--schedule", schedule, str(e).split(": ", 1)[1])
+            frames, size, batch = sizes[0].frames, sizes[0].height, sizes[0].batch
+        if init_weights is not None:
+            from ..models.weights import read_config
+
+            try:
+                model = replace(read_config(init_weights), frames=frames, height=size, width=size)
+            except (OSError, ValueError, TypeError) as e:
+                bad("--init-weights", init_weights, f"a weights folder written by `sparsevdit train` ({e})")
+        else:
+            model = VDiTConfig(dim=dim, depth=depth, heads=heads, num_classes=len(CLASSES), frames=frames, height=size, width=size)
+        if text_in_attention is not None:
+            model = replace(model, text_in_attention=text_in_attention)
+        for entry in sizes or (ClipSize(frames, size, size, batch),):
+            if entry.height % model.patch or entry.width % model.patch:
+                bad("--schedule" if sizes else "--size", schedule or size, f"heights and widths that are multiples of the patch size {model.patch}")
+        if model.dim % model.heads:
             bad("--dim", dim, f"a multiple of --heads {heads}")
         if compile is None:
             import torch
 
             compile = device != "cpu" and torch.cuda.is_available()
         cfg = TrainConfig(steps=steps, batch=batch, lr=lr, max_minutes=max_minutes, stop_after_minutes=stop_after_minutes,
-                          compile=compile, eval_every=eval_every, seed=seed, checkpoint_every=max(eval_every, 100), model=model)
+                          compile=compile, eval_every=eval_every, seed=seed, warmup=warmup,
+                          checkpoint_every=checkpoint_every or max(eval_every, 100), model=model, schedule=sizes,
+                          init_weights=str(init_weights) if init_weights is not None else None)
         meta = run_train(cfg, out, device=device, resume=resume, log=console.print)
-        console.print(f"validation loss {meta['val_loss_untrained']:.4f} (untrained) -> {meta['val_loss_final']:.4f}; weights in {out / 'weights'}")
+        start = "start" if init_weights is not None else "untrained"
+        console.print(f"validation loss {meta['val_loss_untrained']:.4f} ({start}) -> {meta['val_loss_final']:.4f}; weights in {out / 'weights'}")
 
     @app.command("classes")
     def list_classes() -> None:

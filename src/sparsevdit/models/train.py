@@ -21,6 +21,39 @@ from .weights import save_weights
 VAL_SEED_BASE = 1_000_000_000  # held-out clips: training seeds stay far below this
 
 
+@dataclass(frozen=True)
+class ClipSize:
+    """One entry of a size schedule: clips of frames x height x width pixels, ``batch`` of them per step."""
+
+    frames: int
+    height: int
+    width: int
+    batch: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.frames}x{self.height}x{self.width}"
+
+    @classmethod
+    def parse_schedule(cls, text: str) -> tuple["ClipSize", ...]:
+        """``"16x128x128:16*3,16x64x64:32"``: three steps of 16 clips at 128 px, then one of 32 at 64 px, repeated."""
+        out = []
+        for item in text.split(","):
+            item = item.strip()
+            size, _, rest = item.partition(":")
+            batch, _, repeat = rest.partition("*")
+            try:
+                f, h, w = (int(v) for v in size.split("x"))
+                entry, times = cls(f, h, w, int(batch)), int(repeat or 1)
+            except ValueError:
+                raise ValueError(f"bad size schedule entry {item!r}: expected FRAMESxHEIGHTxWIDTH:BATCH[*REPEAT], "
+                                 "e.g. 16x128x128:16*3") from None
+            if min(f, h, w, entry.batch, times) < 1:
+                raise ValueError(f"bad size schedule entry {item!r}: every number must be at least 1")
+            out += [entry] * times
+        return tuple(out)
+
+
 @dataclass
 class TrainConfig:
     steps: int = 3000
@@ -42,6 +75,18 @@ class TrainConfig:
     stop_after_minutes: float | None = None
     compile: bool = False  # torch.compile the training forward/backward (GPU: ~1 min to compile)
     model: VDiTConfig = field(default_factory=VDiTConfig)
+    # Steps cycle through these clip sizes (progressive resolution with small clips mixed in); empty:
+    # the model's training size at ``batch``. Validation runs at every size of the schedule.
+    schedule: tuple[ClipSize, ...] = ()
+    # Start from these saved weights (model and EMA) with a fresh optimizer: a fine-tune, not a resume.
+    init_weights: str | None = None
+
+    def sizes(self) -> tuple[ClipSize, ...]:
+        m = self.model
+        return self.schedule or (ClipSize(m.frames, m.height, m.width, self.batch),)
+
+    def validation_sizes(self) -> list[ClipSize]:
+        return list(dict.fromkeys(self.sizes()))
 
 
 def _lr(step: int, cfg: TrainConfig, minutes: float = 0.0) -> float:
@@ -55,15 +100,15 @@ def _lr(step: int, cfg: TrainConfig, minutes: float = 0.0) -> float:
 
 
 @torch.no_grad()
-def validation_loss(model: VideoDiT, cfg: TrainConfig, device, amp: bool) -> float:
+def validation_loss(model: VideoDiT, cfg: TrainConfig, device, amp: bool, size: ClipSize | None = None) -> float:
     """Loss on held-out seeds at fixed flow times and noise: comparable across runs and steps."""
     model.eval()
-    m = cfg.model
+    size = size or cfg.sizes()[0]
     total, count = 0.0, 0
     ts = torch.linspace(0.05, 0.95, 8)
     for start in range(0, cfg.val_clips, 16):
         seeds = list(range(VAL_SEED_BASE + start, VAL_SEED_BASE + min(cfg.val_clips, start + 16)))
-        x0, classes = make_batch(seeds, m.frames, m.height, m.width, device=device)
+        x0, classes = make_batch(seeds, size.frames, size.height, size.width, device=device)
         gen = torch.Generator(device="cpu").manual_seed(start)
         for t in ts:
             noise = torch.randn(x0.shape, generator=gen).to(device)
@@ -73,6 +118,16 @@ def validation_loss(model: VideoDiT, cfg: TrainConfig, device, amp: bool) -> flo
             count += x0.shape[0]
     model.train()
     return total / count
+
+
+def validate(model: VideoDiT, cfg: TrainConfig, device, amp: bool, step: int) -> dict:
+    """A history record: ``val_loss`` at the schedule's first size, ``val`` at every size."""
+    losses = {size.name: validation_loss(model, cfg, device, amp, size) for size in cfg.validation_sizes()}
+    return {"step": step, "val_loss": next(iter(losses.values())), "val": losses}
+
+
+def _describe(record: dict) -> str:
+    return ", ".join(f"{name} {loss:.4f}" for name, loss in record["val"].items()) if "val" in record else f"{record['val_loss']:.4f}"
 
 
 class CheckpointError(ValueError):
@@ -112,7 +167,12 @@ def plot_history(history: list[dict], path: Path) -> None:
         smooth = torch.nn.functional.avg_pool1d(losses[None, None], k, stride=1)[0, 0] if len(losses) >= k else losses
         ax.plot(steps, losses.tolist(), color="#bbb", lw=0.6, label="train (per step)")
         ax.plot(steps[k - 1:], smooth.tolist(), color="#1f77b4", lw=1.2, label=f"train (mean of {k})")
-    if va:
+    names = list(dict.fromkeys(name for h in va for name in h.get("val", {})))
+    if len(names) > 1:  # a size schedule: one validation curve per size
+        for name, colour in zip(names, ("#d62728", "#2ca02c", "#9467bd", "#ff7f0e")):
+            pts = [(h["step"], h["val"][name]) for h in va if name in h.get("val", {})]
+            ax.plot(*zip(*pts), "o-", color=colour, label=f"validation {name} px (held-out seeds)")
+    elif va:
         ax.plot([h["step"] for h in va], [h["val_loss"] for h in va], "o-", color="#d62728", label="validation (held-out seeds)")
     ax.set_xlabel("step")
     ax.set_ylabel("flow-matching loss")
@@ -137,6 +197,12 @@ def train(cfg: TrainConfig, out: str | os.PathLike, *, device: str = "auto", res
         torch.backends.cuda.matmul.allow_tf32 = True
     torch.manual_seed(cfg.seed)
     model = VideoDiT(cfg.model).to(dev)
+    if cfg.init_weights and not (resume and (out / "checkpoint.pt").exists()):
+        from .weights import load_weights
+
+        start = load_weights(cfg.init_weights)
+        model.load_state_dict(start.state_dict())  # fp16 on disk, float32 here
+        log(f"starting from the weights in {cfg.init_weights} (fresh optimizer, {cfg.warmup} warm-up steps)")
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay,
                             fused=dev.type == "cuda")
@@ -150,23 +216,26 @@ def train(cfg: TrainConfig, out: str | os.PathLike, *, device: str = "auto", res
         step, history = state["step"], state["history"]
         log(f"resumed from {ckpt_path} at step {step}")
     n_params = sum(p.numel() for p in model.parameters())
-    log(f"VideoDiT {n_params / 1e6:.1f}M parameters, {cfg.model.layout()} tokens per clip, device {dev}")
+    log(f"VideoDiT {n_params / 1e6:.1f}M parameters, {cfg.model.layout()} per clip, device {dev}")
     if step == 0:
-        history.append({"step": 0, "val_loss": validation_loss(ema, cfg, dev, amp)})
-        log(f"step 0 validation loss (untrained) {history[-1]['val_loss']:.4f}")
+        history.append(validate(ema, cfg, dev, amp, 0))
+        log(f"step 0 validation loss ({'start' if cfg.init_weights else 'untrained'}) {_describe(history[-1])}")
 
     # Training minutes continue across resumes, so the time-based schedule and max_minutes see the whole run.
     prior_minutes = max((h.get("minutes", 0.0) for h in history), default=0.0)
     started = time.time() - prior_minutes * 60
     run_started = time.time()
-    forward_model = torch.compile(model) if cfg.compile else model
+    # one specialised graph per clip size of the schedule (a dynamic-shape graph is slower)
+    forward_model = torch.compile(model, dynamic=False) if cfg.compile else model
     ema_params, model_params = list(ema.parameters()), list(model.parameters())
     log_file = open(out / "log.jsonl", "a")
-    m = cfg.model
+    sizes = cfg.sizes()
+    stride = max(s.batch for s in sizes)  # seeds never repeat across steps
     stopped_early = False
     while step < cfg.steps:
-        seeds = torch.arange(step * cfg.batch, (step + 1) * cfg.batch) + cfg.seed * 10_000_000
-        x0, classes = make_batch(seeds.tolist(), m.frames, m.height, m.width, device=dev)
+        size = sizes[step % len(sizes)]
+        seeds = torch.arange(step * stride, step * stride + size.batch) + cfg.seed * 10_000_000
+        x0, classes = make_batch(seeds.tolist(), size.frames, size.height, size.width, device=dev)
         lr = _lr(step, cfg, (time.time() - started) / 60)
         for g in opt.param_groups:
             g["lr"] = lr
@@ -182,17 +251,16 @@ def train(cfg: TrainConfig, out: str | os.PathLike, *, device: str = "auto", res
             torch._foreach_lerp_(ema_params, model_params, 1 - decay)
         step += 1
         rec = {"step": step, "loss": float(loss.detach()), "grad_norm": float(gnorm), "lr": lr,
-               "minutes": (time.time() - started) / 60}
+               "minutes": (time.time() - started) / 60, "size": size.name}
         history.append(rec)
         log_file.write(json.dumps(rec) + "\n")
         over_time = (cfg.max_minutes is not None and (time.time() - started) / 60 >= cfg.max_minutes) or (
             cfg.stop_after_minutes is not None and (time.time() - run_started) / 60 >= cfg.stop_after_minutes)
         if step % cfg.eval_every == 0 or step == cfg.steps or over_time:
-            val = validation_loss(ema, cfg, dev, amp)
-            history.append({"step": step, "val_loss": val})
+            history.append(validate(ema, cfg, dev, amp, step))
             log_file.write(json.dumps(history[-1]) + "\n")
             log_file.flush()
-            log(f"step {step}/{cfg.steps} loss {rec['loss']:.4f} val {val:.4f} lr {rec['lr']:.2e} {rec['minutes']:.1f} min")
+            log(f"step {step}/{cfg.steps} loss {rec['loss']:.4f} val {_describe(history[-1])} lr {rec['lr']:.2e} {rec['minutes']:.1f} min")
         if step % cfg.checkpoint_every == 0 or step == cfg.steps or over_time:
             _save_checkpoint(ckpt_path, model, ema, opt, step, cfg, history)
         if over_time:
@@ -207,6 +275,9 @@ def train(cfg: TrainConfig, out: str | os.PathLike, *, device: str = "auto", res
         "train_minutes": (time.time() - started) / 60, "compiled": cfg.compile,
         "val_loss_untrained": next(h["val_loss"] for h in history if "val_loss" in h),
         "val_loss_final": [h["val_loss"] for h in history if "val_loss" in h][-1],
+        "val_losses_start": next((h["val"] for h in history if "val" in h), None),
+        "val_losses_final": [h.get("val") for h in history if "val_loss" in h][-1],
+        "schedule": [asdict(s) for s in cfg.sizes()],
         "stopped_early": stopped_early, "classes": CLASSES,
     }
     save_weights(ema, out / "weights", meta=meta)

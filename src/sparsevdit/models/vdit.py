@@ -31,6 +31,9 @@ class VDiTConfig:
     in_channels: int = 3
     num_classes: int = 8
     context_tokens: int = 4
+    # The condition's tokens also join self-attention as a text prefix (as in CogVideoX / HunyuanVideo):
+    # they give the model global tokens (stripe heads) and the library's text paths a real model.
+    text_in_attention: bool = False
     mlp_ratio: float = 4.0
     rope_theta: float = 10000.0
     # training clip size, pixels; sampling may use other sizes
@@ -53,6 +56,8 @@ class VDiTConfig:
         w = self.width if width is None else width
         if h < self.patch or w < self.patch or h % self.patch or w % self.patch:
             raise ValueError(f"height and width must be positive multiples of the patch size {self.patch}, got {h}x{w}")
+        if self.text_in_attention:
+            return TokenLayout(f, h // self.patch, w // self.patch, text_tokens=self.context_tokens, text_position="prefix")
         return TokenLayout(f, h // self.patch, w // self.patch)
 
 
@@ -67,7 +72,10 @@ class RMSNorm(nn.Module):
 
 
 def rope_3d(layout: TokenLayout, head_dim: int, theta: float, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos, sin [N, head_dim/2] for rotary embedding over (frame, row, column); frame gets the rest."""
+    """cos, sin [N, head_dim/2] for rotary embedding over (frame, row, column); frame gets the rest.
+
+    Text tokens get no rotation (cos 1, sin 0), at their place in the sequence.
+    """
     half = head_dim // 2
     hw = 2 * (half // 6)  # pairs for rows and columns each
     parts = {"t": half - 2 * hw, "y": hw, "x": hw}
@@ -82,6 +90,9 @@ def rope_3d(layout: TokenLayout, head_dim: int, theta: float, device) -> tuple[t
         freqs = theta ** (-torch.arange(n, device=device, dtype=torch.float32) / n)
         angles.append(pos.reshape(-1, 1).float() * freqs[None])
     ang = torch.cat(angles, -1)
+    if layout.num_text:
+        text = torch.zeros(layout.num_text, ang.shape[1], device=device)
+        ang = torch.cat([text, ang] if layout.text_position == "prefix" else [ang, text])
     return ang.cos(), ang.sin()
 
 
@@ -203,8 +214,11 @@ class VideoDiT(nn.Module):
         temb = self.time_act(self.time_mlp(timestep_embedding(t, 256).to(h.dtype)))
         context = self.class_context(classes).view(b, self.cfg.context_tokens, -1)
         rope = rope_3d(layout, self.cfg.head_dim, self.cfg.rope_theta, x.device)
+        if layout.num_text:  # the condition's tokens start the sequence and are dropped at the end
+            h = torch.cat([context.to(h.dtype), h], 1)
         for blk in self.blocks:
             h = blk(h, temb, context, rope, layout)
+        h = h[:, layout.num_text:]
         shift, scale = self.mod_out(temb)[:, None].chunk(2, -1)
         h = self.out(self.norm_out(h) * (1 + scale) + shift)
         p = self.cfg.patch

@@ -40,18 +40,23 @@ def save_weights(model: VideoDiT, folder: str | os.PathLike, *, meta: dict | Non
     return paths
 
 
-def load_weights(folder: str | os.PathLike | None = None, *, device="cpu", dtype=torch.float32) -> VideoDiT:
-    """Load a model saved by ``save_weights`` (default: the weights bundled with the package)."""
-    from safetensors.torch import load_file
-
-    folder = Path(folder) if folder is not None else BUNDLED_DIR
-    config_path = folder / "config.json"
+def read_config(folder: str | os.PathLike) -> VDiTConfig:
+    """The model configuration saved beside a folder's weights (FileNotFoundError when there is none)."""
+    config_path = Path(folder) / "config.json"
     if not config_path.exists():
         raise FileNotFoundError(
             f"no model in {folder}: expected config.json and model-*.safetensors "
             "(train one with `sparsevdit train`, or reinstall sparsevdit for the bundled weights)"
         )
-    cfg = VDiTConfig(**json.loads(config_path.read_text())["config"])
+    return VDiTConfig(**json.loads(config_path.read_text())["config"])
+
+
+def load_weights(folder: str | os.PathLike | None = None, *, device="cpu", dtype=torch.float32) -> VideoDiT:
+    """Load a model saved by ``save_weights`` (default: the weights bundled with the package)."""
+    from safetensors.torch import load_file
+
+    folder = Path(folder) if folder is not None else BUNDLED_DIR
+    cfg = read_config(folder)
     model = VideoDiT(cfg)
     state = {}
     for shard in sorted(folder.glob("model-*.safetensors")):
