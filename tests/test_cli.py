@@ -121,3 +121,29 @@ def test_demo_writes_gifs_only_without_ffmpeg(tmp_path, monkeypatch):
     assert result.exit_code == 0, result.output
     assert "GIFs only" in result.output
     assert (tmp_path / "seed0_dense.gif").exists() and not list(tmp_path.glob("*.mp4"))
+
+
+def test_demo_times_each_step_and_reports_the_warm_up_apart(tmp_path):
+    args = ["demo", "--out", str(tmp_path), "--device", "cpu", "--frames", "4", "--height", "24", "--steps", "3",
+            "--seeds", "0", "--classes", "7", "--block-size", "16", "--warmup"]
+    result = runner.invoke(app, args, terminal_width=200)
+    assert result.exit_code == 0, result.output
+    timing = json.loads((tmp_path / "report.json").read_text())["timing"]
+    for name in ("dense", "sparse"):
+        side = timing[name]
+        assert len(side["step_ms"]) == 3 and all(ms > 0 for ms in side["step_ms"])
+        assert side["warmup_seconds"] > 0 and side["median_step_ms"] == sorted(side["step_ms"])[1]
+        assert sum(side["step_ms"]) / 1000 <= side["seconds"] * 1.01
+    assert timing["speedup_per_step"] == timing["dense"]["median_step_ms"] / timing["sparse"]["median_step_ms"]
+    assert "warm-up (not timed)" in result.output and not timing["compiled"]
+
+
+def test_demo_compile_needs_the_warm_up(tmp_path):
+    from sparsevdit.demo import DemoSettings, default_settings
+
+    result = runner.invoke(app, ["demo", "--out", str(tmp_path), "--device", "cpu", "--compile", "--no-warmup"],
+                           terminal_width=200)
+    assert result.exit_code == 2 and "--compile needs the warm-up" in result.output
+    with pytest.raises(ValueError, match="needs warmup=True"):
+        DemoSettings(**{**default_settings("cpu").__dict__, "compile": True, "warmup": False})
+    assert default_settings("cuda").warmup and not default_settings("cpu").warmup

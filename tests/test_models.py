@@ -1,5 +1,6 @@
 """The bundled video DiT: shapes, sparse attention plumbing, training, weights."""
 
+import dataclasses
 import json
 
 import pytest
@@ -7,7 +8,7 @@ import torch
 
 from sparsevdit import patterns as P
 from sparsevdit.models.data import CLASSES
-from sparsevdit.models.train import TrainConfig, train
+from sparsevdit.models.train import ClipSize, TrainConfig, train, validation_loss
 from sparsevdit.models.vdit import SamplerConfig, VDiTConfig, VideoDiT, apply_rope, flow_matching_loss, rope_3d, sample
 from sparsevdit.models.weights import load_weights, save_weights
 
@@ -135,3 +136,61 @@ def test_train_compiled_step_on_cpu(tmp_path):
     cfg = TrainConfig(steps=2, batch=2, eval_every=100, checkpoint_every=100, val_clips=2, warmup=1, model=TINY, compile=True)
     meta = train(cfg, tmp_path, device="cpu", log=lambda *a: None)
     assert meta["steps"] == 2 and meta["compiled"]
+
+
+# progressive resolution and the text prefix ------------------------------------------------------
+TEXT = dataclasses.replace(TINY, text_in_attention=True)
+
+
+def test_text_prefix_layout_rope_and_patterns():
+    layout = TEXT.layout()
+    assert layout.num_text == TEXT.context_tokens and layout.text_position == "prefix"
+    assert layout.num_tokens == layout.video_tokens + TEXT.context_tokens
+    cos, sin = rope_3d(layout, 32, 10000.0, "cpu")
+    assert cos.shape[0] == layout.num_tokens
+    assert torch.equal(cos[:layout.num_text], torch.ones_like(cos[:layout.num_text]))  # text: no rotation
+    assert torch.equal(sin[:layout.num_text], torch.zeros_like(sin[:layout.num_text]))
+    video_cos, _ = rope_3d(TINY.layout(), 32, 10000.0, "cpu")
+    assert torch.equal(cos[layout.num_text:], video_cos)  # video positions unchanged by the prefix
+    torch.manual_seed(0)
+    model = VideoDiT(TEXT)
+    for p in model.parameters():
+        torch.nn.init.normal_(p, std=0.05)
+    model.eval()
+    x, t, c = torch.randn(2, 3, 4, 16, 16), torch.rand(2), torch.tensor([0, 1])
+    base = model(x, t, c)
+    assert base.shape == x.shape
+    seen = []
+    model.blocks[0].attn.capture = lambda q, k, v: seen.append(q.shape[2])
+    dense = P.build("dense", layout, block_size=16)
+    model.set_patterns([[dense] * 2] * 2, backend="reference")
+    torch.testing.assert_close(model(x, t, c), base, atol=1e-5, rtol=1e-5)
+    assert seen == [layout.num_tokens]
+    # the condition reaches the video through self-attention as well: a stripe over the text keys matters
+    stripes = P.build("vertical_stripe", layout, block_size=16, sink_frames=1)
+    model.set_patterns([[stripes] * 2] * 2, backend="reference")
+    assert torch.isfinite(model(x, t, c)).all()
+
+
+def test_schedule_parsing_and_errors():
+    sizes = ClipSize.parse_schedule("4x16x16:2*2, 4x8x8:4")
+    assert [s.name for s in sizes] == ["4x16x16", "4x16x16", "4x8x8"] and sizes[2].batch == 4
+    for bad in ("4x16:2", "4x16x16", "4x16x16:0", "4x16x16:2*0", "axbxc:1"):
+        with pytest.raises(ValueError, match="FRAMESxHEIGHTxWIDTH:BATCH|at least 1"):
+            ClipSize.parse_schedule(bad)
+
+
+def test_fine_tune_from_weights_with_a_size_schedule(tmp_path):
+    start = tiny_model()
+    save_weights(start, tmp_path / "start")
+    cfg = TrainConfig(steps=3, batch=2, eval_every=3, checkpoint_every=3, val_clips=2, warmup=1, model=TEXT,
+                      schedule=ClipSize.parse_schedule("4x16x16:2*2,2x8x8:3"), init_weights=str(tmp_path / "start"))
+    meta = train(cfg, tmp_path / "run", device="cpu", log=lambda *a: None)
+    rows = [json.loads(x) for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [r["size"] for r in rows if "loss" in r] == ["4x16x16", "4x16x16", "2x8x8"]
+    assert set(meta["val_losses_final"]) == {"4x16x16", "2x8x8"}
+    # the run started from the saved weights (its step-0 validation is theirs), with text in attention
+    fresh = TrainConfig(val_clips=2, model=TEXT, schedule=cfg.schedule)
+    assert meta["val_losses_start"]["4x16x16"] == pytest.approx(
+        validation_loss(load_weights(tmp_path / "start"), fresh, torch.device("cpu"), False, cfg.schedule[0]), rel=1e-3)
+    assert load_weights(tmp_path / "run" / "weights").cfg.text_in_attention

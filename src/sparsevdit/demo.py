@@ -40,13 +40,58 @@ class DemoSettings:
     backend: str
     device: str
     dtype: str
+    # A first, untimed pass of each run (compilation, autotuning, caches), reported on its own.
+    warmup: bool = False
+    # torch.compile the model outside its attention call, identically for dense and sparse (needs warmup).
+    compile: bool = False
+
+    def __post_init__(self) -> None:
+        if self.compile and not self.warmup:
+            raise ValueError("compile=True needs warmup=True: otherwise compilation would be timed as sampling")
 
 
 def default_settings(device: str) -> DemoSettings:
-    if device == "cuda":  # larger than training (16 x 64 x 64): 16 x 32 x 32 = 16,384 tokens
-        return DemoSettings(16, 128, 128, 30, 3.0, (0, 1, 2, 3), (0, 2, 5, 7), 128, "auto", device, "bfloat16")
+    if device == "cuda":  # the long size: 16 x 32 x 32 = 16,384 video tokens (training size: 4,096)
+        return DemoSettings(16, 128, 128, 30, 3.0, (0, 1, 2, 3), (0, 2, 5, 7), 128, "auto", device, "bfloat16",
+                            warmup=True)
     # 2-core CPU within about 2 minutes: 16 x 12 x 12 = 2,304 tokens
     return DemoSettings(16, 48, 48, 16, 3.0, (0, 1), (0, 5), 64, "auto", device, "float32")
+
+
+class StepClock:
+    """Wall time of each denoising step: CUDA events on a GPU (read once at the end), else perf_counter."""
+
+    def __init__(self, device: str):
+        self.cuda = device == "cuda"
+        self.spans: list = []
+
+    def start(self) -> None:
+        if self.cuda:
+            begin = torch.cuda.Event(enable_timing=True)
+            begin.record()
+            self.spans.append([begin, None])
+        else:
+            self.spans.append([time.perf_counter(), None])
+
+    def stop(self) -> None:
+        if self.cuda:
+            end = torch.cuda.Event(enable_timing=True)
+            end.record()
+            self.spans[-1][1] = end
+        else:
+            self.spans[-1][1] = time.perf_counter()
+
+    def step_ms(self) -> list[float]:
+        if self.cuda:
+            torch.cuda.synchronize()
+            return [a.elapsed_time(b) for a, b in self.spans]
+        return [1000 * (b - a) for a, b in self.spans]
+
+
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else 0.5 * (ordered[mid - 1] + ordered[mid])
 
 
 BUNDLED_PLANS = Path(__file__).parent / "models" / "plans"
@@ -131,29 +176,56 @@ def run_demo(
         return sum(vals) / len(vals)
 
     console.print(f"model: bundled VideoDiT ({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M), {layout}, {device}")
-    results = {}
+    if s.compile:
+        model.compile_outside_attention()
+
+    def run(name: str, progress, label: str):
+        """One sampling of every seed; returns the videos, seconds and per-step milliseconds."""
+        task = progress.add_task(f"{label:14s}", total=s.steps)
+        clock = StepClock(device)
+        if name == "dense":
+            model.clear_patterns()
+            set_step = None
+        else:
+            def set_step(step):
+                model.set_patterns(per_layer(step), backend=s.backend)
+
+        def before(step):
+            clock.start()  # setting a step's patterns is part of that step's time
+            if set_step is not None:
+                set_step(step)
+
+        def after():
+            clock.stop()
+            progress.advance(task)
+
+        if device == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        video = sample(model, classes, frames=s.frames, height=s.height, width=s.width, seeds=list(s.seeds),
+                       sampler=sampler, on_step=before, progress=after)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        return video.cpu(), time.perf_counter() - t0, clock.step_ms()
+
+    results, warmup = {}, {}
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"),
                   TimeElapsedColumn(), console=console) as progress:
+        if s.warmup:
+            for name in ("dense", "sparse"):
+                warmup[name] = run(name, progress, f"warm-up {name}")[1]
         for name in ("dense", "sparse"):
-            task = progress.add_task(f"{name:6s} attention", total=s.steps)
-            if name == "dense":
-                model.clear_patterns()
-                on_step = None
-            else:
-                def on_step(step):
-                    model.set_patterns(per_layer(step), backend=s.backend)
-            if device == "cuda":
-                torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            video = sample(model, classes, frames=s.frames, height=s.height, width=s.width, seeds=list(s.seeds),
-                           sampler=sampler, on_step=on_step, progress=lambda: progress.advance(task))
-            if device == "cuda":
-                torch.cuda.synchronize()
-            results[name] = (video.cpu(), time.perf_counter() - t0)
+            results[name] = run(name, progress, f"{name} attention")
     model.clear_patterns()
 
-    dense, dense_s = results["dense"]
-    sparse, sparse_s = results["sparse"]
+    dense, dense_s, dense_ms = results["dense"]
+    sparse, sparse_s, sparse_ms = results["sparse"]
+    timing = {name: {"seconds": results[name][1], "step_ms": results[name][2],
+                     "median_step_ms": _median(results[name][2]),
+                     **({"warmup_seconds": warmup[name]} if name in warmup else {})} for name in ("dense", "sparse")}
+    timing["speedup_per_step"] = timing["dense"]["median_step_ms"] / timing["sparse"]["median_step_ms"]
+    timing["speedup_total"] = dense_s / sparse_s
+    timing["compiled"] = s.compile
     per_seed = [video_psnr_ssim(sparse[i], dense[i]) for i in range(len(s.seeds))]
     quality = video_psnr_ssim(sparse, dense)
     density = sum(density_at(i) for i in range(s.steps)) / s.steps
@@ -167,7 +239,7 @@ def run_demo(
         "per_seed": [{"seed": seed, "class": CLASSES[c], "caption": caption_for(c), **q}
                      for seed, c, q in zip(s.seeds, s.classes, per_seed)],
         "attention_density": density, "sparse_config": sparse_label,
-        "dense_seconds": dense_s, "sparse_seconds": sparse_s,
+        "dense_seconds": dense_s, "sparse_seconds": sparse_s, "timing": timing,
         "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
         "settings": {**asdict(s), "layout": layout.to_dict(), "tokens": layout.num_tokens},
         "files": [],
@@ -181,7 +253,9 @@ def run_demo(
     files = report["files"]
     console.print(
         f"PSNR {report['psnr']:.2f} dB, SSIM {report['ssim']:.4f} (sparse vs dense), attention density {density:.1%}; "
-        f"dense {dense_s:.1f} s, sparse {sparse_s:.1f} s"
+        f"dense {dense_s:.1f} s, sparse {sparse_s:.1f} s; per step (median) dense {timing['dense']['median_step_ms']:.1f} ms, "
+        f"sparse {timing['sparse']['median_step_ms']:.1f} ms: {timing['speedup_per_step']:.2f}x"
+        + (f"; warm-up (not timed) dense {warmup['dense']:.1f} s, sparse {warmup['sparse']:.1f} s" if warmup else "")
     )
     console.print(f"wrote {out}/report.html, report.json, frames.png and {len(files) - 1} videos")
     return report

@@ -27,6 +27,8 @@ def register(app: typer.Typer) -> None:
         backend: str = typer.Option("auto", callback=check_backend, help="attention backend for the sparse run"),
         plan: Optional[Path] = typer.Option(None, "--plan", help="sparse run uses this plan file (from `sparsevdit search`); its layout must match the clip size"),
         fixed_mix: bool = typer.Option(False, "--fixed-mix", help="use the fixed per-head mix even where a bundled searched plan fits the clip size"),
+        warmup: Optional[bool] = typer.Option(None, "--warmup/--no-warmup", help="sample once untimed first (compilation, autotuning), reported on its own (default: on for GPU, off for CPU)"),
+        compile: bool = typer.Option(False, "--compile", help="torch.compile the model outside its attention, the same for dense and sparse (implies --warmup)"),
     ) -> None:
         """Generate the same seeds with dense and sparse attention on the bundled model; write videos and a report.
 
@@ -50,7 +52,11 @@ def register(app: typer.Typer) -> None:
             changes["seeds"] = seed_list
         if class_list is not None:
             changes["classes"] = class_list
-        s = replace(s, backend=backend, **changes)
+        if compile and warmup is False:
+            bad("--no-warmup", False, "--compile needs the warm-up pass (else compilation is timed); drop --no-warmup")
+        changes["warmup"] = s.warmup if warmup is None else warmup
+        changes["warmup"] = changes["warmup"] or compile
+        s = replace(s, backend=backend, compile=compile, **changes)
         if class_list is None and len(s.classes) != len(s.seeds):  # seeds given without classes
             s = replace(s, classes=tuple(seed % cfg.num_classes for seed in s.seeds))
         if len(s.classes) != len(s.seeds):
