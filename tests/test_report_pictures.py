@@ -1,0 +1,118 @@
+"""The report's pieces: plan picture, attention maps, fidelity chart and the HTML page."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from sparsevdit import patterns as P
+from sparsevdit.layout import TokenLayout
+from sparsevdit.plan import HeadSpec, LayerEntry, ModelSignature, SparsityPlan
+from sparsevdit.report.plan_picture import (check_step, family, plan_step_ranges, save_plan_png,
+                                            save_plan_steps_png)
+
+ROOT = Path(__file__).resolve().parents[1]
+MODEL = ModelSignature("VideoDiT", num_layers=3, num_heads=4, head_dim=16)
+LAYOUT = TokenLayout(3, 4, 4, text_tokens=4, text_position="prefix")  # 52 tokens
+BLOCK = 8
+DIAG = HeadSpec("diagonal", {"width": 16})
+MULTI = HeadSpec("multi_diagonal", {"width": 16})
+UNION = HeadSpec("union", {"patterns": [{"name": "diagonal", "params": {"width": 8}}, "vertical_stripe"]})
+
+
+def assert_png(path: Path) -> None:
+    with Image.open(path) as img:
+        img.verify()
+        assert img.format == "PNG"
+
+
+def only(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
+
+
+def mixed_plan(metadata: dict | None = None) -> SparsityPlan:
+    entries = [
+        LayerEntry(0, (DIAG, MULTI, UNION, HeadSpec("skip"))),
+        LayerEntry(1, (DIAG, DIAG, HeadSpec("dense"), MULTI), step_start=0, step_end=2),
+        LayerEntry(1, (MULTI, MULTI, MULTI, MULTI), step_start=2, step_end=None),
+        # layer 2 has no entry: a dense layer
+    ]
+    return SparsityPlan(MODEL, LAYOUT, BLOCK, entries, metadata or {})
+
+
+def qk(heads: int = 4, layout: TokenLayout = LAYOUT, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    shape = (heads, layout.num_tokens, 16)
+    return 2 * torch.randn(shape, generator=gen), 2 * torch.randn(shape, generator=gen)
+
+
+# plan picture ---------------------------------------------------------------------------------------
+def test_plan_png_of_uniform_and_mixed_plans(tmp_path):
+    uniform = SparsityPlan.uniform(MODEL, LAYOUT, "diagonal", {"width": 16}, block_size=BLOCK)
+    assert save_plan_png(uniform, tmp_path / "uniform.png") == tmp_path / "uniform.png"
+    assert_png(tmp_path / "uniform.png")
+    save_plan_png(mixed_plan(), tmp_path / "mixed.png", step=3, title="<mixed>")
+    assert_png(tmp_path / "mixed.png")
+    assert only(tmp_path) == ["mixed.png", "uniform.png"]  # no temporary file left
+
+
+def test_family_names():
+    plan = mixed_plan()
+    assert [family(p) for p in plan.patterns_for(0)] == ["diagonal", "multi_diagonal", "diagonal+vertical_stripe", "skip"]
+    assert family(None) == "dense"
+
+
+def test_step_ranges_merge_identical_steps_and_stop_at_known_steps():
+    assert plan_step_ranges(mixed_plan()) == [(0, 2), (2, None)]
+    assert plan_step_ranges(mixed_plan({"calibration": {"steps": 6}})) == [(0, 2), (2, 6)]
+    uniform = SparsityPlan.uniform(MODEL, LAYOUT, "dense", block_size=BLOCK)
+    assert plan_step_ranges(uniform) == [(0, None)]
+    closed = SparsityPlan(MODEL, LAYOUT, BLOCK, [LayerEntry(0, (DIAG,) * 4, 1, 3)])
+    assert plan_step_ranges(closed) == [(0, 1), (1, 3)]
+
+
+def test_plan_steps_png_draws_every_range(tmp_path):
+    save_plan_steps_png(mixed_plan({"calibration": {"steps": 6}}), tmp_path / "steps.png")
+    assert_png(tmp_path / "steps.png")
+    bundled = SparsityPlan.load(ROOT / "src/sparsevdit/models/plans/demo-cpu-16x48x48.json")
+    save_plan_steps_png(bundled, tmp_path / "bundled.png")
+    assert_png(tmp_path / "bundled.png")
+
+
+@pytest.mark.parametrize("step, metadata, words", [
+    (-1, {}, "integer >= 0"),
+    (1.0, {}, "integer >= 0"),
+    (6, {"calibration": {"steps": 6}}, "made for 6 steps"),
+])
+def test_plan_png_refuses_a_step_beyond_the_plan(tmp_path, step, metadata, words):
+    with pytest.raises(ValueError, match=words):
+        save_plan_png(mixed_plan(metadata), tmp_path / "p.png", step=step)
+    assert only(tmp_path) == []
+
+
+def test_step_beyond_the_last_closed_range():
+    closed = SparsityPlan(MODEL, LAYOUT, BLOCK, [LayerEntry(0, (DIAG,) * 4, 0, 3)])
+    assert check_step(closed, 2) == 2
+    with pytest.raises(ValueError, match="ends at step 3"):
+        check_step(closed, 3)
+
+
+def test_failed_save_leaves_nothing(tmp_path, monkeypatch):
+    from matplotlib.figure import Figure
+
+    def broken(self, fname, **kwargs):
+        Path(fname).write_bytes(b"half a png")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(Figure, "savefig", broken)
+    with pytest.raises(OSError, match="disk full"):
+        save_plan_png(mixed_plan(), tmp_path / "p.png")
+    (tmp_path / "folder.png").mkdir()
+    monkeypatch.undo()
+    with pytest.raises(IsADirectoryError):
+        save_plan_png(mixed_plan(), tmp_path / "folder.png")
+    assert only(tmp_path) == ["folder.png"]
