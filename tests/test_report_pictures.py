@@ -12,6 +12,7 @@ from PIL import Image
 from sparsevdit import patterns as P
 from sparsevdit.layout import TokenLayout
 from sparsevdit.plan import HeadSpec, LayerEntry, ModelSignature, SparsityPlan
+from sparsevdit.report.attention_maps import block_maps, save_attention_maps_png
 from sparsevdit.report.plan_picture import (check_step, family, plan_step_ranges, save_plan_png,
                                             save_plan_steps_png)
 
@@ -116,3 +117,65 @@ def test_failed_save_leaves_nothing(tmp_path, monkeypatch):
     with pytest.raises(IsADirectoryError):
         save_plan_png(mixed_plan(), tmp_path / "folder.png")
     assert only(tmp_path) == ["folder.png"]
+
+
+# attention maps -------------------------------------------------------------------------------------
+def direct_recall(q: torch.Tensor, k: torch.Tensor, pattern: P.BlockPattern | None, layout: TokenLayout) -> float:
+    probs = torch.softmax(q @ k.T / math.sqrt(q.shape[-1]), -1)
+    if pattern is None:
+        return 1.0
+    inv = layout.inverse_permutation(pattern.ordering)
+    return float((probs * pattern.token_mask()[inv][:, inv]).sum() / layout.num_tokens)
+
+
+@pytest.mark.parametrize("layout", [LAYOUT, TokenLayout(3, 4, 4), TokenLayout(2, 3, 5, 3, "suffix")])
+@pytest.mark.parametrize("name, params", [("diagonal", {"width": 16}), ("multi_diagonal", {"width": 16}),
+                                          ("skip", {}), ("dense", {}), (None, {})])
+def test_block_maps_recall_matches_the_token_level_computation(layout, name, params):
+    q, k = qk(1, layout)
+    pattern = None if name is None else P.build(name, layout, block_size=BLOCK, **params)
+    maps = block_maps(q[0], k[0], pattern, layout, chunk=5)
+    assert maps.recall == pytest.approx(direct_recall(q[0], k[0], pattern, layout), abs=1e-5)
+    assert torch.allclose(maps.dense.sum(-1), torch.ones(maps.dense.shape[0]), atol=1e-5)
+    if pattern is not None:
+        assert maps.ordering == pattern.ordering and torch.equal(maps.kept, pattern.block_mask)
+
+
+def test_attention_maps_png_one_layer_and_by_layer(tmp_path):
+    q, k = qk()
+    pats = [P.build("diagonal", LAYOUT, block_size=BLOCK, width=16), P.build("multi_diagonal", LAYOUT, block_size=BLOCK, width=16),
+            None, P.build("skip", LAYOUT, block_size=BLOCK)]
+    save_attention_maps_png(q, k, pats, LAYOUT, tmp_path / "one.png", heads=[0, 1, 2, 3], title="<t>")
+    assert_png(tmp_path / "one.png")
+    q2, k2 = qk(seed=1)
+    save_attention_maps_png({0: q, 2: q2}, {0: k, 2: k2}, {0: pats, 2: None}, LAYOUT, tmp_path / "layers.png",
+                            heads=[(0, 1), (2, 3)])
+    assert_png(tmp_path / "layers.png")
+    save_attention_maps_png({0: q, 2: q2}, {0: k, 2: k2}, {0: pats}, LAYOUT, tmp_path / "default.png")
+    assert_png(tmp_path / "default.png")
+    save_attention_maps_png(q, k, None, LAYOUT, tmp_path / "dense.png", block_size=16)
+    assert_png(tmp_path / "dense.png")
+    assert only(tmp_path) == ["default.png", "dense.png", "layers.png", "one.png"]
+
+
+def test_attention_maps_refuse_bad_inputs(tmp_path):
+    q, k = qk()
+    diag = P.build("diagonal", LAYOUT, block_size=BLOCK, width=16)
+    other = TokenLayout(3, 4, 4)
+    cases = [
+        ((q[:, :-1], k[:, :-1], [diag] * 4, LAYOUT), {}, "51 and 51 tokens; the layout"),
+        ((q[None], k[None], [diag] * 4, LAYOUT), {}, r"\[H, N, D\]"),
+        ((q, k[:2], [diag] * 4, LAYOUT), {}, "4 heads, k has 2"),
+        ((q, k, [diag] * 3, LAYOUT), {}, "3 given for 4 heads"),
+        ((q, k, [diag] * 4, LAYOUT), {"heads": [4]}, "out of range 0..3"),
+        ((q, k, [diag] * 4, LAYOUT), {"block_size": 16}, "differs from pattern"),
+        ((q, k, [P.build("diagonal", other, block_size=BLOCK)] * 4, LAYOUT), {}, "not the layout given"),
+        (({0: q}, k, [diag] * 4, LAYOUT), {}, "give q and k alike"),
+        (({0: q}, {0: k}, {0: [diag] * 4}, LAYOUT), {"heads": [(1, 0)]}, "layer 1 is not among"),
+        (({0: q}, {0: k}, {0: [diag] * 4}, LAYOUT), {"heads": [0]}, r"\(layer, head\) pairs"),
+        ((q, k, ["diagonal"] * 4, LAYOUT), {}, "a BlockPattern or None"),
+    ]
+    for args, kwargs, words in cases:
+        with pytest.raises(ValueError, match=words):
+            save_attention_maps_png(*args, path=tmp_path / "a.png", **kwargs)
+    assert only(tmp_path) == []
