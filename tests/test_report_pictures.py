@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from sparsevdit import patterns as P
 from sparsevdit.layout import TokenLayout
 from sparsevdit.plan import HeadSpec, LayerEntry, ModelSignature, SparsityPlan
 from sparsevdit.report.attention_maps import block_maps, save_attention_maps_png
+from sparsevdit.report.fidelity_chart import save_fidelity_png, x_axis
 from sparsevdit.report.plan_picture import (check_step, family, plan_step_ranges, save_plan_png,
                                             save_plan_steps_png)
 
@@ -179,3 +181,28 @@ def test_attention_maps_refuse_bad_inputs(tmp_path):
         with pytest.raises(ValueError, match=words):
             save_attention_maps_png(*args, path=tmp_path / "a.png", **kwargs)
     assert only(tmp_path) == []
+
+
+# fidelity chart -------------------------------------------------------------------------------------
+def test_fidelity_png_from_the_cpu_study(tmp_path):
+    study = json.loads((ROOT / "bench/results/fidelity-cpu.json").read_text())
+    save_fidelity_png(study["rows"], tmp_path / "density.png")
+    save_fidelity_png(study, tmp_path / "time.png", x="time", title="<t>")
+    assert_png(tmp_path / "density.png")
+    assert_png(tmp_path / "time.png")
+    assert x_axis(study["rows"], "time")[0] == "relative_time_flops"
+    measured = [dict(r, relative_time_measured=r["relative_time_flops"] * 1.1) for r in study["rows"]]
+    key, label = x_axis(measured, "time")
+    assert key == "relative_time_measured" and "measured" in label
+
+
+def test_fidelity_png_skips_unplottable_rows_and_refuses_bad_input(tmp_path):
+    rows = [{"method": "a", "density": 0.5, "psnr": 20.0}, {"method": "a", "density": 1.0, "psnr": float("inf")},
+            {"method": "new", "density": 0.3, "psnr": None, "ssim": 0.5}]
+    save_fidelity_png(rows, tmp_path / "ok.png")  # SSIM panel has one point, PSNR panel one
+    assert_png(tmp_path / "ok.png")
+    for bad, kwargs, words in [(rows, {"x": "speed"}, "x must be one of"), (rows, {"x": "time"}, "no row has a relative time"),
+                               ([{"method": "a", "density": 0.5}], {}, "finite psnr"), ("rows", {}, "list of row objects")]:
+        with pytest.raises(ValueError, match=words):
+            save_fidelity_png(bad, tmp_path / "bad.png", **kwargs)
+    assert only(tmp_path) == ["ok.png"]
