@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ from sparsevdit.layout import TokenLayout
 from sparsevdit.plan import HeadSpec, LayerEntry, ModelSignature, SparsityPlan
 from sparsevdit.report.attention_maps import block_maps, save_attention_maps_png
 from sparsevdit.report.fidelity_chart import save_fidelity_png, x_axis
+from sparsevdit.report.html_report import local_file, write_report_html
 from sparsevdit.report.plan_picture import (check_step, family, plan_step_ranges, save_plan_png,
                                             save_plan_steps_png)
 
@@ -206,3 +208,75 @@ def test_fidelity_png_skips_unplottable_rows_and_refuses_bad_input(tmp_path):
         with pytest.raises(ValueError, match=words):
             save_fidelity_png(bad, tmp_path / "bad.png", **kwargs)
     assert only(tmp_path) == ["ok.png"]
+
+
+# HTML report ----------------------------------------------------------------------------------------
+class Links(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.refs: list[str] = []
+        self.tags: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append(tag)
+        self.refs += [v for k, v in attrs if k in ("src", "href") and v is not None]
+
+
+def demo_report(**extra) -> dict:
+    report = {
+        "psnr": float("inf"), "ssim": 0.98,
+        "per_seed": [{"seed": 0, "class": "ball", "caption": "<script>alert('x')</script> & a ball", "psnr": 31.5, "ssim": 0.97},
+                     {"seed": 1, "class": "ring", "caption": "a ring", "psnr": None, "ssim": 0.99}],
+        "attention_density": 0.39, "sparse_config": "plan bundled <demo>.json",
+        "dense_seconds": 12.0, "sparse_seconds": 8.0, "device": "cpu",
+        "settings": {"frames": 16, "seeds": (0, 1), "layout": LAYOUT.to_dict(), "tokens": LAYOUT.num_tokens},
+        "files": ["seed0_side_by_side.mp4", "seed1_side_by_side.gif", "missing.gif", "../escape.gif", "frames.png"],
+    }
+    report.update(extra)
+    return report
+
+
+def test_report_html_is_self_contained_and_escaped(tmp_path):
+    for name in ("seed0_side_by_side.mp4", "seed0_side_by_side.gif", "seed1_side_by_side.gif", "frames.png", "plan.png",
+                 "maps.png"):
+        (tmp_path / name).write_bytes(b"x")
+    (tmp_path.parent / "escape.gif").write_bytes(b"x")
+    timing = {"dense": {"warmup_seconds": 1.5, "step_ms": [10.0, 12.0, 11.0], "seconds": 12.0},
+              "sparse": {"warmup_seconds": 2.5, "step_ms": [5.0, 6.0, 7.0], "median_step_ms": 6.0, "seconds": 8.0},
+              "speedup_per_step": 1.83}
+    pictures = {"plan": "plan.png", "attention_maps": "maps.png", "fidelity": "fidelity.png", "evil": "https://x.org/a.png"}
+    path = write_report_html(tmp_path, demo_report(timing=timing, pictures=pictures))
+    assert path == tmp_path / "report.html"
+    page = path.read_text(encoding="utf-8")
+    assert "http://" not in page and "https://" not in page
+    assert "<script" not in page and "&lt;script&gt;" in page and "&lt;demo&gt;" in page
+    links = Links()
+    links.feed(page)
+    assert links.refs and all((tmp_path / ref).is_file() for ref in links.refs)
+    assert "plan.png" in links.refs and "maps.png" in links.refs and "fidelity.png" not in links.refs
+    assert links.tags.count("video") == 1  # seed 0 has an mp4, seed 1 only its GIF
+    assert "seed1_side_by_side.gif" in links.refs and "1.83x" in page and "11.0" in page and "∞" in page
+    assert "missing.gif" not in page.replace("missing.gif</", "")  # neither linked nor shown
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no temporary file left
+
+
+def test_report_html_omits_missing_parts(tmp_path):
+    page = write_report_html(tmp_path, {}).read_text(encoding="utf-8")
+    assert "<h1>" in page and "Timing" not in page and "Seeds" not in page and "Pictures" not in page
+    page = write_report_html(tmp_path, demo_report(timing="n/a", pictures=None, per_seed="?")).read_text(encoding="utf-8")
+    assert "Timing" in page and "1.50x" in page  # total seconds from dense_seconds / sparse_seconds
+    assert "warm-up" not in page and "<video" not in page
+    with pytest.raises(NotADirectoryError):
+        write_report_html(tmp_path / "nowhere", {})
+    with pytest.raises(ValueError, match="report must be a dict"):
+        write_report_html(tmp_path, [])
+
+
+def test_local_file_refuses_what_is_not_in_the_folder(tmp_path):
+    (tmp_path / "a b.png").write_bytes(b"x")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "c.png").write_bytes(b"x")
+    assert local_file(tmp_path, "a b.png") == "a%20b.png"
+    assert local_file(tmp_path, "sub/c.png") == "sub/c.png"
+    for name in ("sub", "../a b.png", "/etc/passwd", "http://x/a.png", "C:\\a.png", "", None, 3):
+        assert local_file(tmp_path, name) is None

@@ -139,14 +139,16 @@ def _figure(plan: SparsityPlan, panels: list[tuple[str, int]], title: str | None
     rows = math.ceil(len(panels) / cols)
     w = max(4.5, 0.42 * plan.model.num_heads + 1.3)
     h = max(2.2, 0.3 * plan.model.num_layers + 1.0)
-    fig, axes = plt.subplots(rows, cols, figsize=(w * cols, h * rows + 0.3 * math.ceil(len(families) / 2) + 0.5), dpi=110, squeeze=False,
+    legend_h = 0.3 * math.ceil(len(families) / 2) + 0.5
+    fig, axes = plt.subplots(rows, cols, figsize=(w * cols, h * rows + legend_h), dpi=110, squeeze=False,
                              layout="constrained")
     for ax, (heading, _), cells in zip(axes.flat, panels, all_cells):
         _draw(ax, cells, colours, heading)
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
     handles = [Patch(facecolor=colours[f], edgecolor="#666666", label=f) for f in families]
-    fig.legend(handles=handles, loc="outside lower center", ncol=max(1, min(len(handles), int(w * cols / 2.2))), fontsize=8, frameon=False)
+    ncol = max(1, min(len(handles), int(w * cols / 2.2)))  # about 2.2 inches per legend entry
+    fig.legend(handles=handles, loc="outside lower center", ncol=ncol, fontsize=8, frameon=False)
     fig.suptitle(title or f"{plan.model.class_name} plan: pattern per head, cell = density %", fontsize=10)
     return fig
 
