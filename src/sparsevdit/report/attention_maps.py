@@ -19,6 +19,7 @@ from ..patterns import BlockPattern
 from ..patterns.base import block_lengths, check_block_grid
 from ._figures import pyplot, save_png
 from .attention_study import head_statistics
+from .plan_picture import family
 
 DEFAULT_BLOCK_SIZE = 64  # pooling block of heads drawn without any pattern
 MAX_DEFAULT_PANELS = 4
@@ -182,10 +183,10 @@ def _figure(panels: list[Panel], maps: list[BlockMaps], layout: TokenLayout, tit
             ax.set_xlabel(f"key block ({m.block_size} tokens, {m.ordering})", fontsize=7)
             ax.set_ylabel("query block", fontsize=7)
             ax.tick_params(labelsize=6)
-        name = "dense" if pattern is None else pattern.name
         density = 1.0 if pattern is None else pattern.density
         ax_dense.set_title(f"{label}: dense attention", fontsize=8)
-        ax_kept.set_title(f"{label}: {name} ({density:.0%} density) keeps {m.recall:.1%} of the mass", fontsize=8)
+        ax_kept.set_title(f"{label}: {family(pattern)}, density {density:.0%}\nkeeps {m.recall:.1%} of the attention mass",
+                          fontsize=8)
     fig.colorbar(image, ax=axes, shrink=0.6, label="log10 attention mass per block (mean over query rows)")
     fig.suptitle(title or "attention: dense vs the blocks the sparse pattern keeps", fontsize=9)
     return fig
