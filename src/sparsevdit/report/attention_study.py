@@ -37,21 +37,22 @@ def head_statistics(q: torch.Tensor, k: torch.Tensor, layout, block_size: int, m
     """For q, k [H, N, D]: block-pooled maps [H, QB, KB] and recall [H] of every mask in ``masks``."""
     h, n, d = q.shape
     nb = math.ceil(n / block_size)
-    pooled = torch.zeros(h, nb, nb)
-    recall = {name: torch.zeros(h) for name in masks}
-    col_mass = torch.zeros(h, nb)
+    dev = q.device  # on the tensors' device: a GPU capture is pooled there
+    pooled = torch.zeros(h, nb, nb, device=dev)
+    recall = {name: torch.zeros(h, device=dev) for name in masks}
+    col_mass = torch.zeros(h, nb, device=dev)
     for start in range(0, n, chunk):
         rows = slice(start, min(n, start + chunk))
         probs = torch.softmax((q[:, rows].float() @ k.float().transpose(-1, -2)) / math.sqrt(d), -1)  # [H, c, N]
         pad = nb * block_size - n
         per_block = torch.nn.functional.pad(probs, (0, pad)).view(h, probs.shape[1], nb, block_size).sum(-1)
-        qb = torch.arange(rows.start, rows.stop) // block_size
+        qb = torch.arange(rows.start, rows.stop, device=dev) // block_size
         pooled.index_add_(1, qb, per_block)
         col_mass += per_block.sum(1)
         for name, mask in masks.items():
             m = mask[rows] if mask.dim() == 2 else mask[:, rows]
             recall[name] += (probs * m).sum((-1, -2))
-    counts = torch.bincount(torch.arange(n) // block_size, minlength=nb).float()
+    counts = torch.bincount(torch.arange(n, device=dev) // block_size, minlength=nb).float()
     pooled /= counts[None, :, None]
     return pooled, {name: r / n for name, r in recall.items()}, col_mass / n
 
