@@ -147,3 +147,25 @@ def test_demo_compile_needs_the_warm_up(tmp_path):
     with pytest.raises(ValueError, match="needs warmup=True"):
         DemoSettings(**{**default_settings("cpu").__dict__, "compile": True, "warmup": False})
     assert default_settings("cuda").warmup and not default_settings("cpu").warmup
+
+
+def test_demo_report_has_pictures_and_the_fidelity_curves(tmp_path):
+    study = tmp_path / "study.json"
+    study.write_text(json.dumps({"rows": [
+        {"method": "budget", "label": "a", "density": 0.3, "psnr": 25.0, "ssim": 0.8, "relative_time_flops": 0.35},
+        {"method": "uniform-diag", "label": "b", "density": 0.2, "psnr": 15.0, "ssim": 0.5, "relative_time_flops": 0.25}]}))
+    out = tmp_path / "demo"
+    args = ["demo", "--out", str(out), "--device", "cpu", "--frames", "4", "--height", "24", "--steps", "2",
+            "--seeds", "0", "--classes", "7", "--block-size", "16", "--fidelity", str(study)]
+    result = runner.invoke(app, args, terminal_width=200)
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    assert set(report["pictures"]) == {"attention_maps", "fidelity", "fidelity_time"}  # fixed mix: no plan picture
+    page = (out / "report.html").read_text()
+    for name in report["pictures"].values():
+        assert (out / name).stat().st_size > 0 and name in page and name in report["files"]
+    assert "http://" not in page and "https://" not in page
+    broken = tmp_path / "broken.json"
+    broken.write_text('{"rows": [{"psnr": 1}]}')
+    result = runner.invoke(app, args[:-1] + [str(broken)], terminal_width=200)
+    assert result.exit_code == 2 and "a fidelity study" in result.output

@@ -6,8 +6,6 @@ Writes dense, sparse and side-by-side videos (MP4 and GIF), a frame-grid PNG, ``
 
 from __future__ import annotations
 
-import html
-import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -24,6 +22,10 @@ from .models.data import CLASSES, caption_for
 from .models.vdit import SamplerConfig, VideoDiT, sample
 from .models.weights import load_weights
 from .plan import PlanError, SparsityPlan
+from .report.attention_maps import save_attention_maps_png
+from .report.fidelity_chart import save_fidelity_png
+from .report.html_report import write_report_html
+from .report.plan_picture import plan_step_ranges, save_plan_png, save_plan_steps_png
 from .video_io import frame_grid, mp4_writer_available, side_by_side, to_uint8_frames, write_video
 
 
@@ -137,7 +139,12 @@ def run_demo(
     plan=None,
     use_bundled_plan: bool = True,
     console: Console | None = None,
+    fidelity: dict | None = None,
 ) -> dict:
+    """Sample ``settings``' seeds dense and sparse, write the videos and the report into ``out``.
+
+    ``fidelity``: a fidelity study (the JSON of ``sparsevdit fidelity``) whose PSNR-vs-density and
+    PSNR-vs-time curves the report shows."""
     console = console or Console()
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -191,6 +198,7 @@ def run_demo(
                 model.set_patterns(per_layer(step), backend=s.backend)
 
         def before(step):
+            current["step"] = step
             clock.start()  # setting a step's patterns is part of that step's time
             if set_step is not None:
                 set_step(step)
@@ -208,14 +216,35 @@ def run_demo(
             torch.cuda.synchronize()
         return video.cpu(), time.perf_counter() - t0, clock.step_ms()
 
+    # q/k of a few layers at the middle step of the first dense pass (the warm-up on a GPU: untimed),
+    # first seed, conditional half: the report's attention maps of dense vs sparse
+    map_step, map_layers = s.steps // 2, sorted({0, model.cfg.depth // 2, model.cfg.depth - 1})
+    captured: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+    current = {"step": -1}
+
+    def capture_for(layer):
+        def capture(q, k, v):
+            if current["step"] == map_step and layer not in captured:
+                captured[layer] = (q[0].float().cpu(), k[0].float().cpu())
+        return capture
+
     results, warmup = {}, {}
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"),
                   TimeElapsedColumn(), console=console) as progress:
-        if s.warmup:
+        attention = model.attention_modules()
+        for layer in map_layers:
+            attention[layer].capture = capture_for(layer)
+        try:
+            if s.warmup:
+                for name in ("dense", "sparse"):
+                    warmup[name] = run(name, progress, f"warm-up {name}")[1]
+                    if name == "dense":
+                        _stop_capture(model)
             for name in ("dense", "sparse"):
-                warmup[name] = run(name, progress, f"warm-up {name}")[1]
-        for name in ("dense", "sparse"):
-            results[name] = run(name, progress, f"{name} attention")
+                results[name] = run(name, progress, f"{name} attention")
+                _stop_capture(model)
+        finally:
+            _stop_capture(model)
     model.clear_patterns()
 
     dense, dense_s, dense_ms = results["dense"]
@@ -248,8 +277,14 @@ def run_demo(
     # run leaves neither half-written files nor new videos beside an old report.
     with building_folder(out) as tmp:
         report["files"] = write_outputs(tmp, dense, sparse, s, exts, upscale)
+        with console.status("drawing the plan and attention maps"):
+            report["pictures"] = write_pictures(tmp, plan, layout, captured, per_layer(map_step), map_step, model.cfg.heads)
+            if fidelity is not None:
+                report["pictures"]["fidelity"] = save_fidelity_png(fidelity, tmp / "fidelity.png", x="density").name
+                report["pictures"]["fidelity_time"] = save_fidelity_png(fidelity, tmp / "fidelity_time.png", x="time").name
+        report["files"] += sorted(set(report["pictures"].values()) - set(report["files"]))
         write_json(tmp / "report.json", non_finite_as_null(report))  # PSNR inf: sparse equals dense
-        _write_html(report, tmp / "report.html")
+        write_report_html(tmp, report)
     files = report["files"]
     console.print(
         f"PSNR {report['psnr']:.2f} dB, SSIM {report['ssim']:.4f} (sparse vs dense), attention density {density:.1%}; "
@@ -257,7 +292,9 @@ def run_demo(
         f"sparse {timing['sparse']['median_step_ms']:.1f} ms: {timing['speedup_per_step']:.2f}x"
         + (f"; warm-up (not timed) dense {warmup['dense']:.1f} s, sparse {warmup['sparse']:.1f} s" if warmup else "")
     )
-    console.print(f"wrote {out}/report.html, report.json, frames.png and {len(files) - 1} videos")
+    videos = [f for f in files if f.endswith((".mp4", ".gif"))]
+    pictures = [f for f in files if f.endswith(".png")]
+    console.print(f"wrote {out}/report.html, report.json, {len(videos)} videos and {len(pictures)} pictures ({', '.join(pictures)})")
     return report
 
 
@@ -278,18 +315,26 @@ def write_outputs(folder: Path, dense: torch.Tensor, sparse: torch.Tensor, s: De
     return files
 
 
-def _write_html(report: dict, path: Path) -> None:
-    rows = "".join(
-        f"<tr><td>{r['seed']}</td><td>{html.escape(r['caption'])}</td><td>{r['psnr']:.2f}</td><td>{r['ssim']:.4f}</td>"
-        f"<td><img src='seed{r['seed']}_side_by_side.gif'></td></tr>"
-        for r in report["per_seed"]
-    )
-    write_text(path, f"""<!doctype html><html><head><meta charset="utf-8"><title>sparsevdit demo</title>
-<style>body{{font-family:sans-serif;margin:2em}} td,th{{border:1px solid #ccc;padding:4px}} table{{border-collapse:collapse}}</style>
-</head><body><h1>sparsevdit demo: dense vs sparse attention, same seeds</h1>
-<p>Sparse configuration: {html.escape(report['sparse_config'])}; mean attention density {report['attention_density']:.1%}.
-PSNR {report['psnr']:.2f} dB, SSIM {report['ssim']:.4f} of the sparse videos against the dense ones.
-Dense {report['dense_seconds']:.1f} s, sparse {report['sparse_seconds']:.1f} s on {html.escape(report['device'])}.</p>
-<table><tr><th>seed</th><th>caption</th><th>PSNR dB</th><th>SSIM</th><th>dense | sparse</th></tr>{rows}</table>
-<h2>Frames</h2><img src="frames.png">
-<pre>{html.escape(json.dumps(report['settings'], indent=1))}</pre></body></html>""")
+def _stop_capture(model: VideoDiT) -> None:
+    for attn in model.attention_modules():
+        attn.capture = None
+
+
+def write_pictures(folder: Path, plan: SparsityPlan | None, layout: TokenLayout, captured: dict, patterns_at_step,
+                   step: int, heads: int) -> dict[str, str]:
+    """The plan as a picture (a plan only; the fixed mix has none) and dense-vs-sparse attention maps."""
+    pictures = {}
+    if plan is not None:
+        several = len(plan_step_ranges(plan)) > 1
+        path = (save_plan_steps_png(plan, folder / "plan.png") if several
+                else save_plan_png(plan, folder / "plan.png", step=0))
+        pictures["plan"] = path.name
+    if captured:
+        layers = sorted(captured)
+        pairs = [(layer, h) for layer in layers for h in sorted({0, heads - 1})]
+        path = save_attention_maps_png(
+            {layer: captured[layer][0] for layer in layers}, {layer: captured[layer][1] for layer in layers},
+            {layer: patterns_at_step[layer] for layer in layers}, layout, folder / "attention_maps.png", heads=pairs,
+            title=f"attention at step {step + 1}: dense map | blocks the sparse run keeps (seed's first sample)")
+        pictures["attention_maps"] = path.name
+    return pictures

@@ -11,6 +11,21 @@ from .common import (at_least, bad, check_backend, check_device, check_out_folde
                      int_list, load_plan, model_config, resolve_device)
 
 
+def load_fidelity(path: Path) -> dict:
+    """A fidelity study's JSON: an object with a list of rows, each with a method, density and PSNR."""
+    import json
+
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        bad("--fidelity", str(path), f"a JSON file written by `sparsevdit fidelity` ({e})")
+    rows = data.get("rows") if isinstance(data, dict) else None
+    if not isinstance(rows, list) or not rows or not all(
+            isinstance(r, dict) and {"method", "density", "psnr"} <= set(r) for r in rows):
+        bad("--fidelity", str(path), "a fidelity study: an object whose 'rows' list has method, density and psnr in each row")
+    return data
+
+
 def register(app: typer.Typer) -> None:
     @app.command()
     def demo(
@@ -28,6 +43,7 @@ def register(app: typer.Typer) -> None:
         plan: Optional[Path] = typer.Option(None, "--plan", help="sparse run uses this plan file (from `sparsevdit search`); its layout must match the clip size"),
         fixed_mix: bool = typer.Option(False, "--fixed-mix", help="use the fixed per-head mix even where a bundled searched plan fits the clip size"),
         warmup: Optional[bool] = typer.Option(None, "--warmup/--no-warmup", help="sample once untimed first (compilation, autotuning), reported on its own (default: on for GPU, off for CPU)"),
+        fidelity: Optional[Path] = typer.Option(None, "--fidelity", exists=True, dir_okay=False, help="a fidelity study JSON (`sparsevdit fidelity --out ...`, e.g. bench/results/fidelity-cpu.json): the report draws its PSNR vs density and vs time"),
         compile: bool = typer.Option(False, "--compile", help="torch.compile the model outside its attention, the same for dense and sparse (implies --warmup)"),
     ) -> None:
         """Generate the same seeds with dense and sparse attention on the bundled model; write videos and a report.
@@ -62,5 +78,7 @@ def register(app: typer.Typer) -> None:
         if len(s.classes) != len(s.seeds):
             bad("--classes", classes, f"one class per seed ({len(s.seeds)} seeds)")
         loaded = load_plan(plan)
+        study = load_fidelity(fidelity) if fidelity is not None else None
         # run_demo checks the plan against the model and the clip size before it samples anything.
-        run_demo(out, device=dev, settings=s, weights=weights, plan=loaded, use_bundled_plan=not fixed_mix, console=console)
+        run_demo(out, device=dev, settings=s, weights=weights, plan=loaded, use_bundled_plan=not fixed_mix, console=console,
+                 fidelity=study)
