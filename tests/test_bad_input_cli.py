@@ -134,6 +134,7 @@ CASES = [
     (["fidelity", "--calib-seeds", "1,x"], ["--calib-seeds", "'1,x'", "integers"]),
     (["fidelity", "--plot", "plot.txt"], ["--plot", "plot.txt", ".png"]),
     (["fidelity", "--height", "30"], ["--height", "30", "patch size 4"]),
+    (["fidelity", "--calib-seeds", "1,2", "--eval-seeds", "2,3"], ["--eval-seeds", "never saw", "[2]"]),
     # attention-study
     (["attention-study", "--steps", "0"], ["--steps", "0", "1<=x"]),
     (["attention-study", "--frames", "0"], ["--frames", "0", "1<=x"]),

@@ -333,6 +333,19 @@ def test_svg_and_fidelity_quick(model, tmp_path):
     svg = next(r for r in res["rows"] if r["method"] == "svg")
     assert 0 < svg["density"] < 1 and 0 <= svg["svg"]["spatial_fraction"] <= 1
     assert "| budget |" in markdown_table(res)
+    assert all("relative_time_measured" not in r for r in res["rows"])  # CPU default: predicted times only
+
+
+def test_fidelity_measures_warm_time_against_warm_dense(model, tmp_path):
+    from sparsevdit.search.fidelity import run_fidelity
+
+    grid = {"uniform_densities": (0.3,), "svg": (), "sparse_vdit": (), "budget": (), "budget_sensitivity": ()}
+    res = run_fidelity(model, out=None, plot=tmp_path / "f.png", frames=4, height=32, width=32, steps=2, block_size=16,
+                       calib_seeds=(5,), eval_seeds=(6, 7), grid=grid, measure_time=True)
+    assert "relative_time_measured" in res["cost_models"] and res["dense_eval_seconds"] > 0
+    for row in res["rows"]:
+        assert row["relative_time_measured"] == pytest.approx(row["eval_seconds"] / res["dense_eval_seconds"])
+        assert len(row["ssim_per_seed"]) == 2
 
 
 # command line ------------------------------------------------------------------------------------

@@ -90,7 +90,9 @@ class StepClock:
         return [1000 * (b - a) for a, b in self.spans]
 
 
-def _median(values: list[float]) -> float:
+def _median(values: list[float]) -> float | None:
+    if not values:  # a sampler that reported no steps
+        return None
     ordered = sorted(values)
     mid = len(ordered) // 2
     return ordered[mid] if len(ordered) % 2 else 0.5 * (ordered[mid - 1] + ordered[mid])
@@ -252,7 +254,8 @@ def run_demo(
     timing = {name: {"seconds": results[name][1], "step_ms": results[name][2],
                      "median_step_ms": _median(results[name][2]),
                      **({"warmup_seconds": warmup[name]} if name in warmup else {})} for name in ("dense", "sparse")}
-    timing["speedup_per_step"] = timing["dense"]["median_step_ms"] / timing["sparse"]["median_step_ms"]
+    medians = timing["dense"]["median_step_ms"], timing["sparse"]["median_step_ms"]
+    timing["speedup_per_step"] = medians[0] / medians[1] if None not in medians else None
     timing["speedup_total"] = dense_s / sparse_s
     timing["compiled"] = s.compile
     per_seed = [video_psnr_ssim(sparse[i], dense[i]) for i in range(len(s.seeds))]
@@ -288,8 +291,9 @@ def run_demo(
     files = report["files"]
     console.print(
         f"PSNR {report['psnr']:.2f} dB, SSIM {report['ssim']:.4f} (sparse vs dense), attention density {density:.1%}; "
-        f"dense {dense_s:.1f} s, sparse {sparse_s:.1f} s; per step (median) dense {timing['dense']['median_step_ms']:.1f} ms, "
-        f"sparse {timing['sparse']['median_step_ms']:.1f} ms: {timing['speedup_per_step']:.2f}x"
+        f"dense {dense_s:.1f} s, sparse {sparse_s:.1f} s"
+        + (f"; per step (median) dense {medians[0]:.1f} ms, sparse {medians[1]:.1f} ms: {timing['speedup_per_step']:.2f}x"
+           if None not in medians else "")
         + (f"; warm-up (not timed) dense {warmup['dense']:.1f} s, sparse {warmup['sparse']:.1f} s" if warmup else "")
     )
     videos = [f for f in files if f.endswith((".mp4", ".gif"))]

@@ -307,6 +307,9 @@ def fidelity_cmd(
     eval_seeds: str = typer.Option("0,1,2,3", help="held-out seeds (measurement)"),
     quick: bool = typer.Option(False, help="fewer settings per method (a smoke run)"),
     weights: WeightsOpt = None,
+    device: str = typer.Option("auto", callback=check_device, help="cpu, cuda or auto"),
+    measure_time: Optional[bool] = typer.Option(None, "--measure-time/--no-measure-time",
+                                                help="sample every video twice and time the warm run against the warm dense one (default: on for GPU)"),
 ) -> None:
     """PSNR / SSIM vs attention density of sparse-vdit, budget and uniform / SVG baselines on held-out seeds."""
     from ..search.fidelity import run_fidelity
@@ -317,7 +320,11 @@ def fidelity_cmd(
     held_out = int_list(eval_seeds, "--eval-seeds", low=0)
     if plot.suffix.lower() != ".png":
         bad("--plot", str(plot), "a file name ending in .png")
-    model, _ = _model(weights, "auto")
+    overlap = sorted(set(calib) & set(held_out))
+    if overlap:
+        bad("--eval-seeds", eval_seeds, f"seeds the calibration never saw (shared with --calib-seeds: {overlap})")
+    model, _ = _model(weights, device)
     res = run_fidelity(model, out=out, plot=plot, frames=frames, height=height, width=width or height, steps=steps,
-                       block_size=block_size, calib_seeds=list(calib), eval_seeds=list(held_out), quick=quick, console=console)
+                       block_size=block_size, calib_seeds=list(calib), eval_seeds=list(held_out), quick=quick,
+                       measure_time=measure_time, console=console)
     console.print(f"wrote {out} and {plot} ({len(res['rows'])} rows, {res['seconds'] / 60:.1f} min)")

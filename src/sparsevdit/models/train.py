@@ -229,6 +229,8 @@ def train(cfg: TrainConfig, out: str | os.PathLike, *, device: str = "auto", res
     forward_model = torch.compile(model, dynamic=False) if cfg.compile else model
     ema_params, model_params = list(ema.parameters()), list(model.parameters())
     log_file = open(out / "log.jsonl", "a")
+    if step == 0:  # the starting validation belongs in the log too
+        log_file.write(json.dumps(history[-1]) + "\n")
     sizes = cfg.sizes()
     stride = max(s.batch for s in sizes)  # seeds never repeat across steps
     stopped_early = False

@@ -6,7 +6,10 @@ seeds. Methods: ``sparse-vdit`` (several lambda / epsilon), ``budget`` (several 
 target PSNRs found by bisection on the calibration seeds, a per-layer error budget), uniform baselines (every
 head diagonal / multi_diagonal at several widths) and SVG's online per-head spatial / temporal choice.
 Density is the mean over steps, layers and heads of the attention density actually run; predicted
-time is the cost model's relative attention time (FLOP estimate, and the H100 kernel table).
+time is the cost model's relative attention time (FLOP estimate, and the H100 kernel table). With
+``measure_time`` (the default on a GPU) every video is sampled twice and the second, warm run is
+timed: ``relative_time_measured`` is its wall-clock over the warm dense run's, in the same process
+(the first run pays compilation, autotuning and pattern building).
 """
 
 from __future__ import annotations
@@ -54,8 +57,23 @@ QUICK = {
 def run_fidelity(model, *, out: Path | None, plot: Path | None, frames: int = 16, height: int = 32, width: int = 32,
                  steps: int = 12, block_size: int = 32, calib_seeds=(100, 101, 102, 103, 104, 105), eval_seeds=(0, 1, 2, 3),
                  rows_per_block: int = 4, bisection_steps: int = 4, quick: bool = False, grid: dict | None = None,
-                 console=None) -> dict:
+                 measure_time: bool | None = None, console=None) -> dict:
     log = console.print if console is not None else print
+    cuda = next(model.parameters()).device.type == "cuda"
+    measure_time = cuda if measure_time is None else measure_time
+
+    def timed(run):
+        """``run()``'s result and seconds: of a second, warm call when measuring time, else of the only one."""
+        if measure_time:
+            run()
+        if cuda:
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        result = run()
+        if cuda:
+            torch.cuda.synchronize()
+        return result, time.perf_counter() - t
+
     grid = {**(QUICK if quick else FULL), **(grid or {})}
     t_start = time.perf_counter()
     nc = model.cfg.num_classes
@@ -65,10 +83,9 @@ def run_fidelity(model, *, out: Path | None, plot: Path | None, frames: int = 16
     layout = calib.layout(model)
     cost_f = CostModel.flops()
     cost_m = CostModel.measured(shape="wan1.3b")  # relative times of the H100 table
-    t0 = time.perf_counter()
-    dense = sample_video(model, evalc)
-    dense_seconds = time.perf_counter() - t0
-    log(f"dense on held-out seeds {list(eval_seeds)}: {dense_seconds:.0f} s ({layout}, {steps} steps)")
+    dense, dense_seconds = timed(lambda: sample_video(model, evalc))
+    log(f"dense on held-out seeds {list(eval_seeds)}: {dense_seconds:.1f} s{' (warm)' if measure_time else ''} "
+        f"({layout}, {steps} steps)")
     rows: list[dict] = []
 
     def record(method, label, video, density, rel_f, rel_m, extra=None, search_s=None, eval_s=None):
@@ -76,18 +93,19 @@ def run_fidelity(model, *, out: Path | None, plot: Path | None, frames: int = 16
         per_seed = [video_psnr_ssim(video[i], dense[i])["psnr"] for i in range(video.shape[0])]
         row = {"method": method, "label": label, "density": density, "relative_time_flops": rel_f,
                "relative_time_h100": rel_m, "psnr": _finite(q["psnr"]), "ssim": q["ssim"],
-               "psnr_per_seed": [_finite(p) for p in per_seed], "search_seconds": search_s, "eval_seconds": eval_s,
-               **(extra or {})}
+               "psnr_per_seed": [_finite(p) for p in per_seed],
+               "ssim_per_seed": [video_psnr_ssim(video[i], dense[i])["ssim"] for i in range(video.shape[0])],
+               "search_seconds": search_s, "eval_seconds": eval_s,
+               **({"relative_time_measured": eval_s / dense_seconds} if measure_time else {}), **(extra or {})}
         rows.append(row)
-        log(f"  {method:12s} {label:34s} density {density:6.1%}  time(flops) {rel_f:.3f}  "
+        measured = f"  time(measured) {row['relative_time_measured']:.3f}" if measure_time else ""
+        log(f"  {method:12s} {label:34s} density {density:6.1%}  time(flops) {rel_f:.3f}{measured}  "
             f"PSNR {q['psnr']:6.2f} dB  SSIM {q['ssim']:.4f}")
         if out is not None:
-            _write(out, _result(rows, calib, evalc, layout, dense_seconds, t_start, cost_f, cost_m))
+            _write(out, _result(rows, calib, evalc, layout, dense_seconds, t_start, cost_f, cost_m, measure_time))
 
     def eval_plan(method, label, plan, extra=None, search_s=None):
-        t = time.perf_counter()
-        video = sample_video(model, evalc, plan=plan)
-        eval_s = time.perf_counter() - t
+        video, eval_s = timed(lambda: sample_video(model, evalc, plan=plan))
         pf, pm = cost_f.plan_time(plan, steps), cost_m.plan_time(plan, steps)
         record(method, label, video, pf["density"], pf["relative_time"], pm["relative_time"], extra, search_s, eval_s)
 
@@ -100,10 +118,8 @@ def run_fidelity(model, *, out: Path | None, plot: Path | None, frames: int = 16
     # SVG ------------------------------------------------------------------------------------------
     for d, warm in grid["svg"]:
         warm_steps = round(warm * steps)
-        t = time.perf_counter()
-        video, st = svg_sample(model, calib, density=d, warmup_steps=warm_steps, seeds=evalc.seeds, classes=evalc.classes,
-                               cost=cost_f)
-        eval_s = time.perf_counter() - t
+        (video, st), eval_s = timed(lambda: svg_sample(model, calib, density=d, warmup_steps=warm_steps,
+                                                       seeds=evalc.seeds, classes=evalc.classes, cost=cost_f))
         rel_m = _svg_time(st, cost_m, steps, warm_steps)
         record("svg", f"target {d:.0%}" + (f", {warm_steps} dense steps" if warm_steps else ""), video, st["density"],
                st["relative_time"], rel_m, {"svg": st, "warmup_steps": warm_steps}, None, eval_s)
@@ -150,7 +166,7 @@ def run_fidelity(model, *, out: Path | None, plot: Path | None, frames: int = 16
                   {"settings": {"lam": lam, "epsilon": eps}, "mode_fractions": md["mode_fractions"],
                    "calibration_psnr": md["calibration_psnr"]}, search_s)
 
-    result = _result(rows, calib, evalc, layout, dense_seconds, t_start, cost_f, cost_m)
+    result = _result(rows, calib, evalc, layout, dense_seconds, t_start, cost_f, cost_m, measure_time)
     if out is not None:
         _write(out, result)
     if plot is not None:
@@ -167,15 +183,25 @@ def _svg_time(stats: dict, cost: CostModel, steps: int, warm: int) -> float:
     return frac_sparse * t_sparse + (1 - frac_sparse) * 1.0
 
 
-def _result(rows, calib, evalc, layout, dense_seconds, t_start, cost_f, cost_m) -> dict:
+def _device_name() -> str:
+    if torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name()}, torch {torch.__version__}"
+    return f"cpu ({platform.processor() or platform.machine()}), torch {torch.__version__}, {torch.get_num_threads()} threads"
+
+
+def _result(rows, calib, evalc, layout, dense_seconds, t_start, cost_f, cost_m, measure_time=False) -> dict:
+    times = {"relative_time_flops": cost_f.describe(), "relative_time_h100": cost_m.describe()}
+    if measure_time:
+        times["relative_time_measured"] = ("wall-clock of the warm (second) sampling of the held-out seeds over the warm "
+                                           "dense one, same process")
     return {
         "command": " ".join(["sparsevdit"] + sys.argv[1:]) if sys.argv and sys.argv[0].endswith("sparsevdit") else " ".join(sys.argv),
         "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "device": f"cpu ({platform.processor() or platform.machine()}), torch {torch.__version__}, {torch.get_num_threads()} threads",
+        "device": _device_name(),
         "model": "bundled VideoDiT (sparsevdit/models/weights)",
         "layout": layout.to_dict(), "tokens": layout.num_tokens,
         "calibration": calib.to_dict(), "held_out": evalc.to_dict(),
-        "cost_models": {"relative_time_flops": cost_f.describe(), "relative_time_h100": cost_m.describe()},
+        "cost_models": times,
         "dense_eval_seconds": dense_seconds, "seconds": time.perf_counter() - t_start,
         "rows": rows,
     }
@@ -203,6 +229,8 @@ def plot_results(result: dict, path: Path) -> Path:
 
     path = Path(path)
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.3), dpi=110)
+    measured = any("relative_time_measured" in r for r in result["rows"])
+    time_key = "relative_time_measured" if measured else "relative_time_flops"
     for method, (color, marker) in STYLE.items():
         pts = [r for r in result["rows"] if r["method"] == method and r["psnr"] is not None]
         if not pts:
@@ -210,7 +238,7 @@ def plot_results(result: dict, path: Path) -> Path:
         # budget: the max_time sweep is the curve; its other settings (targets, variants) stand alone
         line = [r for r in pts if method != "budget" or set(r.get("settings", {})) == {"max_time"}]
         alone = [r for r in pts if r not in line]
-        for ax, key in zip(axes, ("density", "relative_time_flops")):
+        for ax, key in zip(axes, ("density", time_key)):
             pp = sorted(line, key=lambda r: r[key])
             ax.plot([r[key] for r in pp], [r["psnr"] for r in pp], marker=marker, color=color, label=method,
                     linestyle="-" if method.startswith("uniform") else ":", alpha=0.9)
@@ -218,7 +246,8 @@ def plot_results(result: dict, path: Path) -> Path:
                 ax.scatter([r[key] for r in alone], [r["psnr"] for r in alone], marker=marker, facecolors="none",
                            edgecolors=color, label=f"{method} (target / variants)" if key == "density" else None)
     axes[0].set_xlabel("attention density (mean over steps, layers, heads)")
-    axes[1].set_xlabel("predicted attention time, relative to dense (FLOP cost model)")
+    axes[1].set_xlabel("measured sampling time, relative to dense (warm runs, same process)" if measured
+                       else "predicted attention time, relative to dense (FLOP cost model)")
     for ax in axes:
         ax.set_ylabel("PSNR vs dense, held-out seeds (dB)")
         ax.grid(alpha=0.3)
