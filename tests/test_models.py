@@ -194,3 +194,17 @@ def test_fine_tune_from_weights_with_a_size_schedule(tmp_path):
     assert meta["val_losses_start"]["4x16x16"] == pytest.approx(
         validation_loss(load_weights(tmp_path / "start"), fresh, torch.device("cpu"), False, cfg.schedule[0]), rel=1e-3)
     assert load_weights(tmp_path / "run" / "weights").cfg.text_in_attention
+
+
+def test_compile_outside_attention_matches_eager_and_keeps_attention_eager():
+    pytest.importorskip("torch._inductor")
+    model = tiny_model()
+    x, t, c = torch.randn(1, 3, 4, 16, 16), torch.rand(1), torch.tensor([3])
+    with torch.no_grad():
+        eager = model(x, t, c)
+        model.compile_outside_attention()
+        torch.testing.assert_close(model(x, t, c), eager, atol=2e-4, rtol=2e-4)
+        # the attention call is left to the eager dispatcher, so a sparse pattern set afterwards is used
+        diag = P.build("diagonal", TINY.layout(), block_size=16, width=16)
+        model.set_patterns([[diag] * 2] * 2, backend="reference")
+        assert (model(x, t, c) - eager).abs().max() > 1e-4
