@@ -175,7 +175,7 @@ def test_position_major_moves_frame_f_position_p_to_p_times_frames_plus_f(positi
 
 
 @settings(max_examples=60, deadline=None)
-@given(layouts(), st.sampled_from(["frame_major", "position_major"]))
+@given(layouts(), st.sampled_from(["frame_major", "position_major", "tile_major_2x2x3", "tile_major_6x8x8", "tile_major_1x1x1"]))
 def test_permutation_and_inverse_compose_to_identity(lay, ordering):
     perm = lay.permutation(ordering)
     inv = lay.inverse_permutation(ordering)
@@ -199,3 +199,63 @@ def test_unknown_ordering_raises():
     assert "frame_major" in str(info.value) and "position_major" in str(info.value)
     with pytest.raises(ValueError, match="zigzag"):
         lay.inverse_permutation("zigzag")
+
+
+# tile-major (Sliding Tile Attention) ----------------------------------------------------------------
+def _tile_reference(lay, t, h, w):
+    """Tile after tile over the tile grid (frame-major), frame-major inside a tile, edge tiles clipped."""
+    order = []
+    for f0 in range(0, lay.frames, t):
+        for y0 in range(0, lay.height, h):
+            for x0 in range(0, lay.width, w):
+                for f in range(f0, min(f0 + t, lay.frames)):
+                    for y in range(y0, min(y0 + h, lay.height)):
+                        for x in range(x0, min(x0 + w, lay.width)):
+                            order.append(lay.video_start + (f * lay.height + y) * lay.width + x)
+    return order
+
+
+@pytest.mark.parametrize("position, text", [("none", 0), ("prefix", 3), ("suffix", 4)])
+@pytest.mark.parametrize("grid, tile", [((4, 6, 5), (2, 3, 2)), ((3, 4, 4), (6, 8, 8)), ((2, 2, 2), (1, 1, 1))])
+def test_tile_major_matches_a_plain_loop_with_clipped_edge_tiles(position, text, grid, tile):
+    lay = TokenLayout(*grid, text, position)
+    from sparsevdit.layout import tile_major_name
+
+    perm = lay.permutation(tile_major_name(*tile)).tolist()
+    start, end = lay.text_range
+    video = _tile_reference(lay, *tile)
+    vs = lay.video_start
+    assert perm[vs:vs + lay.video_tokens] == video
+    assert perm[start:end] == list(range(start, end))
+
+
+def test_tile_major_names_are_checked():
+    from sparsevdit.layout import is_ordering, register_ordering, tile_major_name, tile_size
+
+    assert tile_size("tile_major_6x8x8") == (6, 8, 8) and is_ordering("tile_major_6x8x8")
+    for bad in ("tile_major_0x8x8", "tile_major_6x8", "tile_major_6x8x8x1", "tile_major_06x8x8", "tile_major_axbxc"):
+        assert tile_size(bad) is None and not is_ordering(bad)
+        with pytest.raises(ValueError, match="tile_major_TxHxW"):
+            TokenLayout(2, 2, 2).permutation(bad)
+    with pytest.raises(ValueError, match="positive integers"):
+        tile_major_name(0, 8, 8)
+    with pytest.raises(ValueError, match="built-in tile family"):
+        register_ordering("tile_major_mine")
+    assert "tile_major_6x8x8" in available_orderings()
+
+
+def test_patterns_and_kernels_run_in_tile_major_order():
+    from sparsevdit import patterns as P
+    import sparsevdit as sv
+
+    lay = TokenLayout(3, 5, 6, 2, "prefix")  # tiles do not divide the grid: edge tiles are partial
+    pat = P.build("vertical_stripe", lay, block_size=8, sink_frames=1, ordering="tile_major_2x2x4")
+    q, k, v = (torch.randn(1, 2, lay.num_tokens, 8, dtype=torch.float64) for _ in range(3))
+    ref = sv.sparse_attention(q, k, v, pat, layout=lay, backend="reference")
+    torch.testing.assert_close(sv.sparse_attention(q, k, v, pat, layout=lay, backend="blockwise"), ref, atol=1e-5, rtol=1e-5)
+    # the reference equals dense attention under the token mask the pattern implies, in frame-major order
+    mask = pat.token_mask()
+    inv = lay.inverse_permutation(pat.ordering)
+    frame_major = mask[inv][:, inv]
+    dense = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=frame_major)
+    torch.testing.assert_close(ref, dense, atol=1e-5, rtol=1e-5)

@@ -120,6 +120,8 @@ def register_ordering(name: str, *, override: bool = False):
     A name already registered is refused unless ``override=True``."""
     if name in _ORDERINGS and not override:
         raise ValueError(f"token ordering {name!r} is already registered; pass override=True to replace it")
+    if name.startswith("tile_major_"):
+        raise ValueError(f"token ordering names starting with 'tile_major_' are the built-in tile family; choose another name than {name!r}")
 
     def wrap(fn):
         _ORDERINGS[name] = fn
@@ -132,7 +134,49 @@ def register_ordering(name: str, *, override: bool = False):
 
 
 def available_orderings() -> list[str]:
-    return sorted(_ORDERINGS)
+    """Registered names, plus the family ``tile_major_TxHxW`` (any tile size) written with its default."""
+    return sorted(_ORDERINGS) + [TILE_MAJOR_DEFAULT]
+
+
+def is_ordering(name: object) -> bool:
+    """``name`` names an ordering: registered, or ``tile_major_TxHxW`` with positive sizes."""
+    return isinstance(name, str) and (name in _ORDERINGS or tile_size(name) is not None)
+
+
+# Sliding Tile Attention's ordering: tiles of (t, h, w) tokens, tile after tile (frame-major over the
+# tile grid), frame-major inside a tile; tiles at the grid's far edges are clipped, never padded, so
+# the permutation covers exactly the video tokens. The tile size is part of the name so plans can say it.
+TILE_MAJOR_PREFIX = "tile_major_"
+TILE_MAJOR_DEFAULT = "tile_major_6x8x8"  # FastVideo's STA tile
+
+
+def tile_size(name: str) -> tuple[int, int, int] | None:
+    """(t, h, w) of a ``tile_major_TxHxW`` name, or None for any other name."""
+    if not name.startswith(TILE_MAJOR_PREFIX):
+        return None
+    parts = name[len(TILE_MAJOR_PREFIX):].split("x")
+    if len(parts) != 3 or not all(p.isdigit() and int(p) > 0 and str(int(p)) == p for p in parts):
+        return None
+    t, h, w = (int(p) for p in parts)
+    return t, h, w
+
+
+def tile_major_name(t: int, h: int, w: int) -> str:
+    for v in (t, h, w):
+        if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+            raise ValueError(f"tile sizes must be positive integers, got ({t}, {h}, {w})")
+    return f"{TILE_MAJOR_PREFIX}{t}x{h}x{w}"
+
+
+def _tile_major(layout: TokenLayout, tile: tuple[int, int, int]) -> torch.Tensor:
+    f, h, w = layout.frames, layout.height, layout.width
+    index = torch.arange(f * h * w).view(f, h, w)
+    pieces = []
+    for f0 in range(0, f, tile[0]):
+        for y0 in range(0, h, tile[1]):
+            for x0 in range(0, w, tile[2]):
+                pieces.append(index[f0:f0 + tile[0], y0:y0 + tile[1], x0:x0 + tile[2]].reshape(-1))
+    return torch.cat(pieces)
 
 
 @register_ordering("frame_major")
@@ -150,9 +194,11 @@ def _position_major(layout: TokenLayout) -> torch.Tensor:
 
 @lru_cache(maxsize=256)
 def _permutation(layout: TokenLayout, ordering: str) -> torch.Tensor:
-    if ordering not in _ORDERINGS:
-        raise ValueError(f"unknown token ordering {ordering!r}; available: {', '.join(available_orderings())}")
-    video = _ORDERINGS[ordering](layout) + layout.video_start
+    tile = tile_size(ordering) if isinstance(ordering, str) and ordering not in _ORDERINGS else None
+    if ordering not in _ORDERINGS and tile is None:
+        raise ValueError(f"unknown token ordering {ordering!r}; available: {', '.join(available_orderings())} "
+                         "(tile_major_TxHxW for any tile of T x H x W tokens)")
+    video = (_tile_major(layout, tile) if tile is not None else _ORDERINGS[ordering](layout)) + layout.video_start
     head = torch.arange(layout.video_start)
     tail = torch.arange(layout.video_start + layout.video_tokens, layout.num_tokens)
     return torch.cat([head, video, tail])

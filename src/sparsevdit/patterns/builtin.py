@@ -7,7 +7,7 @@ real (query, key) token pairs satisfies the rule. Text rows and columns are dens
 
 from __future__ import annotations
 
-from ..layout import TokenLayout, available_orderings
+from ..layout import TokenLayout, available_orderings, is_ordering
 from .base import BlockGeometry, num_blocks
 from .registry import PatternError, build, empty_mask, register
 
@@ -91,7 +91,7 @@ def vertical_stripe(
     ordering: token ordering the blocks are counted in (frame_major or position_major), so the
         stripes can be united with a pattern of that ordering
     """
-    if ordering not in available_orderings():
+    if not is_ordering(ordering):
         raise PatternError(f"vertical_stripe: ordering must be one of {', '.join(available_orderings())}, got {ordering!r}")
     if isinstance(sink_frames, bool) or not isinstance(sink_frames, int) or not 0 <= sink_frames <= layout.frames:
         raise PatternError(f"vertical_stripe: sink_frames must be an integer in 0..{layout.frames}, got {sink_frames!r}")
