@@ -12,6 +12,7 @@ Methods import ``patterns`` and ``layout``; neither imports methods.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from dataclasses import dataclass
 from typing import Any, ClassVar, Mapping
 
@@ -75,6 +76,7 @@ class Method:
     name: ClassVar[str]
     summary: ClassVar[str] = ""
     Params: ClassVar[type[MethodParams]] = MethodParams
+    presets: ClassVar[dict[str, dict[str, Any]]] = {}  # named sets of defaults, for the docs and CLI
 
     @staticmethod
     def build(
@@ -124,6 +126,39 @@ def _resolve(method: str | type[Method]) -> type[Method]:
 
 def param_names(method: str | type[Method]) -> list[str]:
     return [f.name for f in dataclasses.fields(_resolve(method).Params)]
+
+
+@dataclass(frozen=True)
+class ParamInfo:
+    name: str
+    default: Any  # the value a Params built from {} holds (presets resolved)
+    help: str
+
+
+def _field_helps(params_cls: type) -> dict[str, str]:
+    """``name: help`` lines of the docstrings of ``params_cls`` and its bases (a continuation line is
+    indented further)."""
+    helps: dict[str, str] = {}
+    for cls in reversed(params_cls.__mro__):
+        current = None
+        for line in inspect.getdoc(cls).splitlines() if cls.__doc__ else []:
+            key, sep, text = line.partition(":")
+            if sep and key.isidentifier() and not line.startswith(" "):
+                current = key
+                helps[key] = text.strip()
+            elif current and line.startswith(" "):
+                helps[current] += " " + line.strip()
+            else:
+                current = None
+    return helps
+
+
+def param_info(method: str | type[Method]) -> list[ParamInfo]:
+    """Each parameter of ``method`` with its default and the help its Params docstring gives."""
+    cls = _resolve(method)
+    defaults = cls.Params().to_dict()
+    helps = _field_helps(cls.Params)
+    return [ParamInfo(name, defaults[name], helps.get(name, "")) for name in param_names(cls)]
 
 
 def parse_params(method: str | type[Method], values: Mapping[str, Any] | MethodParams | None = None) -> MethodParams:

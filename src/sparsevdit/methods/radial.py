@@ -141,6 +141,7 @@ class Radial(Method):
     name = "radial"
     summary = "Radial attention: a window that halves as frame distance doubles (static, O(n log n))"
     Params = RadialParams
+    presets = {f"model_family={k}": v for k, v in PRESETS.items()}
 
     @staticmethod
     def build(
