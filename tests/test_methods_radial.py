@@ -98,3 +98,24 @@ def test_sink_and_far_frames():
     assert not wan[0:4].all()  # queries of frame 0 are not made dense
     thinned = radial_block_mask(lay, 4, RadialParams(model_family="hunyuan", thin_threshold=128))
     assert thinned.sum() < hun.sum()
+
+
+@settings(max_examples=100, deadline=None)
+@given(layouts, st.sampled_from([4, 8, 16]), params)
+def test_no_video_query_block_starves_when_frames_span_blocks(layout, block_size, p):
+    # With F >= block_size a block holds at most two frames, one with half its rows: its d = 0 pair keeps it.
+    if layout.tokens_per_frame < block_size:
+        return
+    mask = radial_block_mask(layout, block_size, p)
+    assert bool(mask.any(1).all())
+
+
+def test_build_for_checks_its_arguments():
+    lay = TokenLayout(2, 4, 4)
+    for bad in (0, -1, True, 2.0):
+        with pytest.raises(MethodError, match="block_size"):
+            build_for("radial", lay, bad, layer=0, head=0, step=0)
+    with pytest.raises(MethodError, match="layout"):
+        build_for("radial", (2, 4, 4), 16, layer=0, head=0, step=0)
+    with pytest.raises(MethodError, match="step"):
+        build_for("radial", lay, 16, layer=0, head=0, step=-1)

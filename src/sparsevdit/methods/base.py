@@ -193,6 +193,9 @@ def build_for(
     ``dense_steps``, a layer in ``dense_layers``, or the method's own choice."""
     cls = _resolve(method)
     p = parse_params(cls, params)
+    if not isinstance(layout, TokenLayout):
+        raise MethodError(f"method {cls.name!r}: layout must be a sparsevdit.TokenLayout, got {type(layout).__name__}")
+    check_int(cls.name, "block_size", block_size, 1)
     for key, value in (("layer", layer), ("head", head), ("step", step)):
         check_int(cls.name, key, value)
     if step < p.dense_steps or layer in p.dense_layers:
