@@ -1,6 +1,6 @@
 """sparsevdit: block-sparse attention for video diffusion transformers."""
 
-from . import patterns
+from . import methods, patterns
 from .caches import clear_caches
 from .kernels import BackendError, available_backends, sparse_attention
 from .integrations import apply, remove
@@ -19,6 +19,7 @@ __all__ = [
     "remove",
     "available_backends",
     "clear_caches",
+    "methods",
     "patterns",
     "sparse_attention",
 ]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import typer
 
-from . import bench, demo, generate, patterns, report, search, train
+from . import bench, demo, generate, methods, patterns, report, search, train
 from .common import CommandGroup, console
 
 __all__ = ["app", "console", "main"]
@@ -20,7 +20,7 @@ app = typer.Typer(
     add_completion=False,
 )
 
-for _module in (patterns, demo, train, report, search, generate, bench):
+for _module in (patterns, methods, demo, train, report, search, generate, bench):
     _module.register(app)
 
 

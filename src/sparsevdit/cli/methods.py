@@ -1,0 +1,56 @@
+"""``sparsevdit methods``: list the methods with their parameters and defaults, build one (``show``)."""
+
+from __future__ import annotations
+
+from typing import List, Optional
+
+import typer
+from rich.table import Table
+
+from .common import at_least, console, parse_params
+
+
+def register(app: typer.Typer) -> None:
+    methods_app = typer.Typer(help="List the sparse attention methods, or build one (`sparsevdit methods show NAME`).")
+    app.add_typer(methods_app, name="methods")
+
+    @methods_app.callback(invoke_without_command=True)
+    def methods_list(ctx: typer.Context) -> None:
+        """List every registered method with its parameters and defaults."""
+        from .. import methods as M
+
+        if ctx.invoked_subcommand is not None:
+            return
+        table = Table(title="attention methods (sparsevdit.methods.list_methods())", show_lines=True)
+        table.add_column("method", style="bold")
+        table.add_column("what it does")
+        table.add_column("parameters (default): meaning")
+        for name in M.list_methods():
+            method = M.get_method(name)
+            lines = [f"{p.name} ({p.default!r}): {p.help}" for p in M.param_info(name)]
+            lines += [f"preset {preset}: {values}" for preset, values in method.presets.items()]
+            table.add_row(name, method.summary, "\n".join(lines) or "-")
+        console.print(table)
+
+    @methods_app.command("show")
+    def methods_show(
+        name: str = typer.Argument(..., help="method name (see `sparsevdit methods`)"),
+        frames: int = typer.Option(..., "--frames", "-f", callback=at_least(1), help="latent frames T"),
+        height: int = typer.Option(..., "--height", callback=at_least(1), help="tokens per column H (after patchify)"),
+        width: int = typer.Option(..., "--width", callback=at_least(1), help="tokens per row W (after patchify)"),
+        text: int = typer.Option(0, "--text", callback=at_least(0), help="number of text tokens in the self-attention sequence"),
+        text_position: Optional[str] = typer.Option(None, "--text-position", help="where the text sits: none | prefix | suffix (default prefix if --text > 0)"),
+        block_size: int = typer.Option(128, "--block-size", "-b", callback=at_least(1), help="tokens per block"),
+        param: List[str] = typer.Option([], "--param", "-p", help="method parameter key=value (JSON value), repeatable, e.g. -p decay_factor=0.5"),
+        layer: int = typer.Option(0, "--layer", callback=at_least(0), help="layer index the head belongs to"),
+        head: int = typer.Option(0, "--head", callback=at_least(0), help="head index"),
+        step: int = typer.Option(0, "--step", callback=at_least(0), help="denoising step"),
+    ) -> None:
+        """Build the pattern a method gives one head over a layout and print its summary."""
+        from .. import methods as M
+        from ..layout import TokenLayout
+
+        position = text_position or ("prefix" if text else "none")
+        layout = TokenLayout(frames, height, width, text_tokens=text, text_position=position)
+        pattern = M.build_for(name, layout, block_size, parse_params(param), layer=layer, head=head, step=step)
+        console.print("dense (this head runs full attention)" if pattern is None else pattern.describe())

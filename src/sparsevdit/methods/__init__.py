@@ -1,0 +1,32 @@
+"""Methods: which block mask each attention head gets, per (layer, head, step); see methods.base."""
+
+from .base import (
+    Method,
+    MethodError,
+    MethodParams,
+    build_for,
+    get_method,
+    list_methods,
+    ParamInfo,
+    param_info,
+    param_names,
+    parse_params,
+    register_method,
+    unregister_method,
+)
+from . import radial as _radial  # noqa: F401,E402  (registers "radial")
+
+__all__ = [
+    "Method",
+    "MethodError",
+    "MethodParams",
+    "build_for",
+    "get_method",
+    "list_methods",
+    "ParamInfo",
+    "param_info",
+    "param_names",
+    "parse_params",
+    "register_method",
+    "unregister_method",
+]
