@@ -276,3 +276,16 @@ def check_classes(classes: Optional[tuple[int, ...]], cfg, option: str = "--clas
     for c in classes or ():
         if not 0 <= c < n:
             bad(option, c, f"a scene class 0<=x<={n - 1} (the model's {n} classes: `sparsevdit classes`)")
+
+
+def print_registry(title: str, kind: str, what: str, rows: list[tuple[str, str, list[str]]]) -> None:
+    """A listing command's table: one row per registered name, its summary and its parameter lines."""
+    from rich.table import Table
+
+    table = Table(title=title, show_lines=True)
+    table.add_column(kind, style="bold")
+    table.add_column(what)
+    table.add_column("parameters (default): meaning")
+    for name, summary, lines in rows:
+        table.add_row(name, summary, "\n".join(lines) or "-")
+    console.print(table)

@@ -5,9 +5,8 @@ from __future__ import annotations
 from typing import List, Optional
 
 import typer
-from rich.table import Table
 
-from .common import at_least, console, parse_params
+from .common import at_least, console, parse_params, print_registry
 
 
 def register(app: typer.Typer) -> None:
@@ -21,16 +20,13 @@ def register(app: typer.Typer) -> None:
 
         if ctx.invoked_subcommand is not None:
             return
-        table = Table(title="attention methods (sparsevdit.methods.list_methods())", show_lines=True)
-        table.add_column("method", style="bold")
-        table.add_column("what it does")
-        table.add_column("parameters (default): meaning")
+        rows = []
         for name in M.list_methods():
             method = M.get_method(name)
             lines = [f"{p.name} ({p.default!r}): {p.help}" for p in M.param_info(name)]
             lines += [f"preset {preset}: {values}" for preset, values in method.presets.items()]
-            table.add_row(name, method.summary, "\n".join(lines) or "-")
-        console.print(table)
+            rows.append((name, method.summary, lines))
+        print_registry("attention methods (sparsevdit.methods.list_methods())", "method", "what it does", rows)
 
     @methods_app.command("show")
     def methods_show(

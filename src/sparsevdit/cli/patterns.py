@@ -6,9 +6,8 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
-from rich.table import Table
 
-from .common import at_least, check_device, check_out_folder, console, parse_params
+from .common import at_least, check_device, check_out_folder, console, parse_params, print_registry
 
 
 def _check_png(value: Optional[Path]) -> Optional[Path]:
@@ -33,14 +32,9 @@ def register(app: typer.Typer) -> None:
 
         if ctx.invoked_subcommand is not None:
             return
-        table = Table(title="attention patterns (sparsevdit.patterns.available())", show_lines=True)
-        table.add_column("pattern", style="bold")
-        table.add_column("what it keeps")
-        table.add_column("parameters (default): meaning")
-        for name in P.available():
-            params = "\n".join(f"{p.name} ({p.default!r}): {p.help}" for p in P.parameters(name)) or "-"
-            table.add_row(name, P.summary(name), params)
-        console.print(table)
+        rows = [(name, P.summary(name), [f"{p.name} ({p.default!r}): {p.help}" for p in P.parameters(name)])
+                for name in P.available()]
+        print_registry("attention patterns (sparsevdit.patterns.available())", "pattern", "what it keeps", rows)
 
     @patterns_app.command("show")
     def patterns_show(
