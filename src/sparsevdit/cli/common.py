@@ -12,7 +12,7 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any, NoReturn, Optional, Sequence
+from typing import Annotated, Any, NoReturn, Optional, Sequence
 
 import typer
 from rich.console import Console
@@ -289,3 +289,12 @@ def print_registry(title: str, kind: str, what: str, rows: list[tuple[str, str, 
     for name, summary, lines in rows:
         table.add_row(name, summary, "\n".join(lines) or "-")
     console.print(table)
+
+
+# A token layout given on the command line (`patterns show`, `methods show`): sizes after patchify.
+LayoutFrames = Annotated[int, typer.Option("--frames", "-f", callback=at_least(1), help="latent frames T")]
+LayoutHeight = Annotated[int, typer.Option("--height", callback=at_least(1), help="tokens per column H (after patchify)")]
+LayoutWidth = Annotated[int, typer.Option("--width", callback=at_least(1), help="tokens per row W (after patchify)")]
+LayoutText = Annotated[int, typer.Option("--text", callback=at_least(0), help="number of text tokens in the self-attention sequence")]
+LayoutTextPosition = Annotated[Optional[str], typer.Option("--text-position", help="where the text sits: none | prefix | suffix (default prefix if --text > 0)")]
+BlockSize = Annotated[int, typer.Option("--block-size", "-b", callback=at_least(1), help="tokens per block")]

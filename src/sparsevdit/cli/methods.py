@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import Annotated, List, Optional
 
 import typer
 
-from .common import at_least, console, parse_params, print_registry
+from .common import (BlockSize, LayoutFrames, LayoutHeight, LayoutText, LayoutTextPosition, LayoutWidth, at_least, console, parse_params, print_registry)
 
 
 def register(app: typer.Typer) -> None:
@@ -30,13 +30,13 @@ def register(app: typer.Typer) -> None:
 
     @methods_app.command("show")
     def methods_show(
-        name: str = typer.Argument(..., help="method name (see `sparsevdit methods`)"),
-        frames: int = typer.Option(..., "--frames", "-f", callback=at_least(1), help="latent frames T"),
-        height: int = typer.Option(..., "--height", callback=at_least(1), help="tokens per column H (after patchify)"),
-        width: int = typer.Option(..., "--width", callback=at_least(1), help="tokens per row W (after patchify)"),
-        text: int = typer.Option(0, "--text", callback=at_least(0), help="number of text tokens in the self-attention sequence"),
-        text_position: Optional[str] = typer.Option(None, "--text-position", help="where the text sits: none | prefix | suffix (default prefix if --text > 0)"),
-        block_size: int = typer.Option(128, "--block-size", "-b", callback=at_least(1), help="tokens per block"),
+        name: Annotated[str, typer.Argument(help="method name (see `sparsevdit methods`)")],
+        frames: LayoutFrames,
+        height: LayoutHeight,
+        width: LayoutWidth,
+        text: LayoutText = 0,
+        text_position: LayoutTextPosition = None,
+        block_size: BlockSize = 128,
         param: List[str] = typer.Option([], "--param", "-p", help="method parameter key=value (JSON value), repeatable, e.g. -p decay_factor=0.5"),
         layer: int = typer.Option(0, "--layer", callback=at_least(0), help="layer index the head belongs to"),
         head: int = typer.Option(0, "--head", callback=at_least(0), help="head index"),
