@@ -15,6 +15,7 @@ from .base import (
     unregister_method,
 )
 from . import radial as _radial  # noqa: F401,E402  (registers "radial")
+from . import sliding_tile as _sliding_tile  # noqa: F401,E402  (registers "sliding_tile")
 
 __all__ = [
     "Method",
