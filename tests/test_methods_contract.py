@@ -122,5 +122,8 @@ def test_registry():
         unregister_method("test_every_other")
     with pytest.raises(MethodError, match="Params"):
         register_method(type("NoParams", (Method,), {"name": "x", "Params": dict}))
+    with pytest.raises(MethodError, match="no build of its own"):
+        register_method(type("NoBuild", (Method,), {"name": "test_no_build"}))
+    assert "test_no_build" not in list_methods()
     with pytest.raises(MethodError, match="radial.*takes RadialParams"):
         parse_params("radial", EveryOtherParams())

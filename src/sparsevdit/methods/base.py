@@ -82,7 +82,8 @@ class Method:
     def build(
         layout: TokenLayout, block_size: int, params: Any, *, layer: int, head: int, step: int
     ) -> BlockPattern | None:
-        raise NotImplementedError
+        # never reached for a registered method: register_method refuses a class without its own build
+        raise NotImplementedError("a Method subclass must define build(layout, block_size, params, *, layer, head, step)")
 
 
 _REGISTRY: dict[str, type[Method]] = {}
@@ -97,8 +98,10 @@ def register_method(method: type[Method], *, override: bool = False) -> type[Met
     params = getattr(method, "Params", None)
     if not (isinstance(params, type) and issubclass(params, MethodParams) and dataclasses.is_dataclass(params)):
         raise MethodError(f"method {name!r}: Params must be a dataclass subclassing MethodParams")
-    if not callable(getattr(method, "build", None)):
-        raise MethodError(f"method {name!r} has no build")
+    build = getattr(method, "build", None)
+    if not callable(build) or build is Method.build:
+        raise MethodError(f"method {name!r} has no build of its own: define build(layout, block_size, params, *, "
+                          "layer, head, step) returning a BlockPattern or None")
     if name in _REGISTRY and _REGISTRY[name] is not method and not override:
         raise MethodError(f"method {name!r} is already registered; pass override=True to replace it")
     _REGISTRY[name] = method
