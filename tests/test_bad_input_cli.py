@@ -17,6 +17,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from sparsevdit.models.weights import BUNDLED_DIR
 import sparsevdit
 from sparsevdit.cli import app
 from sparsevdit.models.vdit import VDiTConfig
@@ -135,6 +136,11 @@ CASES = [
     (["fidelity", "--plot", "plot.txt"], ["--plot", "plot.txt", ".png"]),
     (["fidelity", "--height", "30"], ["--height", "30", "patch size 4"]),
     (["fidelity", "--calib-seeds", "1,2", "--eval-seeds", "2,3"], ["--eval-seeds", "never saw", "[2]"]),
+    (["train", "--schedule", "16x128:4"], ["--schedule", "FRAMESxHEIGHTxWIDTH:BATCH"]),
+    (["train", "--schedule", "16x126x128:4"], ["--schedule", "patch size 4"]),
+    (["train", "--init-weights", "no-such-folder"], ["--init-weights", "no-such-folder", "weights folder"]),
+    (["train", "--init-weights", str(BUNDLED_DIR), "--dim", "256"], ["--dim", "256", "drop --dim"]),
+    (["demo", "--compile", "--no-warmup"], ["--compile needs the warm-up"]),
     # attention-study
     (["attention-study", "--steps", "0"], ["--steps", "0", "1<=x"]),
     (["attention-study", "--frames", "0"], ["--frames", "0", "1<=x"]),

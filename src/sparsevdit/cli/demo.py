@@ -70,8 +70,7 @@ def register(app: typer.Typer) -> None:
             changes["classes"] = class_list
         if compile and warmup is False:
             bad("--no-warmup", False, "--compile needs the warm-up pass (else compilation is timed); drop --no-warmup")
-        changes["warmup"] = s.warmup if warmup is None else warmup
-        changes["warmup"] = changes["warmup"] or compile
+        changes["warmup"] = compile or (s.warmup if warmup is None else warmup)  # --compile implies the warm-up
         s = replace(s, backend=backend, compile=compile, **changes)
         if class_list is None and len(s.classes) != len(s.seeds):  # seeds given without classes
             s = replace(s, classes=tuple(seed % cfg.num_classes for seed in s.seeds))

@@ -57,7 +57,11 @@ def register(app: typer.Typer) -> None:
             try:
                 model = replace(read_config(init_weights), frames=frames, height=size, width=size)
             except (OSError, ValueError, TypeError) as e:
-                bad("--init-weights", init_weights, f"a weights folder written by `sparsevdit train` ({e})")
+                bad("--init-weights", str(init_weights), f"a weights folder written by `sparsevdit train` ({e})")
+            for option, given, default, saved in (("--dim", dim, 384, model.dim), ("--depth", depth, 8, model.depth),
+                                                  ("--heads", heads, 6, model.heads)):
+                if given != default and given != saved:  # a fine-tune keeps the saved architecture
+                    bad(option, given, f"the architecture of --init-weights ({option} {saved}); drop {option}")
         else:
             model = VDiTConfig(dim=dim, depth=depth, heads=heads, num_classes=len(CLASSES), frames=frames, height=size, width=size)
         if text_in_attention is not None:
