@@ -71,6 +71,12 @@ def _no_nan(value: Any, where: str = "") -> None:
             _no_nan(v, f"{where}[{i}]")
 
 
+def finite_or_none(value: Any) -> float | None:
+    """``value`` as a float when it is a finite number, else None (an infinite PSNR, a missing value)."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    return float(value) if ok else None
+
+
 def non_finite_as_null(value: Any) -> Any:
     """A copy with every NaN / infinity replaced by None, for results where one is a real answer (the PSNR of
     identical videos is infinite): ``write_json`` refuses them, this says "no finite value" explicitly."""

@@ -15,7 +15,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Mapping
 from urllib.parse import quote
 
-from ..atomic_files import non_finite_as_null, write_text
+from ..atomic_files import finite_or_none as _finite, non_finite_as_null, write_text
 
 REPORT_NAME = "report.html"
 PICTURE_CAPTIONS = {
@@ -46,10 +46,6 @@ def _number(value: Any, fmt: str) -> str:
         return "∞" if value > 0 else "-∞"
     return format(value, fmt)
 
-
-def _finite(value: Any) -> float | None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    return float(value) if ok else None
 
 
 def local_file(folder: Path, name: Any) -> str | None:

@@ -52,6 +52,7 @@ from ..plan import LayerEntry, ModelSignature, SparsityPlan
 from .common import sample_video
 from .cost import CostModel
 from .profile import Profile
+from ..atomic_files import finite_or_none as _finite
 
 MU_MIN, MU_MAX = 1e-9, 1e15
 
@@ -305,8 +306,3 @@ def budget_search(profile: Profile, cost: CostModel, settings: BudgetSettings, *
         "candidates": profile.labels(),
     }
     return plan
-
-
-def _finite(x):
-    """JSON has no infinity: an infinite PSNR (identical videos) is written as null."""
-    return None if x is None or not math.isfinite(x) else float(x)

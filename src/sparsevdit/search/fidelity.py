@@ -15,8 +15,6 @@ timed: ``relative_time_measured`` is its wall-clock over the warm dense run's, i
 from __future__ import annotations
 
 import datetime as _dt
-import json
-import math
 import platform
 import sys
 import time
@@ -33,6 +31,7 @@ from .common import CalibrationConfig, sample_video
 from .cost import CostModel
 from .profile import run_profile
 from .sparse_vdit import SparseVDiTSettings, sparse_vdit_search
+from ..atomic_files import finite_or_none as _finite
 
 FULL = {
     "uniform_densities": (0.1, 0.2, 0.3, 0.5),
@@ -212,9 +211,6 @@ def _write(path: Path, data: dict) -> None:
 
     write_json(path, non_finite_as_null(data))  # a long run's rows are never lost to one infinite ratio
 
-
-def _finite(x):
-    return None if x is None or not math.isfinite(x) else float(x)
 
 
 STYLE = {"budget": ("tab:red", "o"), "budget+sens": ("tab:purple", "P"), "sparse-vdit": ("tab:blue", "s"), "uniform-diag": ("tab:gray", "^"),

@@ -40,6 +40,7 @@ from ..plan import HeadSpec, LayerEntry, SparsityPlan
 from .candidates import band_width
 from .common import CalibrationConfig, MaskSpec, capturing, measure_layer, sample_rows, sample_video
 from .cost import CostModel, family_of
+from ..atomic_files import finite_or_none as _finite
 
 MODES = ("dense", "skip", "diagonal", "multi_diagonal", "vertical_stripe")
 
@@ -161,9 +162,3 @@ def sparse_vdit_search(model, calib: CalibrationConfig, settings: SparseVDiTSett
         "search_seconds": seconds,
     }
     return plan
-
-
-def _finite(x):
-    import math
-
-    return None if x is None or not math.isfinite(x) else float(x)
