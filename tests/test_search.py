@@ -273,6 +273,36 @@ def test_budget_layer_sensitivity(sharp_model, profile):
     assert plan.metadata["expected_relative_time"] <= 0.3 + 1e-9
 
 
+def test_budget_step_sensitivity_weighs_groups_of_steps(sharp_model, profile):
+    from sparsevdit.search.budget import step_groups, step_sensitivity
+
+    settings = BudgetSettings(max_time=0.3, step_sensitivity=True, step_groups=2)
+    sens = step_sensitivity(profile, CostModel.flops(), settings, sharp_model)
+    assert sens.shape == (CALIB.steps,) and bool((sens >= 0).all())
+    spans = step_groups(CALIB.steps, 2)
+    assert spans == [(0, 2), (2, 4)]
+    for a, b in spans:  # one value per group, mean 1 over the groups
+        assert torch.allclose(sens[a:b], sens[a].expand(b - a))
+    assert float(torch.stack([sens[a] for a, _ in spans]).mean()) == pytest.approx(1.0)
+    plan = budget_search(profile, CostModel.flops(), settings, model=sharp_model)
+    md = plan.metadata
+    assert md["layer_sensitivity"] is None and len(md["step_sensitivity"]) == CALIB.steps
+    assert md["step_sensitivity"] == pytest.approx(sens.tolist())
+    assert md["expected_relative_time"] <= 0.3 + 1e-9
+
+
+def test_budget_weights_of_step_and_layer_multiply(sharp_model, profile):
+    """A separable [steps, layers] weight equals scaling the profile's energies by hand."""
+    weight = torch.tensor([2.0, 1.0, 0.5, 0.25])[:, None] * torch.tensor([1.0, 3.0])[None, :]
+    weighted = Allocator(profile, CostModel.flops(), BudgetSettings(max_time=0.3), weight)
+    plain = Allocator(profile, CostModel.flops(), BudgetSettings(max_time=0.3))
+    assert torch.allclose(weighted.energy, plain.energy * weight[:, :, None, None])
+    with pytest.raises(ValueError, match="give \\[layers\\] or \\[steps, layers\\]"):
+        Allocator(profile, CostModel.flops(), BudgetSettings(max_time=0.3), torch.ones(3, 2))
+    with pytest.raises(ValueError, match="step_groups must be >= 1"):
+        BudgetSettings(max_time=0.3, step_groups=0)
+
+
 # sparse-vdit -------------------------------------------------------------------------------------
 def test_sparse_vdit_tiny_epsilon_keeps_dense(sharp_model):
     plan = run_search("sparse-vdit", sharp_model, CALIB, epsilon=1e-12, progress=False)
@@ -346,6 +376,36 @@ def test_fidelity_measures_warm_time_against_warm_dense(model, tmp_path):
     for row in res["rows"]:
         assert row["relative_time_measured"] == pytest.approx(row["eval_seconds"] / res["dense_eval_seconds"])
         assert len(row["ssim_per_seed"]) == 2
+
+
+def test_fidelity_grid_is_checked():
+    from sparsevdit.search.fidelity import check_grid
+
+    ok = check_grid({"budget": [{"max_time": 0.2, "step_sensitivity": True}], "svg": [[0.2, 0]], "uniform_densities": [0.1]})
+    assert ok == {"budget": ({"max_time": 0.2, "step_sensitivity": True},), "svg": ((0.2, 0.0),), "uniform_densities": (0.1,)}
+    for bad, match in ((["budget"], "JSON object"), ({"budgt": []}, "unknown fidelity grid keys \\['budgt'\\]"),
+                       ({"svg": 0.2}, "a list"), ({"svg": [[0.2]]}, "pairs"), ({"budget": [0.2]}, "object of budget settings"),
+                       ({"budget": [{"max_time": 0.2, "target_psnr": 20}]}, "exactly one"),
+                       ({"budget": [{"max_tme": 0.2}]}, "max_tme")):
+        with pytest.raises((ValueError, TypeError), match=match):
+            check_grid(bad)
+
+
+def test_fidelity_grid_runs_step_sensitivity_and_saves_plans(model, tmp_path):
+    from sparsevdit.search.fidelity import run_fidelity
+
+    grid = {"uniform_densities": (), "svg": (), "sparse_vdit": (), "budget_sensitivity": (),
+            "budget": ({"max_time": 0.3}, {"max_time": 0.3, "step_sensitivity": True},
+                       {"max_time": 0.2, "step_sensitivity": True, "layer_sensitivity": True})}
+    res = run_fidelity(model, out=None, plot=None, frames=4, height=32, width=32, steps=2, block_size=16,
+                       calib_seeds=(5,), eval_seeds=(6,), grid=grid, plans_dir=tmp_path / "plans")
+    assert [r["method"] for r in res["rows"]] == ["budget", "budget+steps", "budget+sens+steps"]
+    assert res["rows"][1]["step_sensitivity"] is not None and res["rows"][1]["layer_sensitivity"] is None
+    assert res["rows"][2]["step_sensitivity"] is not None and res["rows"][2]["layer_sensitivity"] is not None
+    saved = sorted(p.name for p in (tmp_path / "plans").iterdir())
+    assert len(saved) == 3 and saved[0].startswith("00-budget-max_time_0.3")
+    for name in saved:  # each a loadable plan
+        SparsityPlan.load(tmp_path / "plans" / name)
 
 
 # command line ------------------------------------------------------------------------------------

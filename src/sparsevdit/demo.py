@@ -235,7 +235,8 @@ def run_demo(
                   TimeElapsedColumn(), console=console) as progress:
         attention = model.attention_modules()
         for layer in map_layers:
-            attention[layer].capture = capture_for(layer)
+            # outside any compiled graph: traced, its step test became a guard and recompiled every step
+            attention[layer].capture = torch.compiler.disable(capture_for(layer))
         try:
             if s.warmup:
                 for name in ("dense", "sparse"):

@@ -201,6 +201,7 @@ def search_cmd(
     dense_warmup_steps: int = typer.Option(0, callback=at_least(0), help="budget: the first N steps run dense (fewer than --steps)"),
     dense_layers: Optional[str] = typer.Option(None, help="budget: comma list of layers kept dense (0 to the model's layers - 1)"),
     layer_sensitivity: bool = typer.Option(False, help="budget: weigh layers by a measured sensitivity (one sampling run per layer)"),
+    step_sensitivity: bool = typer.Option(False, help="budget: weigh 5 groups of steps by a measured sensitivity (one sampling run per group): an error at a high-noise step is carried through every later one"),
     lam: float = typer.Option(0.5, "--lambda", callback=finite(0), help="sparse-vdit: weight of the cost term (>= 0)"),
     epsilon: float = typer.Option(1.0, callback=finite(0, min_open=True), help="sparse-vdit: keep dense when every sparse loss exceeds this (> 0)"),
     mode_density: float = typer.Option(0.2, callback=finite(0, 1, min_open=True), help="sparse-vdit: density in (0, 1] of the diagonal / multi-diagonal / stripe modes"),
@@ -221,6 +222,15 @@ def search_cmd(
     """Search a SparsityPlan for the bundled model: `sparse-vdit` (the paper's rule) or `budget` (ours)."""
     from ..search import CostModel, Profile, run_search
 
+    if algorithm != "budget":
+        given = {"--target-psnr": target_psnr is not None, "--max-rel-error": max_rel_error is not None,
+                 "--max-time": max_time is not None, "--step-ranges": bool(step_ranges),
+                 "--dense-warmup-steps": bool(dense_warmup_steps), "--dense-layers": dense_layers is not None,
+                 "--layer-sensitivity": layer_sensitivity, "--step-sensitivity": step_sensitivity,
+                 "--profile": profile is not None}
+        for option, set_ in given.items():
+            if set_:
+                bad(option, "given", f"an option of --algorithm budget only (this search is {algorithm}): drop it or use budget")
     cfg = model_config(weights)
     calib = _calib(cfg, resolve_device(device), seeds, classes, frames, height, width, steps, guidance, block_size, backend)
     layers = int_list(dense_layers, "--dense-layers", low=0, high=cfg.depth - 1, what=f"the model's {cfg.depth} layers")
@@ -238,7 +248,7 @@ def search_cmd(
             max_time = 0.5
         options = dict(target_psnr=target_psnr, max_rel_error=max_rel_error, max_time=max_time,
                        step_ranges=step_ranges or None, dense_warmup_steps=dense_warmup_steps,
-                       layer_sensitivity=layer_sensitivity, profile=prof, dense_layers=list(layers or ()),
+                       layer_sensitivity=layer_sensitivity, step_sensitivity=step_sensitivity, profile=prof, dense_layers=list(layers or ()),
                        rows_per_block=8 if rows_per_block is None else rows)
     else:
         options = dict(lam=lam, epsilon=epsilon, mode_density=mode_density, rows_per_block=rows)
@@ -310,9 +320,13 @@ def fidelity_cmd(
     device: str = typer.Option("auto", callback=check_device, help="cpu, cuda or auto"),
     measure_time: Optional[bool] = typer.Option(None, "--measure-time/--no-measure-time",
                                                 help="sample every video twice and time the warm run against the warm dense one (default: on for GPU)"),
+    grid: Optional[str] = typer.Option(None, help="settings to run instead of the defaults: a JSON object (inline or a .json file) with keys "
+                                                  "uniform_densities, svg, sparse_vdit, budget, budget_sensitivity; e.g. "
+                                                  "'{\"budget\": [{\"max_time\": 0.2}, {\"target_psnr\": 30, \"step_sensitivity\": true}], \"svg\": []}'"),
+    plans: Optional[Path] = typer.Option(None, help="folder to write every evaluated plan into (NN-method-setting.json)"),
 ) -> None:
     """PSNR / SSIM vs attention density of sparse-vdit, budget and uniform / SVG baselines on held-out seeds."""
-    from ..search.fidelity import run_fidelity
+    from ..search.fidelity import check_grid, run_fidelity
 
     cfg = model_config(weights)
     check_pixels(cfg, frames=frames, height=height, width=width)
@@ -323,8 +337,25 @@ def fidelity_cmd(
     overlap = sorted(set(calib) & set(held_out))
     if overlap:
         bad("--eval-seeds", eval_seeds, f"seeds the calibration never saw (shared with --calib-seeds: {overlap})")
+    grid_override = None
+    if grid is not None:
+        text = grid
+        if not grid.lstrip().startswith("{"):
+            if not Path(grid).is_file():
+                bad("--grid", grid, "a JSON object, or the path of a .json file holding one")
+            text = Path(grid).read_text()
+        try:
+            grid_override = check_grid(json.loads(text))
+        except json.JSONDecodeError as exc:
+            bad("--grid", grid, f"valid JSON ({exc})")
+        except (ValueError, TypeError) as exc:
+            bad("--grid", grid, str(exc))
+    if plans is not None:
+        if plans.exists() and not plans.is_dir():
+            bad("--plans", str(plans), "a folder (this is a file)")
+        plans.mkdir(parents=True, exist_ok=True)
     model, _ = _model(weights, device)
     res = run_fidelity(model, out=out, plot=plot, frames=frames, height=height, width=width or height, steps=steps,
                        block_size=block_size, calib_seeds=list(calib), eval_seeds=list(held_out), quick=quick,
-                       measure_time=measure_time, console=console)
+                       measure_time=measure_time, grid=grid_override, plans_dir=plans, console=console)
     console.print(f"wrote {out} and {plot} ({len(res['rows'])} rows, {res['seconds'] / 60:.1f} min)")

@@ -79,12 +79,12 @@ def _sparse_vdit(model, calib, *, cost, console=None, progress=True, lam: float 
 def _budget(model, calib, *, cost, console=None, progress=True, target_psnr: float | None = None,
             max_rel_error: float | None = None, max_time: float | None = None, step_ranges: int | None = None,
             dense_warmup_steps: int = 0, dense_layers=(), layer_sensitivity: bool = False,
-            profile: Profile | None = None, rows_per_block: int | None = 8, bisection_steps: int = 7,
+            step_sensitivity: bool = False, profile: Profile | None = None, rows_per_block: int | None = 8, bisection_steps: int = 7,
             cache: dict | None = None) -> SparsityPlan:
     settings = BudgetSettings(target_psnr=target_psnr, max_rel_error=max_rel_error, max_time=max_time,
                               step_ranges=step_ranges, dense_warmup_steps=dense_warmup_steps,
                               dense_layers=tuple(dense_layers), layer_sensitivity=layer_sensitivity,
-                              bisection_steps=bisection_steps, backend=calib.backend)
+                              step_sensitivity=step_sensitivity, bisection_steps=bisection_steps, backend=calib.backend)
     if profile is None:
         profile = run_profile(model, calib, rows_per_block=rows_per_block, console=console, progress=progress)
     else:

@@ -9,7 +9,11 @@ of layer ``l`` at step ``s`` is ``E = MSE(O_c, O_dense) * g[s, l]``, with ``g`` 
 gate of the layer's attention branch at that step (profiled; 1 for a model without one). With
 ``layer_sensitivity`` each layer's energies are also scaled by a measured sensitivity: the final
 video's MSE against dense when only that layer runs its share of a reference plan, divided by the
-energy predicted for it (one sampling run per layer on the calibration seeds).
+energy predicted for it (one sampling run per layer on the calibration seeds). ``step_sensitivity``
+does the same for ``step_groups`` consecutive groups of steps (one run per group): the profile's
+per-step errors are measured on the dense trajectory and cannot see that an error made at a
+high-noise step is carried (and grown) through every later step, while one made near the end is not.
+Both together multiply (a separable [step, layer] weight).
 
 Allocation. Steps ``< dense_warmup_steps`` and layers in ``dense_layers`` stay dense; the other steps
 are cut into ``step_ranges`` ranges (None: every step its own range). For a multiplier ``mu``, each
@@ -34,8 +38,10 @@ Budget (exactly one):
     error ``sqrt(sum sq. error / sum dense sq. norm)`` over its heads and steps is at most the value
     (a ``mu`` per layer, by bisection). No sampling.
 ``target_psnr``: PSNR (dB) of the video sampled with the plan against the dense video on the
-    calibration seeds: bisection on ``log mu``; each probe samples the calibration seeds (a plan seen
-    before is not sampled again); the cheapest plan meeting the target wins. The profile's errors are
+    calibration seeds: a bracketing search on ``log mu`` (probes placed by interpolating PSNR, at most
+    ``bisection_steps``, stopping once a plan meets the target by at most ``psnr_tolerance`` dB); each
+    probe samples the calibration seeds (a plan seen before is not sampled again); the cheapest plan
+    meeting the target wins. The profile's errors are
     measured on the dense trajectory and miss build-up across layers and steps; the PSNR check sees it.
 """
 
@@ -66,7 +72,10 @@ class BudgetSettings:
     dense_warmup_steps: int = 0
     dense_layers: tuple = ()
     layer_sensitivity: bool = False
+    step_sensitivity: bool = False
+    step_groups: int = 5
     bisection_steps: int = 7
+    psnr_tolerance: float = 0.5  # target_psnr: stop once a plan meets the target by at most this (dB)
     backend: str = "auto"
 
     def __post_init__(self):
@@ -83,11 +92,14 @@ class BudgetSettings:
             ("target_psnr", self.target_psnr, lambda x: x > 0, "> 0"),
             ("max_rel_error", self.max_rel_error, lambda x: x >= 0, ">= 0"),
             ("max_time", self.max_time, lambda x: 0 <= x <= 1, "in [0, 1]"),
+            ("psnr_tolerance", self.psnr_tolerance, lambda x: x > 0, "> 0"),
         ):
             if value is not None and not (math.isfinite(value) and ok(value)):
                 raise ValueError(f"budget search: {name} must be a finite number {allowed}, got {value}")
         if self.dense_warmup_steps < 0:
             raise ValueError(f"dense_warmup_steps must be >= 0, got {self.dense_warmup_steps}")
+        if self.step_groups < 1:
+            raise ValueError(f"step_groups must be >= 1, got {self.step_groups}")
 
 
 def split_steps(steps: int, ranges: int | None, warmup: int = 0) -> list[tuple[int, int]]:
@@ -116,12 +128,17 @@ class Allocator:
     """The Lagrangian allocation of one profile under one cost model (see the module docstring)."""
 
     def __init__(self, profile: Profile, cost: CostModel, settings: BudgetSettings, sensitivity: torch.Tensor | None = None):
+        """``sensitivity``: measured weights of the error energy, per layer [L] or per step and layer [S, L]."""
         self.profile, self.cost, self.settings = profile, cost, settings
         self.times = candidate_times(profile, cost)  # [L, H, C]
         gain = profile.attn_gain if profile.attn_gain is not None else torch.ones(profile.steps, profile.num_layers)
         self.energy = profile.mse * gain[:, :, None, None]  # [S, L, H, C]
         if sensitivity is not None:
-            self.energy = self.energy * sensitivity[None, :, None, None]
+            weight = sensitivity.expand(profile.steps, profile.num_layers) if sensitivity.dim() == 1 else sensitivity
+            if tuple(weight.shape) != (profile.steps, profile.num_layers):
+                raise ValueError(f"sensitivity of shape {tuple(sensitivity.shape)} for a profile of {profile.steps} steps "
+                                 f"x {profile.num_layers} layers: give [layers] or [steps, layers]")
+            self.energy = self.energy * weight[:, :, None, None]
         self.sq = profile.rel_err.pow(2) * profile.out_rms.pow(2)[..., None]  # [S, L, H, C] (per element)
         self.norm = profile.out_rms.pow(2)  # [S, L, H]
         self.ranges = split_steps(profile.steps, settings.step_ranges, settings.dense_warmup_steps)
@@ -212,37 +229,88 @@ def plan_from_picks(profile: Profile, picks: dict, metadata: dict | None = None)
     return SparsityPlan(ModelSignature(**profile.model), profile.layout, profile.block_size, entries, dict(metadata or {}))
 
 
-def layer_sensitivity(profile: Profile, cost: CostModel, settings: BudgetSettings, model, *, reference_time: float = 0.3,
-                      log=None) -> torch.Tensor:
-    """Per layer: final-video MSE when only that layer runs its part of a reference plan (the unweighted
-    allocation at ``reference_time``), divided by the error energy predicted for it."""
+def _group_sensitivity(profile: Profile, cost: CostModel, settings: BudgetSettings, model, groups: dict,
+                       reference_time: float, log=None) -> dict:
+    """Per group of (range, layer) keys: final-video MSE when only that group runs its part of a reference
+    plan (the unweighted allocation at ``reference_time``), divided by the error energy predicted for it;
+    None for a group whose part is all dense."""
     alloc = Allocator(profile, cost, settings)
     _, picks = alloc.for_time(reference_time)
-    sens = torch.ones(profile.num_layers)
-    for layer in alloc.layers:
-        mine = {k: v for k, v in picks.items() if k[2] == layer}
-        pred = sum(float(alloc.energy[a:b, layer, h, c].sum()) for (a, b, _), hs in mine.items() for h, c in enumerate(hs))
+    out = {}
+    for name, member in groups.items():
+        mine = {k: v for k, v in picks.items() if member(k)}
+        pred = sum(float(alloc.energy[a:b, layer, h, c].sum()) for (a, b, layer), hs in mine.items() for h, c in enumerate(hs))
         if pred <= 0:
+            out[name] = None
             continue
         video = sample_video(model, profile.calib, plan=plan_from_picks(profile, mine), backend=settings.backend)
-        sens[layer] = float((video - profile.dense_video).pow(2).mean()) / pred
+        out[name] = float((video - profile.dense_video).pow(2).mean()) / pred
         if log:
-            log(f"  layer {layer}: sensitivity {float(sens[layer]):.3g}")
-    return sens / sens[alloc.layers].mean() if alloc.layers else sens
+            log(f"  {name}: sensitivity {out[name]:.3g}")
+    return out
+
+
+def _normalised(values: list, active: list[int]) -> torch.Tensor:
+    """Measured sensitivities to a tensor with mean 1 over ``active``; unmeasured entries get 1."""
+    t = torch.tensor([1.0 if v is None else v for v in values])
+    measured = [i for i in active if values[i] is not None]
+    return t / t[measured].mean() if measured else t
+
+
+def layer_sensitivity(profile: Profile, cost: CostModel, settings: BudgetSettings, model, *, reference_time: float = 0.3,
+                      log=None) -> torch.Tensor:
+    """Per layer [L]: final-video MSE when only that layer runs its part of a reference plan, divided by
+    the error energy predicted for it (mean 1 over the searched layers)."""
+    layers = [l for l in range(profile.num_layers) if l not in settings.dense_layers]
+    groups = {f"layer {l}": (lambda k, l=l: k[2] == l) for l in layers}
+    got = _group_sensitivity(profile, cost, settings, model, groups, reference_time, log)
+    return _normalised([got.get(f"layer {l}") for l in range(profile.num_layers)], layers)
+
+
+def step_groups(steps: int, groups: int, warmup: int = 0) -> list[tuple[int, int]]:
+    """``groups`` consecutive [start, end) step groups covering the searched steps."""
+    return split_steps(steps, groups, warmup)
+
+
+def step_sensitivity(profile: Profile, cost: CostModel, settings: BudgetSettings, model, *, reference_time: float = 0.3,
+                     log=None) -> torch.Tensor:
+    """Per step [S]: the measured sensitivity of its group of steps (``settings.step_groups`` groups; a
+    range of the plan belongs to the group of its first step), mean 1 over the searched groups."""
+    spans = step_groups(profile.steps, settings.step_groups, settings.dense_warmup_steps)
+    groups = {f"steps {a}-{b - 1}": (lambda k, a=a, b=b: a <= k[0] < b) for a, b in spans}
+    got = _group_sensitivity(profile, cost, settings, model, groups, reference_time, log)
+    per_group = _normalised([got[f"steps {a}-{b - 1}"] for a, b in spans], list(range(len(spans))))
+    out = torch.ones(profile.steps)
+    for (a, b), v in zip(spans, per_group.tolist()):
+        out[a:b] = v
+    return out
+
+
+def measured_sensitivity(profile: Profile, cost: CostModel, settings: BudgetSettings, model, *,
+                         reference_time: float = 0.3, log=None) -> torch.Tensor | None:
+    """The [S, L] weight ``settings`` asks for (layer and / or step sensitivity), or None for neither."""
+    if not (settings.layer_sensitivity or settings.step_sensitivity):
+        return None
+    weight = torch.ones(profile.steps, profile.num_layers)
+    if settings.layer_sensitivity:
+        weight = weight * layer_sensitivity(profile, cost, settings, model, reference_time=reference_time, log=log)[None, :]
+    if settings.step_sensitivity:
+        weight = weight * step_sensitivity(profile, cost, settings, model, reference_time=reference_time, log=log)[:, None]
+    return weight
 
 
 def budget_search(profile: Profile, cost: CostModel, settings: BudgetSettings, *, model=None, console=None,
                   cache: dict | None = None, sensitivity: torch.Tensor | None = None) -> SparsityPlan:
     """Run the budget search (see the module docstring); ``model`` is needed for ``target_psnr`` and
-    ``layer_sensitivity``. ``sensitivity``: per-layer weights measured before (``layer_sensitivity()``),
-    used instead of measuring them again."""
+    ``layer_sensitivity`` / ``step_sensitivity``. ``sensitivity``: weights measured before ([L] from
+    ``layer_sensitivity()``, or [S, L] from ``measured_sensitivity()``), used instead of measuring them again."""
     log = console.print if console is not None else None
     sens = sensitivity
-    if sens is None and settings.layer_sensitivity:
+    if sens is None and (settings.layer_sensitivity or settings.step_sensitivity):
         if model is None:
-            raise ValueError("budget search with layer_sensitivity samples videos: pass the model")
-        sens = layer_sensitivity(profile, cost, settings, model,
-                                 reference_time=settings.max_time if settings.max_time is not None else 0.3, log=log)
+            raise ValueError("budget search with layer or step sensitivity samples videos: pass the model")
+        sens = measured_sensitivity(profile, cost, settings, model,
+                                    reference_time=settings.max_time if settings.max_time is not None else 0.3, log=log)
     alloc = Allocator(profile, cost, settings, sens)
     probes, calib_psnr, mu = [], None, None
     if settings.max_time is not None:
@@ -269,22 +337,33 @@ def budget_search(profile: Profile, cost: CostModel, settings: BudgetSettings, *
                 log(f"  mu {m:.3g}: predicted time {probes[-1]['relative_time']:.3f}, calibration PSNR {cache[key]:.2f} dB")
             return cache[key]
 
-        # search between the plans predicted at 2% and 98% of dense time, on log mu
+        # search between the plans predicted at 2% and 98% of dense time, on log mu: each probe is
+        # placed by linear interpolation of PSNR in log mu (aiming at the middle of the tolerance band),
+        # kept within the middle 60% of the bracket so it always shrinks; stop once a probe meeting the
+        # target is within the tolerance above it
         lo, _ = alloc.for_time(0.02)
         hi, _ = alloc.for_time(0.98)
         lo, hi = max(lo, MU_MIN), max(hi, lo * 10)
-        if psnr_of(lo) >= target:
+        tol = settings.psnr_tolerance
+        p_lo = psnr_of(lo)
+        if p_lo >= target:
             mu = lo
-        elif psnr_of(hi) < target:
+        elif (p_hi := psnr_of(hi)) < target:
             mu = MU_MAX  # nothing sparse enough to matter meets the target: (nearly) dense
             psnr_of(mu)
         else:
             for _ in range(settings.bisection_steps):
-                mid = math.sqrt(lo * hi)
-                if psnr_of(mid) >= target:
-                    hi = mid
+                if p_hi - target <= tol:
+                    break
+                frac = 0.5
+                if math.isfinite(p_hi) and p_hi > p_lo:
+                    frac = min(0.8, max(0.2, (target + tol / 2 - p_lo) / (p_hi - p_lo)))
+                mid = math.exp(math.log(lo) + frac * (math.log(hi) - math.log(lo)))
+                p_mid = psnr_of(mid)
+                if p_mid >= target:
+                    hi, p_hi = mid, p_mid
                 else:
-                    lo = mid
+                    lo, p_lo = mid, p_mid
             mu = hi
         picks = alloc.picks(mu)
         calib_psnr = cache[json.dumps([e.to_dict() for e in plan_from_picks(profile, picks).entries], sort_keys=True)]
@@ -302,7 +381,19 @@ def budget_search(profile: Profile, cost: CostModel, settings: BudgetSettings, *
         "expected_rel_error": alloc.mean_layer_rel_error(picks),
         "calibration_psnr": _finite(calib_psnr),
         "bisection": probes,
-        "layer_sensitivity": None if sens is None else [float(x) for x in sens],
+        "layer_sensitivity": _per_layer(sens) if sens is not None and (sens.dim() == 1 or settings.layer_sensitivity) else None,
+        "step_sensitivity": _per_step(sens) if sens is not None and sens.dim() == 2 and settings.step_sensitivity else None,
         "candidates": profile.labels(),
     }
     return plan
+
+
+def _per_layer(sens: torch.Tensor) -> list[float]:
+    """The layer factor of a [L] or separable [S, L] weight (its mean over steps)."""
+    return [float(x) for x in (sens if sens.dim() == 1 else sens.mean(0))]
+
+
+def _per_step(sens: torch.Tensor) -> list[float]:
+    """The step factor of a separable [S, L] weight, mean 1 over steps."""
+    row = sens.mean(1)
+    return [float(x) for x in row / row.mean().clamp_min(1e-30)]

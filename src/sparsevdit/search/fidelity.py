@@ -10,6 +10,10 @@ time is the cost model's relative attention time (FLOP estimate, and the H100 ke
 ``measure_time`` (the default on a GPU) every video is sampled twice and the second, warm run is
 timed: ``relative_time_measured`` is its wall-clock over the warm dense run's, in the same process
 (the first run pays compilation, autotuning and pattern building).
+
+``grid`` replaces the default settings per method (``check_grid``; the CLI's ``--grid``), and
+``plans_dir`` receives every evaluated plan. The searches run first and the baselines after, so a
+run stopped by a time limit keeps the comparison it is for.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import torch
 
 from ..metrics import video_psnr_ssim
 from .baselines import svg_sample, uniform_plan
-from .budget import BudgetSettings, budget_search, layer_sensitivity
+from .budget import BudgetSettings, budget_search, layer_sensitivity, step_sensitivity
 from .candidates import band_width
 from .common import CalibrationConfig, sample_video
 from .cost import CostModel
@@ -37,13 +41,43 @@ FULL = {
     "uniform_densities": (0.1, 0.2, 0.3, 0.5),
     "svg": ((0.2, 0), (0.3, 0), (0.5, 0), (0.3, 0.25)),  # (target density, fraction of steps dense first)
     "sparse_vdit": ((0.5, 1.0), (0.05, 0.02), (0.01, 0.01), (0.004, 0.004), (0.002, 0.003)),  # (lambda, epsilon)
+    # budget settings (BudgetSettings fields); with layer_sensitivity / step_sensitivity the weights are
+    # measured once per kind (reference plan at predicted time 0.3) and the row is "budget+sens"
     "budget": ({"max_time": 0.1}, {"max_time": 0.2}, {"max_time": 0.3}, {"max_time": 0.5}, {"max_time": 0.55},
                {"max_time": 0.7},
                {"max_time": 0.9}, {"max_time": 0.98}, {"target_psnr": 20.0}, {"target_psnr": 25.0}, {"target_psnr": 30.0},
                {"max_rel_error": 0.1}, {"max_time": 0.3, "step_ranges": 1}),
-    # budget with per-layer sensitivities measured once (reference plan at predicted time 0.3)
+    # budget with per-layer sensitivities (max_time values; shorthand for budget entries with layer_sensitivity)
     "budget_sensitivity": (0.1, 0.2, 0.3, 0.5, 0.7),
 }
+GRID_KEYS = tuple(FULL)
+
+
+def check_grid(grid: dict) -> dict:
+    """A fidelity grid override (``--grid``): known keys, lists of the right kind; ValueError naming the problem."""
+    if not isinstance(grid, dict):
+        raise ValueError(f"a fidelity grid is a JSON object with keys among {list(GRID_KEYS)}, got {type(grid).__name__}")
+    unknown = sorted(set(grid) - set(GRID_KEYS))
+    if unknown:
+        raise ValueError(f"unknown fidelity grid keys {unknown}; known: {list(GRID_KEYS)}")
+    out = {}
+    for key, values in grid.items():
+        if not isinstance(values, (list, tuple)):
+            raise ValueError(f"grid {key!r}: a list, got {values!r}")
+        if key == "budget":
+            for opts in values:
+                if not isinstance(opts, dict):
+                    raise ValueError(f"grid 'budget': each entry is an object of budget settings, got {opts!r}")
+                BudgetSettings(**opts)  # refuses unknown fields and bad budgets with its own message
+            out[key] = tuple(dict(o) for o in values)
+        elif key in ("svg", "sparse_vdit"):
+            if not all(isinstance(v, (list, tuple)) and len(v) == 2 for v in values):
+                shape = "[target density, fraction of steps dense first]" if key == "svg" else "[lambda, epsilon]"
+                raise ValueError(f"grid {key!r}: a list of pairs {shape}, got {values!r}")
+            out[key] = tuple((float(a), float(b)) for a, b in values)
+        else:
+            out[key] = tuple(float(v) for v in values)
+    return out
 QUICK = {
     "uniform_densities": (0.2,),
     "svg": ((0.2, 0),),
@@ -56,7 +90,7 @@ QUICK = {
 def run_fidelity(model, *, out: Path | None, plot: Path | None, frames: int = 16, height: int = 32, width: int = 32,
                  steps: int = 12, block_size: int = 32, calib_seeds=(100, 101, 102, 103, 104, 105), eval_seeds=(0, 1, 2, 3),
                  rows_per_block: int = 4, bisection_steps: int = 4, quick: bool = False, grid: dict | None = None,
-                 measure_time: bool | None = None, console=None) -> dict:
+                 measure_time: bool | None = None, plans_dir: Path | None = None, console=None) -> dict:
     log = console.print if console is not None else print
     cuda = next(model.parameters()).device.type == "cuda"
     measure_time = cuda if measure_time is None else measure_time
@@ -73,7 +107,7 @@ def run_fidelity(model, *, out: Path | None, plot: Path | None, frames: int = 16
             torch.cuda.synchronize()
         return result, time.perf_counter() - t
 
-    grid = {**(QUICK if quick else FULL), **(grid or {})}
+    grid = {**(QUICK if quick else FULL), **check_grid(grid or {})}
     t_start = time.perf_counter()
     nc = model.cfg.num_classes
     calib = CalibrationConfig(seeds=tuple(calib_seeds), classes=tuple(s % nc for s in calib_seeds), frames=frames,
@@ -104,9 +138,66 @@ def run_fidelity(model, *, out: Path | None, plot: Path | None, frames: int = 16
             _write(out, _result(rows, calib, evalc, layout, dense_seconds, t_start, cost_f, cost_m, measure_time))
 
     def eval_plan(method, label, plan, extra=None, search_s=None):
+        if plans_dir is not None:
+            plan.save(Path(plans_dir) / f"{len(rows):02d}-{method}-{_slug(label)}.json")
         video, eval_s = timed(lambda: sample_video(model, evalc, plan=plan))
         pf, pm = cost_f.plan_time(plan, steps), cost_m.plan_time(plan, steps)
         record(method, label, video, pf["density"], pf["relative_time"], pm["relative_time"], extra, search_s, eval_s)
+
+    # the searches first (the comparison the study is for), the baselines after: a run cut short keeps them
+    # profile --------------------------------------------------------------------------------------
+    t = time.perf_counter()
+    prof = run_profile(model, calib, rows_per_block=rows_per_block, console=console, progress=False)
+    profile_s = time.perf_counter() - t
+    log(f"profile on calibration seeds {list(calib_seeds)}: {profile_s:.0f} s, {len(prof.candidates)} candidates")
+    # sparse-vdit ----------------------------------------------------------------------------------
+    for lam, eps in grid["sparse_vdit"]:
+        t = time.perf_counter()
+        plan = sparse_vdit_search(model, calib, SparseVDiTSettings(lam=lam, epsilon=eps, rows_per_block=rows_per_block),
+                                  cost=cost_f, dense_video=prof.dense_video, progress=False)
+        search_s = time.perf_counter() - t
+        md = plan.metadata
+        eval_plan("sparse-vdit", f"lambda={lam}, epsilon={eps}", plan,
+                  {"settings": {"lam": lam, "epsilon": eps}, "mode_fractions": md["mode_fractions"],
+                   "calibration_psnr": md["calibration_psnr"]}, search_s)
+
+    # budget ---------------------------------------------------------------------------------------
+    cache: dict = {}
+    sensitivities: dict = {}  # "layer" / "step" -> (weights, seconds), each measured once (reference time 0.3)
+
+    def sensitivity_for(opts: dict):
+        kinds = [k for k in ("layer", "step") if opts.get(f"{k}_sensitivity")]
+        for kind in kinds:
+            if kind not in sensitivities:
+                t = time.perf_counter()
+                probe = BudgetSettings(max_time=0.3, step_groups=opts.get("step_groups", 5),
+                                       dense_warmup_steps=opts.get("dense_warmup_steps", 0))
+                measure = layer_sensitivity if kind == "layer" else step_sensitivity
+                sensitivities[kind] = (measure(prof, cost_f, probe, model, reference_time=0.3), time.perf_counter() - t)
+                log(f"{kind} sensitivities (reference plan at time 0.3): "
+                    f"{[round(float(x), 3) for x in sensitivities[kind][0]]}, {sensitivities[kind][1]:.0f} s")
+        if not kinds:
+            return None, 0.0
+        weight = torch.ones(prof.steps, prof.num_layers)
+        if "layer" in kinds:
+            weight = weight * sensitivities["layer"][0][None, :]
+        if "step" in kinds:
+            weight = weight * sensitivities["step"][0][:, None]
+        return weight, sum(sensitivities[k][1] for k in kinds)
+
+    budget_runs = list(grid["budget"]) + [{"max_time": t, "layer_sensitivity": True} for t in grid["budget_sensitivity"]]
+    for opts in budget_runs:
+        sens, sens_s = sensitivity_for(opts)
+        t = time.perf_counter()
+        plan = budget_search(prof, cost_f, BudgetSettings(bisection_steps=bisection_steps, **opts), model=model, cache=cache,
+                             sensitivity=sens)
+        search_s = time.perf_counter() - t + profile_s + sens_s
+        label = ", ".join(f"{k}={v}" for k, v in opts.items())
+        md = plan.metadata
+        eval_plan(_budget_method(opts), label, plan,
+                  {"settings": opts, "mu": md["mu"], "calibration_psnr": md["calibration_psnr"],
+                   "expected_rel_error": md["expected_rel_error"], "layer_sensitivity": md["layer_sensitivity"],
+                   "step_sensitivity": md["step_sensitivity"]}, search_s)
 
     # uniform baselines ----------------------------------------------------------------------------
     for name, short in (("diagonal", "diag"), ("multi_diagonal", "multi")):
@@ -123,54 +214,24 @@ def run_fidelity(model, *, out: Path | None, plot: Path | None, frames: int = 16
         record("svg", f"target {d:.0%}" + (f", {warm_steps} dense steps" if warm_steps else ""), video, st["density"],
                st["relative_time"], rel_m, {"svg": st, "warmup_steps": warm_steps}, None, eval_s)
 
-    # profile + budget -----------------------------------------------------------------------------
-    t = time.perf_counter()
-    prof = run_profile(model, calib, rows_per_block=rows_per_block, console=console, progress=False)
-    profile_s = time.perf_counter() - t
-    log(f"profile on calibration seeds {list(calib_seeds)}: {profile_s:.0f} s, {len(prof.candidates)} candidates")
-    cache: dict = {}
-    for opts in grid["budget"]:
-        t = time.perf_counter()
-        plan = budget_search(prof, cost_f, BudgetSettings(bisection_steps=bisection_steps, **opts), model=model, cache=cache)
-        search_s = time.perf_counter() - t + profile_s
-        label = ", ".join(f"{k}={v}" for k, v in opts.items())
-        md = plan.metadata
-        eval_plan("budget", label, plan, {"settings": opts, "mu": md["mu"], "calibration_psnr": md["calibration_psnr"],
-                                          "expected_rel_error": md["expected_rel_error"],
-                                          "layer_sensitivity": md["layer_sensitivity"]}, search_s)
-
-    if grid["budget_sensitivity"]:
-        t = time.perf_counter()
-        sens = layer_sensitivity(prof, cost_f, BudgetSettings(max_time=0.3), model, reference_time=0.3)
-        sens_s = time.perf_counter() - t
-        log(f"layer sensitivities (reference plan at time 0.3): {[round(float(x), 3) for x in sens]}, {sens_s:.0f} s")
-        for max_time in grid["budget_sensitivity"]:
-            t = time.perf_counter()
-            plan = budget_search(prof, cost_f, BudgetSettings(max_time=max_time, layer_sensitivity=True), model=model,
-                                 sensitivity=sens)
-            search_s = time.perf_counter() - t + profile_s + sens_s
-            eval_plan("budget+sens", f"max_time={max_time}, layer sensitivity", plan,
-                      {"settings": {"max_time": max_time, "layer_sensitivity": True}, "mu": plan.metadata["mu"],
-                       "expected_rel_error": plan.metadata["expected_rel_error"],
-                       "layer_sensitivity": plan.metadata["layer_sensitivity"]}, search_s)
-
-    # sparse-vdit ----------------------------------------------------------------------------------
-    for lam, eps in grid["sparse_vdit"]:
-        t = time.perf_counter()
-        plan = sparse_vdit_search(model, calib, SparseVDiTSettings(lam=lam, epsilon=eps, rows_per_block=rows_per_block),
-                                  cost=cost_f, dense_video=prof.dense_video, progress=False)
-        search_s = time.perf_counter() - t
-        md = plan.metadata
-        eval_plan("sparse-vdit", f"lambda={lam}, epsilon={eps}", plan,
-                  {"settings": {"lam": lam, "epsilon": eps}, "mode_fractions": md["mode_fractions"],
-                   "calibration_psnr": md["calibration_psnr"]}, search_s)
-
     result = _result(rows, calib, evalc, layout, dense_seconds, t_start, cost_f, cost_m, measure_time)
     if out is not None:
         _write(out, result)
     if plot is not None:
         plot_results(result, plot)
     return result
+
+
+def _budget_method(opts: dict) -> str:
+    """The row's method name: plain budget, or which measured sensitivities weigh its errors."""
+    layer, step = bool(opts.get("layer_sensitivity")), bool(opts.get("step_sensitivity"))
+    return {(False, False): "budget", (True, False): "budget+sens", (False, True): "budget+steps",
+            (True, True): "budget+sens+steps"}[(layer, step)]
+
+
+def _slug(label: str) -> str:
+    """A file-name-safe form of a row label."""
+    return "".join(ch if ch.isalnum() or ch in ".-" else "_" for ch in label).strip("_")[:60] or "plan"
 
 
 def _svg_time(stats: dict, cost: CostModel, steps: int, warm: int) -> float:
@@ -213,7 +274,8 @@ def _write(path: Path, data: dict) -> None:
 
 
 
-STYLE = {"budget": ("tab:red", "o"), "budget+sens": ("tab:purple", "P"), "sparse-vdit": ("tab:blue", "s"), "uniform-diag": ("tab:gray", "^"),
+STYLE = {"budget": ("tab:red", "o"), "budget+sens": ("tab:purple", "P"), "budget+steps": ("tab:orange", "X"),
+         "budget+sens+steps": ("tab:brown", "*"), "sparse-vdit": ("tab:blue", "s"), "uniform-diag": ("tab:gray", "^"),
          "uniform-multi": ("tab:olive", "v"), "svg": ("tab:green", "D")}
 
 
@@ -265,7 +327,7 @@ def plot_results(result: dict, path: Path) -> Path:
 def markdown_table(result: dict) -> str:
     lines = ["| method | setting | density | pred. time (FLOP) | pred. time (H100 table) | PSNR dB | SSIM |",
              "|---|---|---:|---:|---:|---:|---:|"]
-    order = ["budget", "budget+sens", "sparse-vdit", "svg", "uniform-diag", "uniform-multi"]
+    order = ["budget", "budget+sens", "budget+steps", "budget+sens+steps", "sparse-vdit", "svg", "uniform-diag", "uniform-multi"]
     for r in sorted(result["rows"], key=lambda r: (order.index(r["method"]) if r["method"] in order else 9, r["density"])):
         psnr = f"{r['psnr']:.2f}" if r["psnr"] is not None else "inf"
         lines.append(f"| {r['method']} | {r['label']} | {r['density']:.1%} | {r['relative_time_flops']:.3f} | "

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Issue 15 on one GPU: the fidelity study at 16 x 128 x 128 px (16,384 video tokens + 4 text) and the
+# GPU demo with the plan it searched. Run from the repository root on the device machine:
+#   bash bench/long_sequences.sh fidelity   # about 9 minutes on an H200
+#   bash bench/long_sequences.sh search-demo      # search the demo's plan, then the demo with it (~6 min)
+#   bash bench/long_sequences.sh demo PLAN.json
+# Results go under $OUT (at most 8 files come back from the device: extras are tarred).
+set -uo pipefail
+export PYTHONPATH=$PWD/src
+PY=${PY:-python3}
+OUT=${OUT:-out/long}
+mkdir -p "$OUT"
+SIZE=${SIZE:-"--frames 16 --height 128 --steps 30 --block-size 128"}
+DEVICE=${DEVICE:-cuda}
+CALIB=${CALIB:-100,101,102,103,104,105,106,107,108}
+EVAL=${EVAL:-0,1,2,3,4,5,6,7,8}
+case "${1:-}" in
+  fidelity)
+    GRID='{"sparse_vdit": [[0.5, 1.0], [0.05, 0.02], [0.01, 0.01], [0.004, 0.004]],
+           "budget": [{"target_psnr": 30}, {"max_time": 0.15}, {"max_time": 0.2}, {"max_time": 0.3}, {"max_time": 0.45},
+                      {"max_time": 0.2, "step_sensitivity": true}, {"max_time": 0.3, "step_sensitivity": true},
+                      {"target_psnr": 30, "step_sensitivity": true}],
+           "budget_sensitivity": [], "uniform_densities": [0.1, 0.2, 0.3], "svg": [[0.2, 0], [0.3, 0.25]]}'
+    timeout "${LIMIT:-560}" "$PY" -m sparsevdit fidelity --device $DEVICE $SIZE \
+      --calib-seeds "$CALIB" --eval-seeds "$EVAL" \
+      --grid "$GRID" --plans /tmp/plans-$$ --out "$OUT/fidelity-h200-16k.json" --plot "$OUT/fidelity-h200-16k.png" \
+      2>&1 | tee "$OUT/fidelity-log.txt"
+    [ -d /tmp/plans-$$ ] && tar cf "$OUT/plans.tar" -C /tmp/plans-$$ .
+    ;;
+  search-demo)
+    # the GPU demo's plan: budget with step sensitivity on calibration seeds covering the 9 classes
+    timeout "${LIMIT:-560}" "$PY" -m sparsevdit search --algorithm budget --step-sensitivity --target-psnr "${TARGET:-28.5}" \
+      --device $DEVICE $SIZE --seeds "$CALIB" --rows-per-block 4 --out "$OUT/plan.json" 2>&1 | tee "$OUT/search-log.txt"
+    timeout "${LIMIT:-560}" "$PY" -m sparsevdit demo --device $DEVICE $SIZE --plan "$OUT/plan.json" ${COMPILE---compile} \
+      --out /tmp/demo 2>&1 | tee "$OUT/demo-log.txt"
+    cp /tmp/demo/report.json "$OUT/demo-report.json"
+    (cd /tmp/demo && tar cf "$OUT/demo.tar" --exclude='*.mp4' --exclude='*.gif' --exclude='report.html' .)
+    ;;
+  demo)
+    timeout "${LIMIT:-560}" "$PY" -m sparsevdit demo --device $DEVICE $SIZE --plan "$2" ${COMPILE---compile} --out /tmp/demo 2>&1 | tee "$OUT/demo-log.txt"
+    cp /tmp/demo/report.json "$OUT/demo-report.json"
+    (cd /tmp/demo && tar cf "$OUT/demo.tar" --exclude='*.mp4' --exclude='*.gif' --exclude='report.html' .)
+    ;;
+  *)
+    echo "usage: bash bench/long_sequences.sh fidelity | search-demo | demo PLAN.json" >&2; exit 2 ;;
+esac
