@@ -633,3 +633,16 @@ def test_bool_params_must_be_bool(value):
     layout = TokenLayout(2, 3, 4, text_tokens=5, text_position="prefix")
     with pytest.raises(PatternError, match="text_rows must be true or false"):
         patterns.build("diagonal", layout, block_size=8, text_rows=value)
+
+
+def test_width_for_density_is_the_nearest_width():
+    from sparsevdit.patterns import width_for_density
+
+    lay = TokenLayout(6, 5, 7)
+    for name in ("diagonal", "multi_diagonal"):
+        dens = {w: patterns.build(name, lay, block_size=16, width=w).density for w in range(1, 2 * lay.num_tokens + 1)}
+        for target in (0.05, 0.2, 0.37, 0.9, 1.5):
+            w = width_for_density(lambda x: dens[x], target, 2 * lay.num_tokens)
+            best = min(abs(d - target) for d in dens.values())
+            assert abs(dens[w] - target) == pytest.approx(best)  # no width lands nearer
+    assert width_for_density(lambda w: 1.0, 0.5, 10) == 1  # every width reaches it: the narrowest

@@ -53,18 +53,8 @@ def cudnn_dense(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tens
 
 
 def _with_width(build, layout: TokenLayout, target: float) -> P.BlockPattern:
-    """The band pattern whose density is closest to ``target`` (bisection on its width)."""
-    lo, hi = 1, 2 * layout.num_tokens
-    best = build(hi)
-    while lo < hi:
-        mid = (lo + hi) // 2
-        pat = build(mid)
-        if pat.density < target:
-            lo = mid + 1
-        else:
-            hi, best = mid, pat
-    below = build(max(1, lo - 1))
-    return below if abs(below.density - target) < abs(best.density - target) else best
+    """The band pattern whose density is closest to ``target`` (``build(width)``; width by bisection)."""
+    return build(P.width_for_density(lambda w: build(w).density, target, 2 * layout.num_tokens))
 
 
 def patterns_at(kind: str, shape: Shape, density: float, block_size: int = 128) -> list[P.BlockPattern]:

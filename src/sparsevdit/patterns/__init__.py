@@ -3,6 +3,7 @@
 from . import builtin as _builtin  # noqa: F401  (registers the built-in patterns)
 from . import random_blocks as _random_blocks  # noqa: F401
 from .base import BlockPattern, block_lengths, num_blocks
+from .fitting import width_for_density
 from .registry import ParamDoc, PatternError, available, build, check_params, parameters, register, revision, summary
 
 __all__ = [
@@ -18,4 +19,5 @@ __all__ = [
     "register",
     "revision",
     "summary",
+    "width_for_density",
 ]

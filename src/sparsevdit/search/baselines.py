@@ -35,15 +35,8 @@ def svg_masks(layout, block_size: int, density: float) -> tuple[P.BlockPattern, 
         return P.build("union", layout, block_size=block_size, patterns=[
             {"name": "diagonal", "params": {"width": w}}, {"name": "vertical_stripe", "params": {"sink_frames": 1}}])
 
-    lo, hi = 1, 2 * layout.num_tokens  # widest diagonal whose union with the sink stays nearest density
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if spatial(mid).density < density:
-            lo = mid + 1
-        else:
-            hi = mid
-    below = max(1, lo - 1)
-    sp = spatial(below) if abs(spatial(below).density - density) < abs(spatial(lo).density - density) else spatial(lo)
+    # the diagonal whose union with the sink lands nearest the density
+    sp = spatial(P.width_for_density(lambda w: spatial(w).density, density, 2 * layout.num_tokens))
     tp = P.build("multi_diagonal", layout, block_size=block_size, width=band_width("multi_diagonal", layout, block_size, density))
     return sp, tp
 

@@ -72,18 +72,8 @@ def fixed(pattern: str, label: str | None = None, **params) -> Candidate:
 
 def band_width(name: str, layout: TokenLayout, block_size: int, target: float) -> int:
     """The width (tokens) of a ``diagonal`` / ``multi_diagonal`` band whose density is nearest ``target``."""
-    def dens(w: int) -> float:
-        return P.build(name, layout, block_size=block_size, width=w).density
-
-    lo, hi = 1, 2 * layout.num_tokens
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if dens(mid) < target:
-            lo = mid + 1
-        else:
-            hi = mid
-    below = max(1, lo - 1)
-    return below if abs(dens(below) - target) < abs(dens(lo) - target) else lo
+    return P.width_for_density(lambda w: P.build(name, layout, block_size=block_size, width=w).density, target,
+                               2 * layout.num_tokens)
 
 
 def stripe_count(layout: TokenLayout, block_size: int, density: float) -> int:
