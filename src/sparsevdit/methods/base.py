@@ -40,6 +40,18 @@ def check_choice(method: str, key: str, value: object, choices: tuple[str, ...])
         raise MethodError(f"method {method!r}: {key} must be one of {', '.join(map(repr, choices))}, got {value!r}")
 
 
+def tuple_field(params: object, key: str, expected: str) -> tuple:
+    """A frozen Params' field as a tuple: a list (from JSON or a CLI) is converted and stored back;
+    anything else that is not a tuple is refused, naming ``expected``."""
+    value = getattr(params, key)
+    if isinstance(value, list):
+        value = tuple(value)
+        object.__setattr__(params, key, value)
+    if not isinstance(value, tuple):
+        raise MethodError(f"method {getattr(params, 'method', '?')!r}: {key} must be {expected}, got {value!r}")
+    return value
+
+
 @dataclass(frozen=True, kw_only=True)
 class MethodParams:
     """Options of every method.
@@ -55,12 +67,7 @@ class MethodParams:
 
     def __post_init__(self) -> None:
         check_int(self.method, "dense_steps", self.dense_steps)
-        layers = self.dense_layers
-        if isinstance(layers, list):  # from JSON or a CLI
-            layers = tuple(layers)
-            object.__setattr__(self, "dense_layers", layers)
-        if not isinstance(layers, tuple):
-            raise MethodError(f"method {self.method!r}: dense_layers must be a tuple of layer indices, got {layers!r}")
+        layers = tuple_field(self, "dense_layers", "a tuple of layer indices")
         for layer in layers:
             check_int(self.method, "dense_layers entry", layer)
         object.__setattr__(self, "dense_layers", tuple(sorted(set(layers))))

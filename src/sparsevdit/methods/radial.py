@@ -31,7 +31,7 @@ import torch
 
 from ..layout import TokenLayout
 from ..patterns.base import BlockGeometry, BlockPattern, check_block_grid, num_blocks
-from .base import Method, MethodError, MethodParams, check_choice, check_int, check_number, register_method
+from .base import Method, MethodError, MethodParams, check_choice, check_int, check_number, register_method, tuple_field
 
 FAMILIES = ("wan", "hunyuan")
 SINKS = ("first_frame", "none")
@@ -68,12 +68,7 @@ class RadialParams(MethodParams):
                 object.__setattr__(self, key, value)
         check_number(self.method, "decay_factor", self.decay_factor)
         check_choice(self.method, "sink", self.sink, SINKS)
-        near = self.near_window
-        if isinstance(near, list):
-            near = tuple(near)
-            object.__setattr__(self, "near_window", near)
-        if not isinstance(near, tuple):
-            raise MethodError(f"method 'radial': near_window must be a tuple of fractions in (0, 1], got {near!r}")
+        near = tuple_field(self, "near_window", "a tuple of fractions in (0, 1]")
         for frac in near:
             check_number(self.method, "near_window entry", frac)
             if frac > 1:
