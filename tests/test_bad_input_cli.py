@@ -143,6 +143,8 @@ CASES = [
     (["search", "--step-sensitivity", "--algorithm", "sparse-vdit"], ["--step-sensitivity", "budget"]),
     (["train", "--schedule", "16x128:4"], ["--schedule", "FRAMESxHEIGHTxWIDTH:BATCH"]),
     (["train", "--schedule", "16x126x128:4"], ["--schedule", "patch size 4"]),
+    (["train", "--class-weights", "ball=3"], ["--class-weights", "NAME one of", "bounce"]),
+    (["train", "--class-weights", "bounce=-1"], ["--class-weights", "weight >= 0 for bounce"]),
     (["train", "--init-weights", "no-such-folder"], ["--init-weights", "no-such-folder", "weights folder"]),
     (["train", "--init-weights", str(BUNDLED_DIR), "--dim", "256"], ["--dim", "256", "drop --dim"]),
     (["demo", "--compile", "--no-warmup"], ["--compile needs the warm-up"]),

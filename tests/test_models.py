@@ -180,11 +180,28 @@ def test_schedule_parsing_and_errors():
             ClipSize.parse_schedule(bad)
 
 
+def test_class_weights_draw_the_weighted_classes_reproducibly():
+    from sparsevdit.models.data import CLASSES
+    from sparsevdit.models.train import _step_classes
+
+    only_bounce = TrainConfig(class_weights=[0.0] * 7 + [1.0, 0.0])
+    assert _step_classes(only_bounce, 3, 5) == [CLASSES.index("bounce")] * 5
+    boosted = TrainConfig(class_weights=[1.0] * 7 + [3.0, 1.0])
+    drawn = [c for step in range(200) for c in _step_classes(boosted, step, 16)]
+    assert drawn == [c for step in range(200) for c in _step_classes(boosted, step, 16)]
+    assert 0.22 < drawn.count(CLASSES.index("bounce")) / len(drawn) < 0.33  # 3 / 11 expected
+    assert _step_classes(TrainConfig(), 0, 4) is None
+    for bad in ([1.0] * 8, [1.0] * 8 + [float("nan")], [0.0] * 9, [1.0] * 8 + [-1.0]):
+        with pytest.raises(ValueError, match="class_weights: 9 finite non-negative"):
+            TrainConfig(class_weights=bad)
+
+
 def test_fine_tune_from_weights_with_a_size_schedule(tmp_path):
     start = tiny_model()
     save_weights(start, tmp_path / "start")
     cfg = TrainConfig(steps=3, batch=2, eval_every=3, checkpoint_every=3, val_clips=2, warmup=1, model=TEXT,
-                      schedule=ClipSize.parse_schedule("4x16x16:2*2,2x8x8:3"), init_weights=str(tmp_path / "start"))
+                      schedule=ClipSize.parse_schedule("4x16x16:2*2,2x8x8:3"), init_weights=str(tmp_path / "start"),
+                      class_weights=(1.0,) * 7 + (3.0, 1.0))
     meta = train(cfg, tmp_path / "run", device="cpu", log=lambda *a: None)
     rows = [json.loads(x) for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert [r["size"] for r in rows if "loss" in r] == ["4x16x16", "4x16x16", "2x8x8"]

@@ -34,6 +34,7 @@ def register(app: typer.Typer) -> None:
         warmup: int = typer.Option(200, callback=at_least(0), help="linear learning-rate warm-up steps"),
         text_in_attention: Optional[bool] = typer.Option(None, "--text-in-attention/--no-text-in-attention", help="the condition's tokens also join self-attention as a text prefix (default: as in --init-weights, else off)"),
         checkpoint_every: Optional[int] = typer.Option(None, callback=at_least(1), help="save out/checkpoint.pt every N steps (default: max(--eval-every, 100)); a run that stops always saves one"),
+        class_weights: Optional[str] = typer.Option(None, help="show some scene classes more often, NAME=WEIGHT[,NAME=WEIGHT] (others weigh 1), e.g. bounce=3; default: uniform. `sparsevdit classes` lists the names"),
     ) -> None:
         """Train the video DiT on procedural clips (rectified flow; bf16 on GPU; tiny sizes run on CPU)."""
         from ..models.data import CLASSES
@@ -78,7 +79,8 @@ def register(app: typer.Typer) -> None:
         cfg = TrainConfig(steps=steps, batch=batch, lr=lr, max_minutes=max_minutes, stop_after_minutes=stop_after_minutes,
                           compile=compile, eval_every=eval_every, seed=seed, warmup=warmup,
                           checkpoint_every=checkpoint_every or max(eval_every, 100), model=model, schedule=sizes,
-                          init_weights=str(init_weights) if init_weights is not None else None)
+                          init_weights=str(init_weights) if init_weights is not None else None,
+                          class_weights=_parse_class_weights(class_weights) if class_weights is not None else None)
         meta = run_train(cfg, out, device=device, resume=resume, log=console.print)
         start = "start" if init_weights is not None else "untrained"
         console.print(f"validation loss {meta['val_loss_untrained']:.4f} ({start}) -> {meta['val_loss_final']:.4f}; weights in {out / 'weights'}")
@@ -90,3 +92,26 @@ def register(app: typer.Typer) -> None:
 
         for i, name in enumerate(CLASSES):
             console.print(f"{i}: {name} - {caption_for(i)}")
+
+
+def _parse_class_weights(text: str) -> tuple[float, ...]:
+    """``bounce=3,orbit=2`` -> one weight per class of the training data, 1 for the classes not named."""
+    import math
+
+    from ..models.data import CLASSES
+
+    weights = dict.fromkeys(CLASSES, 1.0)
+    for item in text.split(","):
+        name, eq, value = item.strip().partition("=")
+        if name not in weights or not eq:
+            bad("--class-weights", text, f"NAME=WEIGHT entries with NAME one of {', '.join(CLASSES)}")
+        try:
+            w = float(value)
+        except ValueError:
+            w = float("nan")
+        if not math.isfinite(w) or w < 0:
+            bad("--class-weights", text, f"a finite weight >= 0 for {name}, got {value!r}")
+        weights[name] = w
+    if sum(weights.values()) <= 0:
+        bad("--class-weights", text, "at least one class with a positive weight")
+    return tuple(weights.values())

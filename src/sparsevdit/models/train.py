@@ -80,6 +80,18 @@ class TrainConfig:
     schedule: tuple[ClipSize, ...] = ()
     # Start from these saved weights (model and EMA) with a fresh optimizer: a fine-tune, not a resume.
     init_weights: str | None = None
+    # Relative frequency of each scene class in the training stream (one weight per class of
+    # ``data.CLASSES``); None: each clip's class comes from its seed (uniform). A fine-tune uses it to
+    # show a class the model still gets wrong more often.
+    class_weights: tuple[float, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.class_weights is not None:
+            w = tuple(float(v) for v in self.class_weights)
+            if len(w) != len(CLASSES) or not all(math.isfinite(v) and v >= 0 for v in w) or sum(w) <= 0:
+                raise ValueError(f"class_weights: {len(CLASSES)} finite non-negative weights (one per class of "
+                                 f"{', '.join(CLASSES)}) with a positive sum, got {self.class_weights!r}")
+            object.__setattr__(self, "class_weights", w)
 
     def sizes(self) -> tuple[ClipSize, ...]:
         m = self.model
@@ -87,6 +99,14 @@ class TrainConfig:
 
     def validation_sizes(self) -> list[ClipSize]:
         return list(dict.fromkeys(self.sizes()))
+
+
+def _step_classes(cfg: TrainConfig, step: int, n: int) -> list[int] | None:
+    """The classes of one step's clips under ``cfg.class_weights`` (None: drawn from the seeds), reproducible per step."""
+    if cfg.class_weights is None:
+        return None
+    gen = torch.Generator().manual_seed(cfg.seed * 104729 + step)
+    return torch.multinomial(torch.tensor(cfg.class_weights), n, replacement=True, generator=gen).tolist()
 
 
 def _lr(step: int, cfg: TrainConfig, minutes: float = 0.0) -> float:
@@ -237,7 +257,8 @@ def train(cfg: TrainConfig, out: str | os.PathLike, *, device: str = "auto", res
     while step < cfg.steps:
         size = sizes[step % len(sizes)]
         seeds = torch.arange(step * stride, step * stride + size.batch) + cfg.seed * 10_000_000
-        x0, classes = make_batch(seeds.tolist(), size.frames, size.height, size.width, device=dev)
+        x0, classes = make_batch(seeds.tolist(), size.frames, size.height, size.width,
+                                 classes=_step_classes(cfg, step, size.batch), device=dev)
         lr = _lr(step, cfg, (time.time() - started) / 60)
         for g in opt.param_groups:
             g["lr"] = lr
