@@ -148,6 +148,7 @@ CASES = [
     (["train", "--init-weights", "no-such-folder"], ["--init-weights", "no-such-folder", "weights folder"]),
     (["train", "--init-weights", str(BUNDLED_DIR), "--dim", "256"], ["--dim", "256", "drop --dim"]),
     (["demo", "--compile", "--no-warmup"], ["--compile needs the warm-up"]),
+    (["demo", "--dtype", "float64"], ["--dtype", "float64", "auto, float32 or bfloat16"]),
     # attention-study
     (["attention-study", "--steps", "0"], ["--steps", "0", "1<=x"]),
     (["attention-study", "--frames", "0"], ["--frames", "0", "1<=x"]),

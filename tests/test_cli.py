@@ -169,3 +169,16 @@ def test_demo_report_has_pictures_and_the_fidelity_curves(tmp_path):
     broken.write_text('{"rows": [{"psnr": 1}]}')
     result = runner.invoke(app, args[:-1] + [str(broken)], terminal_width=200)
     assert result.exit_code == 2 and "a fidelity study" in result.output
+
+
+def test_default_dtype_is_bfloat16_on_cuda_and_on_cpus_that_measure_it_faster(monkeypatch):
+    from sparsevdit import dtypes
+
+    assert dtypes.default_dtype("cuda") == "bfloat16"
+    monkeypatch.setattr(dtypes, "cpu_bfloat16_speedup", lambda: 2.9)
+    assert dtypes.default_dtype("cpu") == "bfloat16"
+    monkeypatch.setattr(dtypes, "cpu_bfloat16_speedup", lambda: 0.4)  # emulated bfloat16
+    assert dtypes.default_dtype("cpu") == "float32"
+    from sparsevdit.demo import default_settings
+
+    assert default_settings("cpu").dtype == "float32"

@@ -16,6 +16,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from . import patterns as P
 from .atomic_files import building_folder, non_finite_as_null, write_json, write_text
+from .dtypes import default_dtype
 from .layout import TokenLayout
 from .metrics import video_psnr_ssim
 from .models.data import CLASSES, caption_for
@@ -56,8 +57,9 @@ def default_settings(device: str) -> DemoSettings:
     if device == "cuda":  # the long size: 16 x 32 x 32 = 16,384 video tokens (training size: 4,096)
         return DemoSettings(16, 128, 128, 30, 3.0, (0, 1, 2, 3), (0, 2, 5, 7), 128, "auto", device, "bfloat16",
                             warmup=True)
-    # 2-core CPU within about 2 minutes: 16 x 12 x 12 = 2,304 tokens
-    return DemoSettings(16, 48, 48, 16, 3.0, (0, 1), (0, 5), 64, "auto", device, "float32")
+    # 2-core CPU within about 2 minutes: 16 x 12 x 12 + 4 = 2,308 tokens (bfloat16 where the CPU has it:
+    # measured 2.9x faster products than float32 on a 2-core AVX512-BF16 machine, the same PSNR)
+    return DemoSettings(16, 48, 48, 16, 3.0, (0, 1), (0, 5), 64, "auto", device, default_dtype(device))
 
 
 class StepClock:

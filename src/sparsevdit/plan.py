@@ -7,8 +7,14 @@ File layout (version 1)::
      "layout": {"frames": ..., "height": ..., "width": ..., "text_tokens": ..., "text_position": ...},
      "block_size": 128,
      "layers": [{"layer": 0, "step_start": 0, "step_end": null,
-                 "heads": [{"pattern": "diagonal", "params": {"width": 2048}}, ...]}, ...],
+                 "heads": [{"pattern": "diagonal", "params": {"width": 2048}},
+                           {"method": "radial", "params": {"dense_steps": 12}}, ...]}, ...],
      "metadata": {...}}
+
+A head names either a ``pattern`` (a block mask of ``patterns``, fixed) or a ``method`` (of
+``methods``, which builds the head's mask for its layer, head and step; a head a method leaves dense
+at a step, e.g. below its ``dense_steps``, runs dense, and a layer whose heads all do so runs the
+model's own attention).
 
 A layer with no entry covering a step runs dense attention (the model's own processor).
 Step ranges are [step_start, step_end), step_end null meaning "to the end"; ``step_start``,
@@ -31,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import methods as method_registry
 from . import patterns as pattern_registry
 from .patterns.base import MAX_BLOCKS_PER_SIDE
 from . import strict_json
@@ -47,7 +54,7 @@ TOP_FIELDS = ("format", "version", "model", "layout", "block_size", "layers", "m
 MODEL_FIELDS = ("class_name", "num_layers", "num_heads", "head_dim")
 LAYOUT_FIELDS = ("frames", "height", "width", "text_tokens", "text_position")
 LAYER_FIELDS = ("layer", "step_start", "step_end", "heads")
-HEAD_FIELDS = ("pattern", "params")
+HEAD_FIELDS = ("pattern", "method", "params")
 
 # Sizes beyond any video DiT: refused, as a typo or a hostile file, before anything loops over them or
 # allocates for them. A block mask is MAX_BLOCKS^2 bools; HunyuanVideo at 720p has ~930 blocks of 128.
@@ -84,11 +91,24 @@ class ModelSignature:
 
 @dataclass(frozen=True)
 class HeadSpec:
-    pattern: str
+    """One head of a plan entry: a ``pattern`` and its parameters, or (``pattern`` None) a ``method``."""
+
+    pattern: str | None
     params: dict = field(default_factory=dict)
+    method: str | None = None
+
+    @classmethod
+    def of_method(cls, method: str, params: dict | None = None) -> "HeadSpec":
+        return cls(None, dict(params or {}), method)
+
+    @property
+    def label(self) -> str:
+        """The pattern's name, or ``method:NAME``: what pictures and summaries call this head."""
+        return self.pattern if self.method is None else f"method:{self.method}"
 
     def to_dict(self) -> dict:
-        return {"pattern": self.pattern, "params": copy.deepcopy(self.params)}  # a copy: HeadSpec is frozen
+        kind = {"pattern": self.pattern} if self.method is None else {"method": self.method}
+        return {**kind, "params": copy.deepcopy(self.params)}  # a copy: HeadSpec is frozen
 
 
 @dataclass(frozen=True)
@@ -189,19 +209,38 @@ class SparsityPlan:
         return None
 
     def patterns_for(self, layer: int, step: int = 0) -> list[BlockPattern] | None:
-        """Each head's BlockPattern at ``layer`` and denoising ``step``; None if the layer runs dense."""
+        """Each head's BlockPattern at ``layer`` and denoising ``step``; None if the layer runs dense
+        (no entry covers the step, or every head names a method that leaves it dense there)."""
         if not 0 <= layer < self.model.num_layers:
             raise IndexError(f"layer {layer} out of range: the plan's model has {self.model.num_layers} layers")
         entry = self.entry_for(layer, step)
         if entry is None:
             return None
-        return [self._pattern(h) for h in entry.heads]
+        built = [self._pattern(h, layer, i, step) for i, h in enumerate(entry.heads)]
+        if all(p is None for p in built):
+            return None
+        return [self._pattern(HeadSpec("dense"), layer, i, step) if p is None else p for i, p in enumerate(built)]
 
-    def _pattern(self, head: HeadSpec) -> BlockPattern:
+    def _pattern(self, head: HeadSpec, layer: int, index: int, step: int) -> BlockPattern | None:
+        if head.method is not None:
+            return self._method_pattern(head, layer, index, step)
         # by recipe, and by the builder's registration: a pattern registered again builds anew
         key = (head.pattern, pattern_registry.revision(head.pattern), json.dumps(head.params, sort_keys=True))
         if key not in self._cache:
             self._cache[key] = pattern_registry.build(head.pattern, self.layout, block_size=self.block_size, **head.params)
+        return self._cache[key]
+
+    def _method_pattern(self, head: HeadSpec, layer: int, index: int, step: int) -> BlockPattern | None:
+        cls = method_registry.get_method(head.method)
+        params = method_registry.parse_params(cls, head.params)
+        if step < params.dense_steps or layer in params.dense_layers:
+            return None
+        # a method's mask depends on the (layer, head, step) it declares in ``varies`` only
+        where = tuple(v if name in cls.varies else None for name, v in (("layer", layer), ("head", index), ("step", step)))
+        key = ("method", cls, json.dumps(head.params, sort_keys=True), where)
+        if key not in self._cache:
+            self._cache[key] = method_registry.build_for(cls, self.layout, self.block_size, params,
+                                                        layer=layer, head=index, step=step)
         return self._cache[key]
 
     def density(self, layer: int, step: int = 0) -> float:
@@ -354,17 +393,25 @@ def _layer_entry(raw: Any, at: str, sig: ModelSignature, layout: TokenLayout, bl
     if not isinstance(heads_raw, list) or len(heads_raw) != sig.num_heads:
         found = len(heads_raw) if isinstance(heads_raw, list) else heads_raw
         raise PlanError(f"{where}heads", found, f"a list of {sig.num_heads} head entries (model.num_heads)")
-    heads = tuple(_head(head, f"{where}heads[{h}]", layout, block_size, built) for h, head in enumerate(heads_raw))
+    heads = tuple(_head(head, f"{where}heads[{h}]", layout, block_size, built, layer=layer, index=h, step=start)
+                  for h, head in enumerate(heads_raw))
     return LayerEntry(layer, heads, start, end)
 
 
-def _head(head: Any, at: str, layout: TokenLayout, block_size: int, built: set) -> HeadSpec:
+def _head(head: Any, at: str, layout: TokenLayout, block_size: int, built: set, *, layer: int = 0,
+          index: int = 0, step: int = 0) -> HeadSpec:
     if not isinstance(head, dict):
-        raise PlanError(at, head, 'an object {"pattern": ..., "params": {...}}')
+        raise PlanError(at, head, 'an object {"pattern": ..., "params": {...}} or {"method": ..., "params": {...}}')
     _known_keys(head, HEAD_FIELDS, f"{at}.")
+    if "method" in head:
+        if "pattern" in head:
+            raise PlanError(f"{at}.method", head["method"], f"no method beside pattern {head['pattern']!r}: a head "
+                            "names a pattern or a method, not both")
+        return _method_head(head, at, layout, block_size, built, layer, index, step)
     name = head.get("pattern")
     if not isinstance(name, str) or name not in pattern_registry.available():
-        raise PlanError(f"{at}.pattern", name, f"one of {', '.join(pattern_registry.available())}")
+        raise PlanError(f"{at}.pattern", name, f"one of {', '.join(pattern_registry.available())} (or, instead of "
+                        f"pattern, a method: one of {', '.join(method_registry.list_methods())})")
     params = head.get("params", {})
     if not isinstance(params, dict):
         raise PlanError(f"{at}.params", params, "an object of pattern parameters")
@@ -382,6 +429,37 @@ def _head(head: Any, at: str, layout: TokenLayout, block_size: int, built: set) 
                             f"({type(exc).__name__}: {exc})") from exc
         built.add(key)
     return HeadSpec(name, copy.deepcopy(params))  # the caller's dict may change later; the plan must not
+
+
+def _method_head(head: dict, at: str, layout: TokenLayout, block_size: int, built: set, layer: int, index: int,
+                 step: int) -> HeadSpec:
+    name = head["method"]
+    if not isinstance(name, str) or name not in method_registry.list_methods():
+        raise PlanError(f"{at}.method", name, f"one of {', '.join(method_registry.list_methods())}")
+    params = head.get("params", {})
+    if not isinstance(params, dict):
+        raise PlanError(f"{at}.params", params, f"an object of {name!r}'s parameters")
+    _json_data(params, f"{at}.params")
+    cls = method_registry.get_method(name)
+    try:
+        parsed = method_registry.parse_params(cls, params)
+    except method_registry.MethodError as exc:
+        raise PlanError(f"{at}.params", params, f"valid parameters of method {name!r} ({exc})") from None
+    except TypeError as exc:  # a value of a type the dataclass cannot take
+        raise PlanError(f"{at}.params", params, f"valid parameters of method {name!r} ({exc})") from None
+    where = tuple(v if n in cls.varies else None for n, v in (("layer", layer), ("head", index), ("step", step)))
+    key = ("method", name, json.dumps(params, sort_keys=True), where)
+    if key not in built:
+        # Build once where the entry starts (past the method's own dense options): the method judges
+        # whether it can make a mask for this layout and block size.
+        try:
+            cls.build(layout, block_size, parsed, layer=layer, head=index, step=step)
+        except (method_registry.MethodError, PatternError, TypeError, ValueError, OverflowError, RuntimeError,
+                IndexError) as exc:
+            raise PlanError(f"{at}.params", params, f"parameters method {name!r} can build a mask of this "
+                            f"layout with ({type(exc).__name__}: {exc})") from None
+        built.add(key)
+    return HeadSpec.of_method(name, copy.deepcopy(params))
 
 
 def _overlap(a: LayerEntry, b: LayerEntry) -> bool:

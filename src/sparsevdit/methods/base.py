@@ -84,6 +84,9 @@ class Method:
     summary: ClassVar[str] = ""
     Params: ClassVar[type[MethodParams]] = MethodParams
     presets: ClassVar[dict[str, dict[str, Any]]] = {}  # named sets of defaults, for the docs and CLI
+    # Which of layer, head and step ``build`` reads (beyond dense_steps / dense_layers, which build_for
+    # applies): masks are cached per the ones named. All three unless a method says otherwise.
+    varies: ClassVar[frozenset[str]] = frozenset({"layer", "head", "step"})
 
     @staticmethod
     def build(
@@ -109,6 +112,10 @@ def register_method(method: type[Method], *, override: bool = False) -> type[Met
     if not callable(build) or build is Method.build:
         raise MethodError(f"method {name!r} has no build of its own: define build(layout, block_size, params, *, "
                           "layer, head, step) returning a BlockPattern or None")
+    varies = getattr(method, "varies", None)
+    if not isinstance(varies, frozenset) or not varies <= {"layer", "head", "step"}:
+        raise MethodError(f"method {name!r}: varies must be a frozenset of 'layer', 'head', 'step' (what build reads), "
+                          f"got {varies!r}")
     if name in _REGISTRY and _REGISTRY[name] is not method and not override:
         raise MethodError(f"method {name!r} is already registered; pass override=True to replace it")
     _REGISTRY[name] = method

@@ -135,6 +135,7 @@ def radial_block_mask(layout: TokenLayout, block_size: int, p: RadialParams) -> 
 class Radial(Method):
     name = "radial"
     summary = "Radial attention: a window that halves as frame distance doubles (static, O(n log n))"
+    varies = frozenset()  # one mask per layout and parameters: the same for every layer, head and step
     Params = RadialParams
     presets = {f"model_family={k}": v for k, v in PRESETS.items()}
 

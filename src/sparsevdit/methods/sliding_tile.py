@@ -91,6 +91,7 @@ def tile_block_mask(layout: TokenLayout, block_size: int, params: SlidingTilePar
 class SlidingTile(Method):
     name = "sliding_tile"
     summary = "Sliding Tile Attention: each query tile keeps a window of whole tiles around it (static)"
+    varies = frozenset()  # one mask per layout and parameters: the same for every layer, head and step
     Params = SlidingTileParams
 
     @staticmethod
