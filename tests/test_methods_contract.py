@@ -111,6 +111,10 @@ def test_registry():
         def build(layout, block_size, params, *, layer, head, step):
             return None if head % 2 else patterns.build("diagonal", layout, block_size=block_size)
 
+        @classmethod
+        def full_params(cls, layout):
+            return {}
+
     try:
         register_method(EveryOther)
         register_method(EveryOther)  # the same class again is fine
@@ -123,7 +127,18 @@ def test_registry():
     with pytest.raises(MethodError, match="Params"):
         register_method(type("NoParams", (Method,), {"name": "x", "Params": dict}))
     with pytest.raises(MethodError, match="no build of its own"):
-        register_method(type("NoBuild", (Method,), {"name": "test_no_build"}))
+        register_method(type("NoBuild", (Method,), {"name": "test_no_build", "full_params": classmethod(lambda c, l: {})}))
+    with pytest.raises(MethodError, match="no full_params"):
+        register_method(type("NoFull", (EveryOther,), {"name": "test_no_full", "full_params": Method.full_params}))
     assert "test_no_build" not in list_methods()
     with pytest.raises(MethodError, match="radial.*takes RadialParams"):
         parse_params("radial", EveryOtherParams())
+
+
+@pytest.mark.parametrize("name", METHODS)
+@pytest.mark.parametrize("layout,block_size", LAYOUTS)
+def test_full_params_keep_every_pair(name, layout, block_size):
+    full = get_method(name).full_params(layout)
+    for where in ({"layer": 0, "head": 0, "step": 0}, {"layer": 3, "head": 1, "step": 7}):
+        p = build_for(name, layout, block_size, full, **where)
+        assert p is None or bool(p.token_mask().all()), p

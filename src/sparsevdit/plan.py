@@ -197,6 +197,15 @@ class SparsityPlan:
         heads = tuple(HeadSpec(pattern, dict(params or {})) for _ in range(model.num_heads))
         return cls(model, layout, block_size, [LayerEntry(i, heads) for i in range(model.num_layers)])
 
+    @classmethod
+    def for_method(
+        cls, model: ModelSignature, layout: TokenLayout, method: str, params: dict | None = None, *, block_size: int = 128
+    ) -> "SparsityPlan":
+        """Every head of every layer uses ``method`` (its ``dense_steps`` / ``dense_layers`` included)."""
+        heads = tuple(HeadSpec.of_method(method, params) for _ in range(model.num_heads))
+        return cls(model, layout, block_size, [LayerEntry(i, heads) for i in range(model.num_layers)],
+                   {"method": method, "params": copy.deepcopy(dict(params or {}))})
+
     def validate(self) -> None:
         """Raise PlanError for anything a loaded plan could get wrong (see ``from_dict``)."""
         self.from_dict(self.to_dict())
@@ -343,6 +352,43 @@ class SparsityPlan:
         except strict_json.StrictJSONError as exc:
             raise PlanError("<file>", str(exc), "a JSON plan file (UTF-8, strict JSON)") from None
         return cls.from_dict(data, model=model, layout=layout)
+
+
+class MethodPlans:
+    """A method applied without a plan file (``sparsevdit.apply(model, method=...)``): the integrations
+    learn the token layout only when a forward shows it, so this makes the plan of each layout then
+    (``SparsityPlan.for_method``), keeping the last few. The method and its parameters are checked here,
+    before any forward."""
+
+    KEEP = 4  # layouts remembered (a user alternating a few video sizes re-builds nothing)
+
+    def __init__(self, model: ModelSignature, method: str, params: dict | None = None, *, block_size: int = 128):
+        cls = method_registry.get_method(method)  # MethodError naming the methods
+        method_registry.parse_params(cls, params)  # MethodError naming the parameters
+        if not _is_int(block_size) or not 1 <= block_size <= MAX_BLOCK_SIZE:
+            raise method_registry.MethodError(f"method {method!r}: block_size must be an integer in 1..{MAX_BLOCK_SIZE}, "
+                                              f"got {block_size!r}")
+        self.model, self.method, self.params, self.block_size = model, method, copy.deepcopy(dict(params or {})), block_size
+        self._plans: dict[TokenLayout, SparsityPlan] = {}
+
+    def model_plan_check(self, model: ModelSignature) -> None:
+        """PlanError if these plans are for another model (as ``SparsityPlan.check_model``)."""
+        for key, expected in model.to_dict().items():
+            found = getattr(self.model, key)
+            if found != expected:
+                raise PlanError(f"model.{key}", found, f"{expected!r} (the model this method is applied to)")
+
+    def for_layout(self, layout: TokenLayout) -> SparsityPlan:
+        plan = self._plans.pop(layout, None)
+        if plan is None:
+            plan = SparsityPlan.for_method(self.model, layout, self.method, self.params, block_size=self.block_size)
+            if len(self._plans) >= self.KEEP:
+                self._plans.pop(next(iter(self._plans)))
+        self._plans[layout] = plan  # most recent last
+        return plan
+
+    def __repr__(self) -> str:
+        return f"MethodPlans({self.method!r}, {self.params!r}, block_size={self.block_size})"
 
 
 def _model(data: dict) -> ModelSignature:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..plan import SparsityPlan
+from ..plan import MethodPlans, SparsityPlan
 from .bundled import apply_bundled, is_applied, model_signature, plan_patterns, remove_bundled, set_step, step_history
 
 __all__ = ["apply", "remove", "model_signature", "plan_patterns", "set_step", "step_history", "is_applied"]
@@ -47,29 +47,43 @@ def _as_plan(plan) -> SparsityPlan:
     raise TypeError(f"plan must be a SparsityPlan or the path of a plan file, got {type(plan).__name__}")
 
 
-def apply(model_or_pipeline, plan, *, backend: str = "auto"):
-    """Install ``plan`` (a SparsityPlan or a plan file) on a model or pipeline; returns it.
+def apply(model_or_pipeline, plan=None, *, method: str | None = None, block_size: int = 128, backend: str = "auto",
+          **params):
+    """Install sparse attention on a model or pipeline; returns it.
 
-    Each denoising step then runs ``plan.patterns_for(layer, step)`` in every self-attention layer.
-    A plan for another model or layout is refused with a ``PlanError``; an unknown ``backend`` with a
-    ``BackendError`` listing the backends (here, not at the first forward).
+    Either ``plan`` (a SparsityPlan or a plan file): each denoising step then runs
+    ``plan.patterns_for(layer, step)`` in every self-attention layer; or ``method`` (a name of
+    ``sparsevdit methods``) with its parameters as keywords, e.g. ``apply(pipe, method="radial",
+    dense_steps=12)``: every head of every layer gets the method's mask, made for the token layout each
+    forward shows, at ``block_size``. A plan for another model or layout is refused with a
+    ``PlanError``; an unknown method or parameter with a ``MethodError`` naming the allowed ones; an
+    unknown ``backend`` with a ``BackendError`` listing the backends (here, not at the first forward).
     """
     if backend != "auto":
         from ..kernels.registry import get_backend
 
         get_backend(backend)
-    plan = _as_plan(plan)
+    if (plan is None) == (method is None):
+        raise TypeError("apply takes a plan or a method=NAME (with its parameters as keywords), exactly one of them")
+    if plan is not None and params:
+        raise TypeError(f"apply: parameters {', '.join(sorted(params))} belong to a method; a plan carries its own")
     if _is_bundled(model_or_pipeline):
-        return apply_bundled(model_or_pipeline, plan, backend=backend)
+        source = _source(plan, method, params, block_size, model_signature(model_or_pipeline))
+        return apply_bundled(model_or_pipeline, source, backend=backend)
     if _looks_like_diffusers(model_or_pipeline):
         integration = _diffusers_module()
         if integration.is_diffusers_model(model_or_pipeline):
-            return integration.apply_diffusers(model_or_pipeline, plan, backend=backend)
+            source = _source(plan, method, params, block_size, integration.model_signature(model_or_pipeline))
+            return integration.apply_diffusers(model_or_pipeline, source, backend=backend)
     raise TypeError(
         f"cannot apply a plan to a {type(model_or_pipeline).__module__}.{type(model_or_pipeline).__name__}: "
         "supported are sparsevdit's bundled VideoDiT and diffusers' WanTransformer3DModel, "
         "CogVideoXTransformer3DModel, HunyuanVideoTransformer3DModel (or pipelines holding one)"
     )
+
+
+def _source(plan, method, params: dict, block_size: int, signature) -> SparsityPlan | MethodPlans:
+    return _as_plan(plan) if plan is not None else MethodPlans(signature, method, params, block_size=block_size)
 
 
 def remove(model_or_pipeline):

@@ -23,7 +23,7 @@ import torch
 from ..layout import TokenLayout
 from ..models.vdit import VideoDiT
 from ..patterns import BlockPattern
-from ..plan import ModelSignature, PlanError, SparsityPlan
+from ..plan import MethodPlans, ModelSignature, PlanError, SparsityPlan
 
 CLASS_NAME = "VideoDiT"
 _STATE_ATTR = "_sparsevdit_plan_state"
@@ -65,8 +65,9 @@ def plan_patterns(plan: SparsityPlan, model: VideoDiT, layout: TokenLayout, step
 
 @dataclass
 class _State:
-    plan: SparsityPlan
+    plan: SparsityPlan | None  # None until the first forward when a method is applied without a plan
     backend: str
+    methods: MethodPlans | None = None  # a method's plan for each layout the forwards show
     handle: torch.utils.hooks.RemovableHandle | None = None
     step: int = -1
     last_t: float | None = None
@@ -89,18 +90,22 @@ def _pre_hook(module: VideoDiT, args, kwargs):
     t = args[1] if len(args) > 1 else kwargs["t"]
     frames, height, width = x.shape[2:]
     layout = module.cfg.layout(frames, height, width)
+    if state.methods is not None:
+        state.plan = state.methods.for_layout(layout)
     step = state.advance(t)
     state.history.append(step)
     module.set_patterns(plan_patterns(state.plan, module, layout, step), backend=state.backend)
     return None
 
 
-def apply_bundled(model: VideoDiT, plan: SparsityPlan, *, backend: str = "auto") -> VideoDiT:
-    """Install ``plan`` on ``model`` (replacing any plan installed before); returns the model."""
-    plan.check_model(model_signature(model))
+def apply_bundled(model: VideoDiT, plan: SparsityPlan | MethodPlans, *, backend: str = "auto") -> VideoDiT:
+    """Install ``plan`` (or a method's plans, ``MethodPlans``) on ``model``, replacing any installed
+    before; returns the model."""
+    methods = plan if isinstance(plan, MethodPlans) else None
+    (methods.model_plan_check if methods else plan.check_model)(model_signature(model))
     if is_applied(model):
         remove_bundled(model)
-    state = _State(plan, backend)
+    state = _State(None if methods else plan, backend, methods)
     setattr(model, _STATE_ATTR, state)
     state.handle = model.register_forward_pre_hook(_pre_hook, with_kwargs=True)
     return model

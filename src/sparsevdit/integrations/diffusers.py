@@ -66,7 +66,7 @@ from ..kernels import sparse_attention
 from ..layout import TokenLayout
 from ..patterns import BlockPattern
 from ..patterns.base import num_blocks
-from ..plan import ModelSignature, PlanError, SparsityPlan
+from ..plan import MethodPlans, ModelSignature, PlanError, SparsityPlan
 
 __all__ = [
     "apply_diffusers",
@@ -181,9 +181,10 @@ def _timestep_key(t: Any) -> tuple[float, ...] | None:
 
 @dataclass(eq=False)
 class _State:
-    plan: SparsityPlan
+    plan: SparsityPlan | None  # None until the first forward when a method is applied without a plan
     backend: str
     adapter: ModelAdapter
+    methods: MethodPlans | None = None  # a method's plan for each layout the forwards show
     auto_reset: bool = True
     step: int = 0
     last_timestep: tuple | None = None
@@ -264,6 +265,8 @@ def _pre_hook(module, args, kwargs):
         return None
     bound = _bind_forward(module, args, kwargs)
     layout = state.adapter.layout(module, bound)
+    if state.methods is not None:
+        state.plan = state.methods.for_layout(layout)
     if layout != state.plan.layout:
         raise PlanError(
             "layout", str(state.plan.layout),
@@ -279,22 +282,27 @@ def _pre_hook(module, args, kwargs):
 def apply_diffusers(model_or_pipeline: Any, plan: SparsityPlan, *, backend: str = "auto", auto_reset: bool = True):
     """Install sparse processors for ``plan`` on a diffusers transformer (or ``pipeline.transformer``).
 
+    ``plan`` is a SparsityPlan, or a ``MethodPlans`` (a method without a plan file: its plan for each
+    token layout is made when a forward shows the layout).
+
     Refuses a plan made for another model with PlanError (the layout is checked on every forward).
     Applying again replaces the previous plan. Returns what it was given. (Wan2.2-A14B pipelines hold
     a second expert, ``pipeline.transformer_2``: apply a plan made for it to it separately.)
     """
-    if not isinstance(plan, SparsityPlan):
-        raise TypeError(f"plan must be a sparsevdit.SparsityPlan, got {type(plan).__name__}")
+    if not isinstance(plan, (SparsityPlan, MethodPlans)):
+        raise TypeError(f"plan must be a sparsevdit.SparsityPlan (or MethodPlans), got {type(plan).__name__}")
     model = _transformer(model_or_pipeline)
     adapter = _adapter(model)
     modules = adapter.attention_modules(model)
     sig = adapter.signature(model)
     if len(modules) != sig.num_layers:  # pragma: no cover - the adapters count the same modules
         raise RuntimeError(f"found {len(modules)} self-attention modules, expected {sig.num_layers}")
-    plan.check_model(sig)
+    methods = plan if isinstance(plan, MethodPlans) else None
+    (methods.model_plan_check if methods else plan.check_model)(sig)
     if getattr(model, _STATE_ATTR, None) is not None:
         remove_diffusers(model)
-    state = _State(plan=plan, backend=backend, adapter=adapter, auto_reset=auto_reset)
+    state = _State(plan=None if methods else plan, backend=backend, adapter=adapter, auto_reset=auto_reset,
+                   methods=methods)
     for layer, module in enumerate(modules):
         original = module.processor
         state.originals.append((module, original))

@@ -88,6 +88,13 @@ class Method:
     # applies): masks are cached per the ones named. All three unless a method says otherwise.
     varies: ClassVar[frozenset[str]] = frozenset({"layer", "head", "step"})
 
+    @classmethod
+    def full_params(cls, layout: TokenLayout) -> dict[str, Any]:
+        """Parameters under which this method keeps every token pair of ``layout`` (a dense mask): the
+        identity check of an integration (applying them must reproduce dense attention). Every method
+        defines it; the contract tests run it for each registered one."""
+        raise NotImplementedError(f"method {cls.__name__} defines no full_params(layout)")
+
     @staticmethod
     def build(
         layout: TokenLayout, block_size: int, params: Any, *, layer: int, head: int, step: int
@@ -108,6 +115,9 @@ def register_method(method: type[Method], *, override: bool = False) -> type[Met
     params = getattr(method, "Params", None)
     if not (isinstance(params, type) and issubclass(params, MethodParams) and dataclasses.is_dataclass(params)):
         raise MethodError(f"method {name!r}: Params must be a dataclass subclassing MethodParams")
+    if getattr(method, "full_params", None) is None or method.full_params.__func__ is Method.full_params.__func__:
+        raise MethodError(f"method {name!r} has no full_params(layout) of its own: the parameters that keep every "
+                          "pair (its identity check)")
     build = getattr(method, "build", None)
     if not callable(build) or build is Method.build:
         raise MethodError(f"method {name!r} has no build of its own: define build(layout, block_size, params, *, "

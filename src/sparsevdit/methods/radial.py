@@ -139,6 +139,11 @@ class Radial(Method):
     Params = RadialParams
     presets = {f"model_family={k}": v for k, v in PRESETS.items()}
 
+    @classmethod
+    def full_params(cls, layout: TokenLayout) -> dict:
+        # every frame distance within the near windows, whole frames, no thinning
+        return {"near_window": [1.0] * layout.frames, "thin_threshold": 1}
+
     @staticmethod
     def build(
         layout: TokenLayout, block_size: int, params: RadialParams, *, layer: int, head: int, step: int

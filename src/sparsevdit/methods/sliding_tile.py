@@ -94,6 +94,12 @@ class SlidingTile(Method):
     varies = frozenset()  # one mask per layout and parameters: the same for every layer, head and step
     Params = SlidingTileParams
 
+    @classmethod
+    def full_params(cls, layout: TokenLayout) -> dict:
+        tile = (6, 8, 8)
+        return {"tile": list(tile), "window": [2 * -(-n // t) + 1 for n, t in
+                                               zip((layout.frames, layout.height, layout.width), tile)]}
+
     @staticmethod
     def build(
         layout: TokenLayout, block_size: int, params: SlidingTileParams, *, layer: int, head: int, step: int

@@ -1,0 +1,155 @@
+"""``sparsevdit.apply(model, method=...)`` on every integrated model (bundled and tiny random Wan,
+CogVideoX, HunyuanVideo on CPU), for every registered method: the fast backends equal the reference
+backend with the same masks, the method's full-density parameters reproduce the model's own output, and
+``remove`` restores it. Parametrised over the method registry."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import sparsevdit as sv
+from sparsevdit.methods import MethodError, get_method, list_methods
+from sparsevdit.models.data import CLASSES
+from sparsevdit.models.vdit import SamplerConfig, VDiTConfig, VideoDiT, sample
+from sparsevdit.plan import MethodPlans, PlanError, SparsityPlan
+
+BS = 16
+METHODS = list_methods()
+# Parameters that leave the tiny layouts' masks sparse (the defaults are sized for full-size videos);
+# a method not listed here runs with its defaults.
+SPARSE = {
+    "radial": {},  # 4 frames of 64 tokens: frame pairs 2-3 apart are thinned away (frame 0 stays a sink)
+    "sliding_tile": {"tile": [1, 4, 4], "window": [3, 1, 1]},
+}
+TEXT = VDiTConfig(dim=64, depth=2, heads=2, num_classes=len(CLASSES), frames=4, height=32, width=32,
+                  text_in_attention=True)
+
+
+class Bundled:
+    name = "bundled"
+
+    def __init__(self):
+        torch.manual_seed(0)
+        self.model = VideoDiT(TEXT)
+        for p in self.model.parameters():  # leave adaLN-zero's zeros behind so outputs depend on attention
+            torch.nn.init.normal_(p, std=0.05)
+        self.model.eval()
+        self.layout = TEXT.layout(4, 32, 32)
+
+    def run(self):
+        return sample(self.model, torch.tensor([0, 1]), frames=4, height=32, width=32, seeds=[1, 2],
+                      sampler=SamplerConfig(steps=3))
+
+
+class Diffusers:
+    def __init__(self, name):
+        import test_diffusers as td
+
+        self.name, self.case = name, td.FACTORIES[name]()
+        self.model, self.layout = self.case.model, self.case.layout
+
+    def run(self):
+        return self.case.run()
+
+
+def _models():
+    yield "bundled"
+    try:
+        import diffusers  # noqa: F401
+    except ImportError:
+        return
+    yield from ("wan", "cogvideox", "hunyuan")
+
+
+@pytest.fixture(scope="module", params=list(_models()))
+def subject(request):
+    s = Bundled() if request.param == "bundled" else Diffusers(request.param)
+    s.dense = s.run()
+    return s
+
+
+@pytest.fixture(autouse=True)
+def _clean(request):
+    yield
+    if "subject" in request.fixturenames:
+        sv.remove(request.getfixturevalue("subject").model)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_method_backends_equal_reference_and_remove_restores(subject, method):
+    params = SPARSE.get(method, {})
+    masks = SparsityPlan.for_method(sv.integrations.model_signature(subject.model) if subject.name == "bundled"
+                                    else _diffusers_signature(subject.model), subject.layout, method, params,
+                                    block_size=BS)
+    sparse = any(p is not None and not bool(p.token_mask().all())
+                 for layer in range(masks.model.num_layers) for p in (masks.patterns_for(layer, 0) or [None]))
+    outs = {}
+    for backend in ("reference", "auto", "blockwise"):
+        assert sv.apply(subject.model, method=method, block_size=BS, backend=backend, **params) is subject.model
+        outs[backend] = subject.run()
+    for backend in ("auto", "blockwise"):
+        torch.testing.assert_close(outs[backend], outs["reference"], atol=2e-5, rtol=2e-5)
+    if sparse:
+        assert (outs["reference"] - subject.dense).abs().max() > 1e-4
+    sv.remove(subject.model)
+    assert torch.equal(subject.run(), subject.dense)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_full_density_params_reproduce_the_model(subject, method):
+    sv.apply(subject.model, method=method, block_size=BS, **get_method(method).full_params(subject.layout))
+    torch.testing.assert_close(subject.run(), subject.dense, atol=2e-5, rtol=2e-5)
+
+
+def test_dense_steps_run_the_models_own_attention_first(subject):
+    plans = MethodPlans(_signature(subject), "radial", {"dense_steps": 1}, block_size=BS)
+    plan = plans.for_layout(subject.layout)
+    assert all(plan.patterns_for(layer, 0) is None for layer in range(plan.model.num_layers))
+    assert all(plan.patterns_for(layer, 1) is not None for layer in range(plan.model.num_layers))
+    assert plans.for_layout(subject.layout) is plan  # one plan per layout, kept
+
+
+def test_bad_method_arguments_are_refused_before_any_forward(subject):
+    model = subject.model
+    with pytest.raises(MethodError, match="unknown method 'nope'; available: .*radial"):
+        sv.apply(model, method="nope")
+    with pytest.raises(MethodError, match="no parameter windw; its parameters: .*window"):
+        sv.apply(model, method="sliding_tile", windw=[1, 1, 1])
+    with pytest.raises(MethodError, match="decay_factor must be a finite number > 0"):
+        sv.apply(model, method="radial", decay_factor=-1)
+    with pytest.raises(TypeError, match="a plan or a method=NAME"):
+        sv.apply(model)
+    plan = SparsityPlan.for_method(_signature(subject), subject.layout, "radial", block_size=BS)
+    with pytest.raises(TypeError, match="exactly one"):
+        sv.apply(model, plan, method="radial")
+    with pytest.raises(TypeError, match="dense_steps belong to a method"):
+        sv.apply(model, plan, dense_steps=3)
+    with pytest.raises(MethodError, match="block_size must be an integer"):
+        sv.apply(model, method="radial", block_size=0)
+    assert not _applied(model)
+
+
+def test_method_plan_refuses_another_model(subject):
+    other = sv.ModelSignature("Other", 1, 1, 8)
+    with pytest.raises(PlanError, match="model.class_name"):
+        (sv.integrations.apply_bundled if subject.name == "bundled" else _diffusers().apply_diffusers)(
+            subject.model, MethodPlans(other, "radial", block_size=BS))
+
+
+def _diffusers():
+    from sparsevdit.integrations import diffusers
+
+    return diffusers
+
+
+def _diffusers_signature(model):
+    return _diffusers().model_signature(model)
+
+
+def _signature(subject):
+    return sv.integrations.model_signature(subject.model) if subject.name == "bundled" else _diffusers_signature(subject.model)
+
+
+def _applied(model):
+    return sv.integrations.is_applied(model) if isinstance(model, VideoDiT) else _diffusers().is_applied(model)
