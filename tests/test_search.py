@@ -357,7 +357,7 @@ def test_svg_and_fidelity_quick(model, tmp_path):
     res = run_fidelity(model, out=tmp_path / "f.json", plot=tmp_path / "f.png", frames=4, height=32, width=32, steps=2,
                        block_size=16, calib_seeds=(5,), eval_seeds=(6,), quick=True)
     methods = {r["method"] for r in res["rows"]}
-    assert methods == {"uniform-diag", "uniform-multi", "svg", "budget", "budget+sens", "sparse-vdit"}
+    assert methods == {"uniform-diag", "uniform-multi", "svg", "budget", "budget+sens", "sparse-vdit", "radial"}
     assert (tmp_path / "f.png").read_bytes()[:4] == b"\x89PNG"
     assert json.loads((tmp_path / "f.json").read_text())["rows"]
     svg = next(r for r in res["rows"] if r["method"] == "svg")
@@ -369,7 +369,7 @@ def test_svg_and_fidelity_quick(model, tmp_path):
 def test_fidelity_measures_warm_time_against_warm_dense(model, tmp_path):
     from sparsevdit.search.fidelity import run_fidelity
 
-    grid = {"uniform_densities": (0.3,), "svg": (), "sparse_vdit": (), "budget": (), "budget_sensitivity": ()}
+    grid = {"uniform_densities": (0.3,), "svg": (), "sparse_vdit": (), "budget": (), "budget_sensitivity": (), "methods": ()}
     res = run_fidelity(model, out=None, plot=tmp_path / "f.png", frames=4, height=32, width=32, steps=2, block_size=16,
                        calib_seeds=(5,), eval_seeds=(6, 7), grid=grid, measure_time=True)
     assert "relative_time_measured" in res["cost_models"] and res["dense_eval_seconds"] > 0
@@ -386,15 +386,42 @@ def test_fidelity_grid_is_checked():
     for bad, match in ((["budget"], "JSON object"), ({"budgt": []}, "unknown fidelity grid keys \\['budgt'\\]"),
                        ({"svg": 0.2}, "a list"), ({"svg": [[0.2]]}, "pairs"), ({"budget": [0.2]}, "object of budget settings"),
                        ({"budget": [{"max_time": 0.2, "target_psnr": 20}]}, "exactly one"),
-                       ({"budget": [{"max_tme": 0.2}]}, "max_tme")):
+                       ({"budget": [{"max_tme": 0.2}]}, "max_tme"), ({"methods": [{"params": {}}]}, "'method' required"),
+                       ({"methods": [{"method": "nope"}]}, "unknown method 'nope'"),
+                       ({"methods": [{"method": "radial", "params": {"decay": 1}}]}, "no parameter decay"),
+                       ({"methods": [{"method": "radial", "dense_fraction": 2}]}, "dense_fraction")):
         with pytest.raises((ValueError, TypeError), match=match):
             check_grid(bad)
+
+
+def test_fidelity_methods_rows_equal_sampling_with_the_method_applied(model, tmp_path):
+    from sparsevdit.integrations import apply, remove
+    from sparsevdit.search.common import CalibrationConfig, sample_video
+    from sparsevdit.search.fidelity import run_fidelity
+    from sparsevdit.metrics import video_psnr_ssim
+
+    entry = {"method": "sliding_tile", "params": {"tile": [1, 4, 4], "window": [3, 1, 1]}, "dense_fraction": 0.5}
+    grid = {"uniform_densities": (), "svg": (), "sparse_vdit": (), "budget_sensitivity": (), "budget": (), "methods": (entry,)}
+    res = run_fidelity(model, out=None, plot=tmp_path / "f.png", frames=4, height=32, width=32, steps=2, block_size=16,
+                       calib_seeds=(5,), eval_seeds=(6,), grid=grid)
+    (row,) = res["rows"]
+    assert row["method"] == "sliding_tile" and row["params"]["dense_steps"] == 1 and 0 < row["density"] < 1
+    # the same videos by hand: the held-out seed dense, and sparse with the method applied
+    evalc = CalibrationConfig(seeds=(6,), classes=((6 * 4 + 1) % model.cfg.num_classes,), frames=4, height=32, width=32,
+                              steps=2, block_size=16, backend="auto")
+    dense = sample_video(model, evalc)
+    apply(model, method="sliding_tile", block_size=16, tile=[1, 4, 4], window=[3, 1, 1], dense_steps=1)
+    try:
+        sparse = sample_video(model, evalc)
+    finally:
+        remove(model)
+    assert row["psnr"] == pytest.approx(video_psnr_ssim(sparse, dense)["psnr"], abs=1e-3)
 
 
 def test_fidelity_grid_runs_step_sensitivity_and_saves_plans(model, tmp_path):
     from sparsevdit.search.fidelity import run_fidelity
 
-    grid = {"uniform_densities": (), "svg": (), "sparse_vdit": (), "budget_sensitivity": (),
+    grid = {"uniform_densities": (), "svg": (), "sparse_vdit": (), "budget_sensitivity": (), "methods": (),
             "budget": ({"max_time": 0.3}, {"max_time": 0.3, "step_sensitivity": True},
                        {"max_time": 0.2, "step_sensitivity": True, "layer_sensitivity": True})}
     res = run_fidelity(model, out=None, plot=None, frames=4, height=32, width=32, steps=2, block_size=16,
@@ -455,3 +482,17 @@ def test_cli_profile_budget_from_profile_and_cost(tmp_path):
     assert "diag+stripes" in result.output and (tmp_path / "c.json").exists()
     result = runner.invoke(app, ["search", "--algorithm", "nope"], terminal_width=200)
     assert result.exit_code == 2 and "unknown search algorithm" in result.output
+
+
+def test_cost_family_of_a_methods_mask_comes_from_its_block_lists():
+    from sparsevdit import TokenLayout
+    from sparsevdit.methods import build_for
+    from sparsevdit.search.cost import pattern_family, structural_family
+
+    lay = TokenLayout(16, 32, 32, text_tokens=4, text_position="prefix")
+    assert structural_family(P.build("diagonal", lay, block_size=128, width=2048)) == "diagonal"
+    assert structural_family(P.build("random_blocks", lay, block_size=128, density=0.2, seed=1)) == "random"
+    tile = build_for("sliding_tile", lay, 128, {"tile": [2, 8, 8], "window": [3, 3, 3]}, layer=0, head=0, step=0)
+    radial = build_for("radial", lay, 128, {}, layer=0, head=0, step=0)
+    assert pattern_family(tile) == "multi_diagonal" and pattern_family(radial) == "multi_diagonal"
+    assert pattern_family(P.build("diagonal", lay, block_size=128, width=2048)) == "diagonal"  # by recipe

@@ -25,6 +25,8 @@ Three sources of the table (``CostModel.kind``):
     ``sparsevdit cost --calibrate``). GPU only; written against the benchmark code of
     ``bench/kernels.py`` and NOT yet run on a GPU in this repository (no GPU was available when it was
     written): treat its first results with care.
+A pattern of another name (a method's mask) is priced as the measured family whose block lists look
+like its own (``structural_family``: contiguous runs of key blocks per query block).
 ``flops``
     No GPU: time proportional to the work. A head at density ``d`` costs ``(1 + block_overhead) * d``:
     ``d`` for its share of dense FLOPs plus a fixed cost per kept block (index loads, softmax
@@ -40,6 +42,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
+
+import torch
 
 from ..layout import TokenLayout
 from ..patterns import BlockPattern
@@ -71,11 +75,40 @@ def family_of(name: str, params: dict | None = None) -> str:
 
 
 def pattern_family(pattern: BlockPattern) -> str:
+    """The cost family of a built pattern: by its recipe for our own patterns, by the shape of its
+    block lists for anything else (a method's mask: radial, sliding_tile, a third party's)."""
     if pattern.is_empty:
         return "skip"
     if pattern.is_dense:
         return "dense"
-    return family_of(pattern.name, pattern.params)
+    if pattern.name in RECIPE_FAMILIES:
+        return family_of(pattern.name, pattern.params)
+    return structural_family(pattern)
+
+
+# Pattern names ``family_of`` knows; every other pattern is priced by ``structural_family``.
+RECIPE_FAMILIES = ("dense", "skip", "diagonal", "multi_diagonal", "vertical_stripe", "union", "random_blocks")
+
+
+def structural_family(pattern: BlockPattern) -> str:
+    """The measured family whose block lists look like this pattern's: what the kernels' speed depends
+    on is how many contiguous runs of key blocks a query block reads (one run: a band; a few: bands a
+    frame apart; many: scattered blocks), not who made the mask."""
+    counts = pattern.kv_counts.long()
+    idx = pattern.kv_indices.long()
+    width = idx.shape[1]
+    if width == 0 or int(counts.sum()) == 0:
+        return "skip"
+    listed = torch.arange(width)[None, :] < counts[:, None]
+    breaks = ((idx[:, 1:] != idx[:, :-1] + 1) & listed[:, 1:]).sum(1)  # a new run starts
+    rows = counts > 0
+    runs = float((breaks[rows] + 1).float().mean())
+    kept = float(counts[rows].float().mean())
+    if runs <= 2.5:  # one band (and a text block beside it)
+        return "diagonal"
+    if runs <= kept / 2:  # runs of two blocks or more on average
+        return "multi_diagonal"
+    return "random"
 
 
 @dataclass

@@ -27,7 +27,9 @@ from pathlib import Path
 
 import torch
 
+from ..integrations.bundled import model_signature as plan_signature
 from ..metrics import video_psnr_ssim
+from ..plan import SparsityPlan
 from .baselines import svg_sample, uniform_plan
 from .budget import BudgetSettings, budget_search, layer_sensitivity, step_sensitivity
 from .candidates import band_width
@@ -49,7 +51,14 @@ FULL = {
                {"max_rel_error": 0.1}, {"max_time": 0.3, "step_ranges": 1}),
     # budget with per-layer sensitivities (max_time values; shorthand for budget entries with layer_sensitivity)
     "budget_sensitivity": (0.1, 0.2, 0.3, 0.5, 0.7),
+    # training-free methods (``sparsevdit methods``) on every head: {"method", "params", "dense_fraction"}, the
+    # last (optional) the fraction of the steps run dense first (the methods' own dense_steps, per step count)
+    "methods": ({"method": "radial"}, {"method": "radial", "dense_fraction": 0.25},
+                {"method": "sliding_tile", "params": {"tile": [2, 8, 8], "window": [3, 3, 3]}},
+                {"method": "sliding_tile", "params": {"tile": [2, 8, 8], "window": [5, 3, 3]}},
+                {"method": "sliding_tile", "params": {"tile": [2, 8, 8], "window": [3, 3, 3]}, "dense_fraction": 0.25}),
 }
+METHOD_ENTRY_KEYS = ("method", "params", "dense_fraction")
 GRID_KEYS = tuple(FULL)
 
 
@@ -70,6 +79,8 @@ def check_grid(grid: dict) -> dict:
                     raise ValueError(f"grid 'budget': each entry is an object of budget settings, got {opts!r}")
                 BudgetSettings(**opts)  # refuses unknown fields and bad budgets with its own message
             out[key] = tuple(dict(o) for o in values)
+        elif key == "methods":
+            out[key] = tuple(_check_method_entry(e) for e in values)
         elif key in ("svg", "sparse_vdit"):
             if not all(isinstance(v, (list, tuple)) and len(v) == 2 for v in values):
                 shape = "[target density, fraction of steps dense first]" if key == "svg" else "[lambda, epsilon]"
@@ -78,12 +89,31 @@ def check_grid(grid: dict) -> dict:
         else:
             out[key] = tuple(float(v) for v in values)
     return out
+
+
+def _check_method_entry(entry) -> dict:
+    from ..methods import MethodError, parse_params
+
+    if not isinstance(entry, dict) or "method" not in entry or set(entry) - set(METHOD_ENTRY_KEYS):
+        raise ValueError(f"grid 'methods': each entry is an object with keys among {list(METHOD_ENTRY_KEYS)} "
+                         f"('method' required), got {entry!r}")
+    try:
+        parse_params(entry["method"], entry.get("params") or {})
+    except (MethodError, TypeError) as exc:
+        raise ValueError(f"grid 'methods': {exc}") from None
+    frac = entry.get("dense_fraction", 0.0)
+    if isinstance(frac, bool) or not isinstance(frac, (int, float)) or not 0 <= frac <= 1:
+        raise ValueError(f"grid 'methods': dense_fraction is a fraction of the steps in [0, 1], got {frac!r}")
+    return {"method": entry["method"], "params": dict(entry.get("params") or {}), "dense_fraction": float(frac)}
+
+
 QUICK = {
     "uniform_densities": (0.2,),
     "svg": ((0.2, 0),),
     "sparse_vdit": ((0.5, 1.0),),
     "budget": ({"max_time": 0.3}, {"target_psnr": 20.0}),
     "budget_sensitivity": (0.3,),
+    "methods": ({"method": "radial", "params": {}, "dense_fraction": 0.0},),
 }
 
 
@@ -205,6 +235,15 @@ def run_fidelity(model, *, out: Path | None, plot: Path | None, frames: int = 16
             w = band_width(name, layout, block_size, d)
             eval_plan(f"uniform-{short}", f"{name} width={w}", uniform_plan(model, calib, name, width=w), {"width": w})
 
+    # training-free methods ------------------------------------------------------------------------
+    for entry in grid["methods"]:
+        params = dict(entry["params"])
+        if entry["dense_fraction"]:
+            params["dense_steps"] = round(entry["dense_fraction"] * steps)
+        plan = SparsityPlan.for_method(plan_signature(model), layout, entry["method"], params, block_size=block_size)
+        label = ", ".join(f"{k}={v}" for k, v in params.items()) or "defaults"
+        eval_plan(entry["method"], label, plan, {"params": params})
+
     # SVG ------------------------------------------------------------------------------------------
     for d, warm in grid["svg"]:
         warm_steps = round(warm * steps)
@@ -276,7 +315,8 @@ def _write(path: Path, data: dict) -> None:
 
 STYLE = {"budget": ("tab:red", "o"), "budget+sens": ("tab:purple", "P"), "budget+steps": ("tab:orange", "X"),
          "budget+sens+steps": ("tab:brown", "*"), "sparse-vdit": ("tab:blue", "s"), "uniform-diag": ("tab:gray", "^"),
-         "uniform-multi": ("tab:olive", "v"), "svg": ("tab:green", "D")}
+         "uniform-multi": ("tab:olive", "v"), "svg": ("tab:green", "D"), "radial": ("tab:pink", "<"),
+         "sliding_tile": ("tab:cyan", ">")}
 
 
 def plot_results(result: dict, path: Path) -> Path:
@@ -289,7 +329,10 @@ def plot_results(result: dict, path: Path) -> Path:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.3), dpi=110)
     measured = any("relative_time_measured" in r for r in result["rows"])
     time_key = "relative_time_measured" if measured else "relative_time_flops"
-    for method, (color, marker) in STYLE.items():
+    extra_colors = iter(["tab:gray", "black", "gold", "navy", "teal", "maroon"])
+    methods = dict.fromkeys([*STYLE, *(r["method"] for r in result["rows"])])
+    for method in methods:  # a method without a style of its own still gets a curve
+        color, marker = STYLE.get(method) or (next(extra_colors, "black"), "h")
         pts = [r for r in result["rows"] if r["method"] == method and r["psnr"] is not None]
         if not pts:
             continue
@@ -327,7 +370,8 @@ def plot_results(result: dict, path: Path) -> Path:
 def markdown_table(result: dict) -> str:
     lines = ["| method | setting | density | pred. time (FLOP) | pred. time (H100 table) | PSNR dB | SSIM |",
              "|---|---|---:|---:|---:|---:|---:|"]
-    order = ["budget", "budget+sens", "budget+steps", "budget+sens+steps", "sparse-vdit", "svg", "uniform-diag", "uniform-multi"]
+    order = ["budget", "budget+sens", "budget+steps", "budget+sens+steps", "sparse-vdit", "svg", "radial", "sliding_tile",
+             "uniform-diag", "uniform-multi"]
     for r in sorted(result["rows"], key=lambda r: (order.index(r["method"]) if r["method"] in order else 9, r["density"])):
         psnr = f"{r['psnr']:.2f}" if r["psnr"] is not None else "inf"
         lines.append(f"| {r['method']} | {r['label']} | {r['density']:.1%} | {r['relative_time_flops']:.3f} | "
