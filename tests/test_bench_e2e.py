@@ -139,3 +139,38 @@ def test_e2e_tiny_compiled_outside_self_attention(tmp_path):
     data = json.loads(out.read_text())
     assert data["settings"]["compile"] is True and "compiled outside self-attention" in data["what"]
     _check_result(data, densities=(0.3,))
+
+
+@pytest.mark.parametrize("name, tokens", [("hunyuan720p", 119_056), ("cogvideox1.5", 45_106), ("wan1.3b", 32_760)])
+def test_full_size_specs_have_the_published_token_counts(name, tokens):
+    spec = e2e.MODELS[name]
+    assert spec.layout.num_tokens == tokens
+    plan = e2e.mixed_plan(spec.signature, spec.layout, 0.1, block_size=128)
+    assert abs(e2e.plan_density(plan) - 0.1) < 0.02
+
+
+@pytest.mark.parametrize("name", ["tiny", "tiny-hunyuan", "tiny-cogvideox"])
+def test_e2e_method_rows_on_every_family(tmp_path, name):
+    pytest.importorskip("diffusers")
+    out = tmp_path / "e2e.json"
+    methods = ["radial", 'sliding_tile:{"tile": [1, 4, 4], "window": [3, 1, 1]}']
+    argv = ["--models", name, "--device", "cpu", "--warmup", "1", "--rep", "1", "--densities", "0.3", "--out", str(out)]
+    assert e2e.main(argv + [a for m in methods for a in ("--method", m)]) == 0
+    data = json.loads(out.read_text())
+    rows = data["rows"]
+    assert [r["row"] for r in rows] == ["dense", "plan dense", "plan 30%", "method radial", "method sliding_tile"]
+    assert rows[1]["rel_diff_vs_dense"] < 1e-5  # the processors reproduce the model's own attention
+    family = e2e.MODELS[name].family
+    assert data["models"][0]["signature"]["class_name"] == e2e.CLASSES[family]
+    radial = rows[3]
+    assert radial["plan"]["params"]["model_family"] == ("wan" if family == "wan" else "hunyuan")
+    for r in rows[2:]:
+        assert 0 < r["density"] < 1 and r["backend"] != "sdpa" and r["rel_diff_vs_dense"] > 0, r
+
+
+def test_e2e_method_option_is_checked(capsys):
+    for bad, match in (("nope", "unknown method 'nope'"), ("radial:{x", "not JSON"), ("radial:[1]", "JSON object"),
+                       ('radial:{"decay": 1}', "no parameter decay")):
+        with pytest.raises(SystemExit):
+            e2e.main(["--tiny", "--device", "cpu", "--method", bad])
+        assert match in capsys.readouterr().err

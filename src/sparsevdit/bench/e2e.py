@@ -1,16 +1,26 @@
-"""End-to-end benchmark: one denoising forward of diffusers' Wan2.1 transformer, dense vs sparse plans.
+"""End-to-end benchmark: one denoising forward of a diffusers video transformer, dense vs sparse.
 
-What is timed: one call of a full-size, random-weight ``diffusers.WanTransformer3DModel`` (the
-transformer only: no text encoder, no VAE, no scheduler) on random latents, random text embeddings
-[1, 512, 4096] and one timestep, in bf16, eager unless ``--compile``, on one CUDA GPU:
+What is timed: one call of a full-size, random-weight diffusers transformer (the transformer only: no
+text encoder, no VAE, no scheduler) on random latents, random text embeddings and one timestep, in
+bf16, eager unless ``--compile``, on one CUDA GPU:
 
-- Wan2.1-T2V-1.3B at 480x832, 81 frames: latents [1, 16, 21, 60, 104] -> 21 x 30 x 52 = 32,760 tokens;
-- Wan2.1-T2V-14B at 720x1280, 81 frames: latents [1, 16, 21, 90, 160] -> 21 x 45 x 80 = 75,600 tokens.
+- ``wan1.3b``: Wan2.1-T2V-1.3B at 480x832, 81 frames: latents [1, 16, 21, 60, 104] -> 21 x 30 x 52 =
+  32,760 tokens (text enters by cross-attention);
+- ``wan14b``: Wan2.1-T2V-14B at 720x1280, 81 frames: latents [1, 16, 21, 90, 160] -> 21 x 45 x 80 = 75,600;
+- ``hunyuan720p``: HunyuanVideo at 720x1280, 129 frames: latents [1, 16, 33, 90, 160] -> 33 x 45 x 80 =
+  118,800 video tokens + 256 text tokens (a suffix, padded as the pipeline pads prompts: the first 64
+  valid, the rest masked) = 119,056;
+- ``cogvideox1.5``: CogVideoX1.5-5B at 768x1360, 85 frames: latents [1, 22, 16, 96, 170] (frames first)
+  -> 11 x 48 x 85 = 44,880 video tokens after 2 x 2 x 2 patches + 226 text tokens (a prefix) = 45,106,
+  head_dim 64; RoPE tables random (speed does not depend on them).
 
 Rows, side by side in one process on the same model object: ``dense`` is the unmodified diffusers
-model with PyTorch SDPA restricted to cuDNN (``--sdpa``); then ``sparsevdit.apply(model, plan)`` with an
-all-dense plan (a sanity row: it should match dense within noise) and with plans of about 10%, 20%,
-30% attention density, and ``sparsevdit.remove``. The SDPA restriction holds for every row, so the
+model with PyTorch SDPA restricted to cuDNN (``--sdpa``; a model whose dense attention cuDNN refuses,
+e.g. for its text mask, falls back to PyTorch's choice, and the row says so); then
+``sparsevdit.apply(model, plan)`` with an all-dense plan (a sanity row: it should match dense within
+noise) and with plans of about 10%, 20%, 30% attention density, then one row per ``--method``
+(``sparsevdit.apply(model, method=NAME, **params)``: a training-free method on every head, at its
+defaults for the model family unless parameters are given), and ``sparsevdit.remove``. The SDPA restriction holds for every row, so the
 text cross-attention and everything else outside the self-attention product is the same code on
 both sides; only the self-attention kernel differs.
 
@@ -49,7 +59,7 @@ import torch
 
 from .. import patterns as P
 from ..layout import TokenLayout
-from ..plan import HeadSpec, LayerEntry, ModelSignature, SparsityPlan
+from ..plan import HeadSpec, LayerEntry, MethodPlans, ModelSignature, SparsityPlan
 from .common import environment, gpu_slug, write_json
 from .kernels import _with_width
 
@@ -59,27 +69,51 @@ _WAN_COMMON = dict(
 )
 
 
+CLASSES = {"wan": "WanTransformer3DModel", "hunyuan": "HunyuanVideoTransformer3DModel",
+           "cogvideox": "CogVideoXTransformer3DModel"}
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     name: str
     description: str
-    config: dict  # diffusers WanTransformer3DModel kwargs
-    latents: tuple  # [B, C, F, H, W]
+    config: dict  # kwargs of the family's diffusers class
+    latents: tuple  # hidden_states: [B, C, F, H, W] (wan, hunyuan) or [B, F, C, H, W] (cogvideox)
     text: tuple  # encoder_hidden_states [B, L, text_dim]
     block_size: int = 128
     full_size: bool = True
+    family: str = "wan"
+    valid_text: int | None = None  # hunyuan: text tokens not masked (the pipeline pads to L)
 
     @property
     def layout(self) -> TokenLayout:
-        p_t, p_h, p_w = self.config["patch_size"]
+        c = self.config
+        if self.family == "cogvideox":
+            _, f, _, h, w = self.latents
+            p, p_t = c["patch_size"], c.get("patch_size_t") or 1
+            return TokenLayout(f // p_t, h // p, w // p, text_tokens=self.text[1], text_position="prefix")
         _, _, f, h, w = self.latents
+        if self.family == "hunyuan":
+            p, p_t = c["patch_size"], c["patch_size_t"]
+            return TokenLayout(f // p_t, h // p, w // p, text_tokens=self.text[1], text_position="suffix")
+        p_t, p_h, p_w = c["patch_size"]
         return TokenLayout(f // p_t, h // p_h, w // p_w)
 
     @property
     def signature(self) -> ModelSignature:
         c = self.config
-        return ModelSignature("WanTransformer3DModel", c["num_layers"], c["num_attention_heads"], c["attention_head_dim"])
+        layers = c["num_layers"] + c.get("num_single_layers", 0)
+        return ModelSignature(CLASSES[self.family], layers, c["num_attention_heads"], c["attention_head_dim"])
 
+
+_HUNYUAN = dict(in_channels=16, out_channels=16, num_attention_heads=24, attention_head_dim=128, num_layers=20,
+                num_single_layers=40, num_refiner_layers=2, mlp_ratio=4.0, patch_size=2, patch_size_t=1,
+                qk_norm="rms_norm", guidance_embeds=True, text_embed_dim=4096, pooled_projection_dim=768,
+                rope_theta=256.0, rope_axes_dim=(16, 56, 56))
+_COGVIDEOX15 = dict(num_attention_heads=48, attention_head_dim=64, in_channels=16, out_channels=16, time_embed_dim=512,
+                    text_embed_dim=4096, num_layers=42, sample_width=300, sample_height=300, sample_frames=81,
+                    patch_size=2, patch_size_t=2, max_text_seq_length=226, use_rotary_positional_embeddings=True,
+                    patch_bias=False, norm_eps=1e-5)
 
 MODELS = {
     "wan1.3b": ModelSpec(
@@ -92,13 +126,35 @@ MODELS = {
         dict(_WAN_COMMON, num_attention_heads=40, ffn_dim=13824, num_layers=40),
         (1, 16, 21, 90, 160), (1, 512, 4096),
     ),
-    # CPU smoke configuration (tests): 16 x 8 x 8 = 1,024 tokens in 64 blocks of 16.
+    "hunyuan720p": ModelSpec(
+        "hunyuan720p", "HunyuanVideo, 720x1280, 129 frames, 256 text tokens (64 valid)",
+        _HUNYUAN, (1, 16, 33, 90, 160), (1, 256, 4096), family="hunyuan", valid_text=64,
+    ),
+    "cogvideox1.5": ModelSpec(
+        "cogvideox1.5", "CogVideoX1.5-5B, 768x1360, 85 frames, 226 text tokens",
+        _COGVIDEOX15, (1, 22, 16, 96, 170), (1, 226, 4096), family="cogvideox",
+    ),
+    # CPU smoke configurations (tests): 16 x 8 x 8 = 1,024 video tokens in blocks of 16.
     "tiny": ModelSpec(
         "tiny", "tiny random Wan config (CPU smoke test; times mean nothing)",
         dict(patch_size=(1, 2, 2), num_attention_heads=4, attention_head_dim=16, in_channels=4, out_channels=4,
              text_dim=16, freq_dim=16, ffn_dim=32, num_layers=2, cross_attn_norm=True,
              qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=32),
         (1, 4, 16, 16, 16), (1, 8, 16), block_size=16, full_size=False,
+    ),
+    "tiny-hunyuan": ModelSpec(
+        "tiny-hunyuan", "tiny random HunyuanVideo config (CPU smoke test)",
+        dict(in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=16, num_layers=1,
+             num_single_layers=1, num_refiner_layers=1, patch_size=2, patch_size_t=1, guidance_embeds=False,
+             text_embed_dim=16, pooled_projection_dim=8, rope_axes_dim=(4, 6, 6)),
+        (1, 4, 8, 16, 16), (1, 24, 16), block_size=16, full_size=False, family="hunyuan", valid_text=10,
+    ),
+    "tiny-cogvideox": ModelSpec(
+        "tiny-cogvideox", "tiny random CogVideoX config (CPU smoke test)",
+        dict(num_attention_heads=2, attention_head_dim=16, in_channels=4, out_channels=4, time_embed_dim=16,
+             text_embed_dim=16, num_layers=2, sample_width=16, sample_height=16, sample_frames=13, patch_size=2,
+             patch_size_t=2, max_text_seq_length=8, use_rotary_positional_embeddings=True, patch_bias=False),
+        (1, 8, 4, 16, 16), (1, 8, 16), block_size=16, full_size=False, family="cogvideox",
     ),
 }
 SDPA_CHOICES = ("cudnn", "flash", "efficient", "math", "default")
@@ -144,6 +200,14 @@ def mixed_plan(sig: ModelSignature, layout: TokenLayout, target: float, *, block
     return SparsityPlan(sig, layout, block_size, entries, metadata)
 
 
+def method_defaults(spec: ModelSpec, method: str) -> dict:
+    """A method's parameters for a model family where they differ from the method's own defaults:
+    radial's preset of the family (CogVideoX has none of its own: HunyuanVideo's, no sink)."""
+    if method == "radial":
+        return {"model_family": "wan" if spec.family == "wan" else "hunyuan"}
+    return {}
+
+
 def plan_density(plan: SparsityPlan, step: int = 0) -> float:
     """Mean attention density over layers and heads (dense layers count 1), from the block masks."""
     return sum(plan.density(layer, step) for layer in range(plan.model.num_layers)) / plan.model.num_layers
@@ -153,19 +217,19 @@ def plan_density(plan: SparsityPlan, step: int = 0) -> float:
 # model, inputs, timing
 # ---------------------------------------------------------------------------------------------
 def build_model(spec: ModelSpec, device: torch.device, dtype: torch.dtype):
-    """Random-weight WanTransformer3DModel built directly on ``device`` in ``dtype`` (no fp32 CPU copy).
+    """Random-weight transformer of ``spec``'s family built directly on ``device`` in ``dtype`` (no fp32 CPU copy).
 
     As ``from_pretrained(torch_dtype=...)`` does, the parameters of the class's
     ``_keep_in_fp32_modules`` (time embedder, modulation tables, norms) are kept in float32.
     """
-    from diffusers import WanTransformer3DModel
+    import diffusers
 
     old_dtype = torch.get_default_dtype()
     torch.manual_seed(0)
     try:
         torch.set_default_dtype(dtype)
         with torch.device(device):
-            model = WanTransformer3DModel(**spec.config)
+            model = getattr(diffusers, CLASSES[spec.family])(**spec.config)
     finally:
         torch.set_default_dtype(old_dtype)
     keep = tuple(getattr(model, "_keep_in_fp32_modules", None) or ())
@@ -178,25 +242,47 @@ def build_model(spec: ModelSpec, device: torch.device, dtype: torch.dtype):
 
 def make_inputs(spec: ModelSpec, device: torch.device, dtype: torch.dtype, seed: int = 0) -> dict:
     gen = torch.Generator(device=device).manual_seed(seed)
-    return {
-        "hidden_states": torch.randn(*spec.latents, generator=gen, device=device, dtype=dtype),
-        "encoder_hidden_states": torch.randn(*spec.text, generator=gen, device=device, dtype=dtype),
-        "timestep": torch.full((spec.latents[0],), 999.0, device=device),
-    }
+
+    def randn(*shape, dt=dtype):
+        return torch.randn(*shape, generator=gen, device=device, dtype=dt)
+
+    batch = spec.latents[0]
+    inputs = {"hidden_states": randn(*spec.latents), "encoder_hidden_states": randn(*spec.text),
+              "timestep": torch.full((batch,), 999.0, device=device)}
+    if spec.family == "hunyuan":
+        mask = torch.zeros(batch, spec.text[1], dtype=torch.long, device=device)
+        mask[:, : spec.valid_text or spec.text[1]] = 1
+        inputs.update(encoder_attention_mask=mask, pooled_projections=randn(batch, spec.config["pooled_projection_dim"]))
+        if spec.config.get("guidance_embeds"):
+            inputs["guidance"] = torch.full((batch,), 6000.0, device=device)  # the pipeline's 6.0 x 1000
+    elif spec.family == "cogvideox":
+        lay = spec.layout
+        angles = randn(lay.video_tokens, spec.config["attention_head_dim"] // 2, dt=torch.float32)
+        inputs["image_rotary_emb"] = (angles.cos().repeat_interleave(2, -1), angles.sin().repeat_interleave(2, -1))
+        inputs["timestep"] = inputs["timestep"].long()
+    return inputs
+
+
+def _blocks(model) -> list:
+    """The transformer blocks of a Wan, HunyuanVideo or CogVideoX model."""
+    return [b for name in ("blocks", "transformer_blocks", "single_transformer_blocks") for b in getattr(model, name, [])]
 
 
 def compile_outside_self_attention(model) -> None:
-    """``torch.compile`` each block of a Wan transformer with its self-attention module left eager.
+    """``torch.compile`` each transformer block with its self-attention module left eager.
 
-    The self-attention module is where ``sparsevdit.apply`` swaps processors, so excluding it keeps the
-    compiled code identical for the dense and the sparse rows (and keeps dynamo away from our dispatch).
+    The self-attention modules are where ``sparsevdit.apply`` swaps processors, so excluding them keeps
+    the compiled code identical for the dense and the sparse rows (and keeps dynamo away from our dispatch).
     """
     import torch._dynamo
 
-    # 30-40 blocks share one compiled graph; processor swaps between rows add guards, not new code.
+    from ..integrations.diffusers import self_attention_modules
+
+    # 30-60 blocks share a few compiled graphs; processor swaps between rows add guards, not new code.
     torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
-    for block in model.blocks:
-        block.attn1.forward = torch.compiler.disable(block.attn1.forward)
+    for attn in self_attention_modules(model):
+        attn.forward = torch.compiler.disable(attn.forward)
+    for block in _blocks(model):
         block.compile()
 
 
@@ -301,6 +387,7 @@ class Settings:
     compile: bool = False
     profile: bool = False
     extra: dict = field(default_factory=dict)
+    methods: list = field(default_factory=list)  # (method name, params) rows after the plans
 
 
 def _resolve_device(name: str) -> torch.device:
@@ -348,7 +435,7 @@ def run(settings: Settings, log=_log, on_model=None) -> dict:
         build_s = time.perf_counter() - t0
         sig = model_signature(model)
         layout = runtime_layout(model, **inputs)
-        if sig != spec.signature or layout != spec.layout:  # pragma: no cover - the specs say the same
+        if sig != spec.signature or layout != spec.layout:  # the spec's arithmetic and the adapter's must agree
             raise RuntimeError(f"{name}: model signature {sig} / layout {layout} differ from the spec's")
         params = sum(p.numel() for p in model.parameters())
         log(f"{name}: {spec.description}; {params / 1e9:.2f} B parameters, {layout.num_tokens:,} tokens "
@@ -375,7 +462,17 @@ def run(settings: Settings, log=_log, on_model=None) -> dict:
                     profiles.append(profile_forward(forward, device))
             return out, times, heads, peak
 
-        dense_out, times, _, peak = measure()
+        model_sdpa = sdpa
+        try:
+            dense_out, times, _, peak = measure()
+        except RuntimeError as exc:
+            if sdpa == "default" or "No available kernel" not in str(exc):
+                raise
+            # e.g. HunyuanVideo's text mask on a cuDNN that refuses it: PyTorch's own choice, said in the row
+            log(f"  {sdpa} SDPA refused this model's dense attention ({str(exc).splitlines()[0][:100]}); "
+                "using PyTorch's choice for every row of this model")
+            sdpa = "default"
+            dense_out, times, _, peak = measure()
         dense_ms = statistics.median(times)
         base = {"model": name, "tokens": layout.num_tokens, "block_size": spec.block_size}
         rows.append({**base, "row": "dense", "plan": None, "target_density": 1.0, "density": 1.0,
@@ -405,6 +502,31 @@ def run(settings: Settings, log=_log, on_model=None) -> dict:
             log(f"  {label:12s} density {density:6.1%}  {ms:10.1f} ms  {dense_ms / ms:5.2f}x  backend {used}")
             del out
 
+        for method, params in settings.methods:
+            params = {**method_defaults(spec, method), **params}
+            t1 = time.perf_counter()
+            plan = MethodPlans(sig, method, params, block_size=spec.block_size).for_layout(layout)
+            density = plan_density(plan)
+            plan_s = time.perf_counter() - t1
+            sparsevdit.apply(model, method=method, block_size=spec.block_size, backend=settings.backend, **params)
+            try:
+                out, times, heads, peak = measure()
+            finally:
+                sparsevdit.remove(model)
+            ms = statistics.median(times)
+            used = "+".join(sorted(heads, key=lambda b: -heads[b])) if heads else "?"
+            rows.append({**base, "row": f"method {method}", "plan": {"method": method, "params": params},
+                         "target_density": None, "density": density, "backend": used, "backend_heads": heads, "ms": ms,
+                         "ms_all": times, "speedup": dense_ms / ms, "rel_diff_vs_dense": _rel_diff(out, dense_out),
+                         "peak_mem_gib": peak, "plan_build_s": plan_s,
+                         **({"profile": profiles[-1]} if settings.profile else {})})
+            log(f"  {'method ' + method:12s} density {density:6.1%}  {ms:10.1f} ms  {dense_ms / ms:5.2f}x  backend {used}")
+            del out
+
+        for r in rows:
+            if r["model"] == name:
+                r["sdpa"] = sdpa
+        sdpa = model_sdpa
         model_info.append({"model": name, "description": spec.description, "config": spec.config,
                            "latents": list(spec.latents), "encoder_hidden_states": list(spec.text),
                            "layout": layout.to_dict(), "tokens": layout.num_tokens, "parameters": params,
@@ -424,14 +546,15 @@ def _result(settings, device, dtype, sdpa, targets, model_info, rows) -> dict:
     return {
         **environment(),
         "benchmark": "e2e",
-        "what": "one forward of diffusers WanTransformer3DModel (transformer only, random weights, "
+        "what": "one forward of a diffusers video transformer (transformer only, random weights, "
                 + ("blocks compiled outside self-attention), " if settings.compile else "eager), ")
                 + 
-                "dense (torch SDPA) vs sparsevdit.apply(plan); median of timed forwards",
+                "dense (torch SDPA) vs sparsevdit.apply(plan or method); median of timed forwards",
         "device": str(device),
         "settings": {"models": list(settings.models), "densities": targets, "backend": settings.backend,
                      "warmup": settings.warmup, "rep": settings.rep, "sdpa": sdpa, "dense_plan": settings.dense_plan,
-                     "compile": settings.compile, "dtype": str(dtype).replace("torch.", "")},
+                     "compile": settings.compile, "dtype": str(dtype).replace("torch.", ""),
+                     "methods": [{"method": m, "params": p} for m, p in settings.methods]},
         "models": model_info,
         "rows": rows,
     }
@@ -456,10 +579,34 @@ def _floats(text: str) -> list[float]:
         raise argparse.ArgumentTypeError(f"expected a comma list of numbers, got {text!r}") from None
 
 
+def _method_spec(text: str) -> tuple[str, dict]:
+    """``NAME`` or ``NAME:{json params}``, checked against the method registry."""
+    import json
+
+    from ..methods import MethodError, parse_params
+
+    name, sep, raw = text.partition(":")
+    try:
+        params = json.loads(raw) if sep else {}
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r}: the parameters after ':' are not JSON ({exc})") from None
+    if not isinstance(params, dict):
+        raise argparse.ArgumentTypeError(f"{text!r}: the parameters after ':' must be a JSON object")
+    try:
+        parse_params(name, params)
+    except (MethodError, TypeError) as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return name, params
+
+
 def parser(prog: str | None = None) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", default="wan1.3b,wan14b",
-                   help="comma list of wan1.3b, wan14b (default: both; about 5 minutes on an H100)")
+                   help="comma list of wan1.3b, wan14b, hunyuan720p, cogvideox1.5 (default: the two Wan models; "
+                        "about 5 minutes on an H100), or tiny, tiny-hunyuan, tiny-cogvideox on a CPU")
+    p.add_argument("--method", action="append", default=[], metavar="NAME[:JSON]", type=_method_spec,
+                   help="also time a training-free method on every head (repeatable), e.g. radial or "
+                        "'sliding_tile:{\"window\": [3, 3, 3]}' (`sparsevdit methods` lists them)")
     p.add_argument("--densities", type=_floats, default=[0.1, 0.2, 0.3],
                    help="comma list of target attention densities in (0, 1) (default 0.1,0.2,0.3)")
     p.add_argument("--backend", default="auto",
@@ -487,9 +634,9 @@ def main(argv=None, prog: str | None = None) -> int:
     ap = parser(prog)
     args = ap.parse_args(argv)
     models = ["tiny"] if args.tiny else [m for m in args.models.split(",") if m]
-    unknown = [m for m in models if m not in MODELS or (m == "tiny" and not args.tiny)]
+    unknown = [m for m in models if m not in MODELS]
     if unknown:
-        ap.error(f"unknown model(s) {unknown}; choose from wan1.3b, wan14b (or --tiny)")
+        ap.error(f"unknown model(s) {unknown}; choose from {', '.join(MODELS)}")
     if args.warmup < 0 or args.rep < 1:
         ap.error("--warmup must be >= 0 and --rep >= 1")
     bad = [d for d in args.densities if not 0 < d < 1]
@@ -501,11 +648,11 @@ def main(argv=None, prog: str | None = None) -> int:
         device = _resolve_device(args.device)
     except RuntimeError as exc:
         ap.error(str(exc))
-    if not args.tiny and device.type != "cuda":
-        ap.error("the full-size models need a CUDA GPU; use --tiny for a CPU smoke run")
+    if any(MODELS[m].full_size for m in models) and device.type != "cuda":
+        ap.error("the full-size models need a CUDA GPU; use --tiny (or the tiny-* models) for a CPU smoke run")
     settings = Settings(models=models, densities=args.densities, backend=args.backend, warmup=args.warmup,
                         rep=args.rep, device=str(device), sdpa=args.sdpa, dense_plan=not args.no_dense_plan,
-                        compile=args.compile, profile=args.profile)
+                        compile=args.compile, profile=args.profile, methods=args.method)
     slug = gpu_slug() if device.type == "cuda" else "cpu"
     # never a tracked result by default: the repository's files are written by passing --out
     out = args.out or (f"out/bench/e2e-tiny-{slug}.json" if args.tiny else f"out/bench/e2e-{slug}.json")

@@ -79,6 +79,7 @@ __all__ = [
     "is_diffusers_model",
     "model_signature",
     "runtime_layout",
+    "self_attention_modules",
     "supported_models",
     "sparse_attention_key_masked",
 ]
@@ -146,6 +147,12 @@ def model_signature(model_or_pipeline: Any) -> ModelSignature:
     """What a plan must match: class name, number of indexed self-attention layers, heads, head_dim."""
     model = _transformer(model_or_pipeline)
     return _adapter(model).signature(model)
+
+
+def self_attention_modules(model_or_pipeline: Any) -> list:
+    """The self-attention modules a plan's layers index, in plan-layer order."""
+    model = _transformer(model_or_pipeline)
+    return _adapter(model).attention_modules(model)
 
 
 def _bind_forward(model: Any, args: tuple, kwargs: dict) -> dict:
