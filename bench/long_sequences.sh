@@ -4,6 +4,7 @@
 #   bash bench/long_sequences.sh fidelity   # about 9 minutes on an H200
 #   bash bench/long_sequences.sh search-demo      # search the demo's plan, then the demo with it (~6 min)
 #   bash bench/long_sequences.sh demo PLAN.json
+#   bash bench/long_sequences.sh methods    # radial / sliding_tile rows and a --target-psnr check (~6 min)
 # Results go under $OUT (at most 8 files come back from the device: extras are tarred).
 set -uo pipefail
 export PYTHONPATH=$PWD/src
@@ -27,6 +28,23 @@ case "${1:-}" in
       2>&1 | tee "$OUT/fidelity-log.txt"
     [ -d /tmp/plans-$$ ] && tar cf "$OUT/plans.tar" -C /tmp/plans-$$ .
     ;;
+  methods)
+    # issue 16's method rows beside the study above (same weights, seeds and size), and issue 15's
+    # --target-psnr check with twice the calibration seeds (CALIB2)
+    GRID='{"sparse_vdit": [], "uniform_densities": [], "svg": [], "budget_sensitivity": [],
+           "budget": [{"target_psnr": 30, "step_sensitivity": true}],
+           "methods": [{"method": "radial"}, {"method": "radial", "dense_fraction": 0.25},
+                       {"method": "sliding_tile", "params": {"tile": [2, 8, 8], "window": [3, 3, 3]}},
+                       {"method": "sliding_tile", "params": {"tile": [2, 8, 8], "window": [3, 3, 3]}, "dense_fraction": 0.25},
+                       {"method": "sliding_tile", "params": {"tile": [2, 8, 8], "window": [5, 3, 3]}},
+                       {"method": "sliding_tile", "params": {"tile": [2, 8, 8], "window": [5, 3, 3]}, "dense_fraction": 0.25}]}'
+    CALIB2=${CALIB2:-100,101,102,103,104,105,106,107,108,109,110,111,112,113,114,115,116,117}
+    timeout "${LIMIT:-560}" "$PY" -m sparsevdit fidelity --device $DEVICE $SIZE \
+      --calib-seeds "$CALIB2" --eval-seeds "$EVAL" \
+      --grid "$GRID" --plans /tmp/plans-$$ --out "$OUT/fidelity-h200-16k-methods.json" \
+      --plot "$OUT/fidelity-h200-16k-methods.png" 2>&1 | tee "$OUT/fidelity-methods-log.txt"
+    [ -d /tmp/plans-$$ ] && tar cf "$OUT/plans.tar" -C /tmp/plans-$$ .
+    ;;
   search-demo)
     # the GPU demo's plan: budget with step sensitivity on calibration seeds covering the 9 classes
     timeout "${LIMIT:-560}" "$PY" -m sparsevdit search --algorithm budget --step-sensitivity --target-psnr "${TARGET:-28.5}" \
@@ -42,5 +60,5 @@ case "${1:-}" in
     (cd /tmp/demo && tar cf "$OUT/demo.tar" --exclude='*.mp4' --exclude='*.gif' --exclude='report.html' .)
     ;;
   *)
-    echo "usage: bash bench/long_sequences.sh fidelity | search-demo | demo PLAN.json" >&2; exit 2 ;;
+    echo "usage: bash bench/long_sequences.sh fidelity | search-demo | demo PLAN.json | methods" >&2; exit 2 ;;
 esac
