@@ -182,3 +182,34 @@ def test_default_dtype_is_bfloat16_on_cuda_and_on_cpus_that_measure_it_faster(mo
     from sparsevdit.demo import default_settings
 
     assert default_settings("cpu").dtype == "float32"
+
+
+def test_demo_and_generate_take_a_method(tmp_path):
+    args = ["demo", "--out", str(tmp_path / "d"), "--device", "cpu", "--frames", "4", "--height", "32", "--steps", "2",
+            "--seeds", "0", "--classes", "7", "--block-size", "16", "--method", "sliding_tile",
+            "-p", "tile=[1,4,4]", "-p", "window=[3,1,1]"]
+    result = runner.invoke(app, args, terminal_width=200)
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "d" / "report.json").read_text())
+    assert report["sparse_config"].startswith("plan method sliding_tile") and 0 < report["attention_density"] < 1
+    out = tmp_path / "g.gif"
+    result = runner.invoke(app, ["generate", "--frames", "2", "--height", "16", "--steps", "2", "--prompt", "orbit",
+                                 "--out", str(out), "--device", "cpu", "--method", "radial", "-p", "dense_steps=1",
+                                 "--block-size", "16"], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    assert out.exists() and "method radial {'dense_steps': 1}" in " ".join(result.output.split())
+
+
+@pytest.mark.parametrize("command", ["demo", "generate"])
+def test_method_options_are_checked(tmp_path, command):
+    base = [command, "--device", "cpu"]
+    cases = [(["--method", "nope"], ["--method", "unknown method 'nope'"]),
+             (["--method", "radial", "-p", "decay=2"], ["--param", "no parameter decay"]),
+             (["-p", "dense_steps=2"], ["--param", "give --method NAME"]),
+             (["--method", "radial", "--plan", str(tmp_path / "p.json")], ["--method", "not both"])]
+    for extra, words in cases:
+        result = runner.invoke(app, base + extra, terminal_width=200)
+        assert result.exit_code == 2, (extra, result.output)
+        text = " ".join(result.output.split())
+        for w in words:
+            assert w in text, (w, text)

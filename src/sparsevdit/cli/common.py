@@ -244,6 +244,25 @@ def load_plan(path: Optional[Path]):
     return plan
 
 
+def method_choice(method: Optional[str], items: Sequence[str], plan: Optional[Path]) -> tuple[str, dict] | None:
+    """``--method NAME -p key=value ...`` checked against the method registry (None without --method)."""
+    if method is None:
+        if items:
+            bad("--param", items[0], "parameters of a method: give --method NAME with them (`sparsevdit methods`)")
+        return None
+    if plan is not None:
+        bad("--method", method, "a method or a --plan, not both (a plan names its own patterns or methods)")
+    from ..methods import MethodError, parse_params as method_params
+
+    params = parse_params(items)
+    try:
+        method_params(method, params)
+    except (MethodError, TypeError) as exc:
+        bad("--method" if "unknown method" in str(exc) else "--param", method if "unknown method" in str(exc) else
+            " ".join(items), str(exc))
+    return method, params
+
+
 # --------------------------------------------------------------------------------------------------
 # the bundled model's shape, read without loading its weights
 # --------------------------------------------------------------------------------------------------

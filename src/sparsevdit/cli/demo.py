@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
 from .common import (at_least, bad, check_backend, check_device, check_out_folder, check_pixels, console,
-                     int_list, load_plan, model_config, resolve_device)
+                     int_list, load_plan, model_config, resolve_device, method_choice)
 
 
 def load_fidelity(path: Path) -> dict:
@@ -45,6 +45,8 @@ def register(app: typer.Typer) -> None:
         warmup: Optional[bool] = typer.Option(None, "--warmup/--no-warmup", help="sample once untimed first (compilation, autotuning), reported on its own (default: on for GPU, off for CPU)"),
         fidelity: Optional[Path] = typer.Option(None, "--fidelity", exists=True, dir_okay=False, help="a fidelity study JSON (`sparsevdit fidelity --out ...`, e.g. bench/results/fidelity-cpu.json): the report draws its PSNR vs density and vs time"),
         compile: bool = typer.Option(False, "--compile", help="torch.compile the model outside its attention, the same for dense and sparse (implies --warmup)"),
+        method: Optional[str] = typer.Option(None, "--method", help="sparse run: a training-free method on every head instead of a plan (`sparsevdit methods`), e.g. sliding_tile"),
+        param: List[str] = typer.Option([], "--param", "-p", help="a --method parameter key=value (JSON value), repeatable, e.g. -p window=[3,3,3]"),
         dtype: str = typer.Option("auto", help="compute dtype of both runs: float32, bfloat16, or auto (bfloat16 on GPU, and on a CPU that measures it faster than float32)"),
     ) -> None:
         """Generate the same seeds with dense and sparse attention on the bundled model; write videos and a report.
@@ -81,7 +83,21 @@ def register(app: typer.Typer) -> None:
             s = replace(s, classes=tuple(seed % cfg.num_classes for seed in s.seeds))
         if len(s.classes) != len(s.seeds):
             bad("--classes", classes, f"one class per seed ({len(s.seeds)} seeds)")
+        chosen = method_choice(method, param, plan)
+        if chosen is not None and fixed_mix:
+            bad("--fixed-mix", True, "either --fixed-mix or --method")
         loaded = load_plan(plan)
+        if chosen is not None:
+            from ..integrations.bundled import config_signature
+            from ..plan import PlanError, SparsityPlan
+
+            try:
+                loaded = SparsityPlan.for_method(config_signature(cfg),
+                                                 cfg.layout(s.frames, s.height, s.width), chosen[0], chosen[1],
+                                                 block_size=s.block_size)
+            except PlanError as exc:
+                bad("--param", " ".join(param) or chosen[0], f"parameters method {chosen[0]!r} can build masks of this clip with ({exc})")
+            loaded.source = f"method {chosen[0]} {chosen[1] or ''}".strip()
         study = load_fidelity(fidelity) if fidelity is not None else None
         # run_demo checks the plan against the model and the clip size before it samples anything.
         run_demo(out, device=dev, settings=s, weights=weights, plan=loaded, use_bundled_plan=not fixed_mix, console=console,

@@ -11,12 +11,12 @@ from __future__ import annotations
 import inspect
 import time
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
 from .common import (at_least, check_backend, check_device, check_pixels, console, fail as _fail, finite, load_plan,
-                     one_of, resolve_device)
+                     method_choice, one_of, resolve_device)
 
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 
@@ -73,7 +73,8 @@ def _bundled_class(prompt: Optional[str]) -> int:
     )
 
 
-def _generate_bundled(plan, *, prompt, frames, height, width, steps, guidance, seed, out, fps, device, dtype, backend):
+def _generate_bundled(plan, *, prompt, frames, height, width, steps, guidance, seed, out, fps, device, dtype, backend,
+                      method=None, block_size=128):
     import torch
 
     from ..integrations import apply
@@ -99,6 +100,8 @@ def _generate_bundled(plan, *, prompt, frames, height, width, steps, guidance, s
         # A plan for another model or clip size is refused here, before sampling.
         apply(model, plan, backend=backend)
         check_layout(plan, model, model.cfg.layout(frames, height, width))
+    elif method is not None:
+        apply(model, method=method[0], block_size=block_size, backend=backend, **method[1])
     sampler = SamplerConfig(steps=steps, guidance=3.0 if guidance is None else guidance)
     t0 = time.perf_counter()
     video = sample(model, torch.tensor([cls], device=device), frames=frames, height=height, width=width,
@@ -158,7 +161,7 @@ def _pixel_defaults(pipe, layout) -> dict:
 
 
 def _generate_diffusers(plan, *, name, prompt, negative_prompt, frames, height, width, steps, guidance, seed, out, fps,
-                        device, dtype, backend):
+                        device, dtype, backend, method=None, block_size=128):
     import torch
 
     from ..plan import PlanError
@@ -177,6 +180,13 @@ def _generate_diffusers(plan, *, name, prompt, negative_prompt, frames, height, 
         kwargs.update(_pixel_defaults(pipe, plan.layout))
         if plan.layout.num_text:
             kwargs["max_sequence_length"] = plan.layout.text_tokens
+    elif method is not None:
+        from ..integrations import apply
+
+        try:
+            apply(pipe, method=method[0], block_size=block_size, backend=backend, **method[1])
+        except (PlanError, TypeError) as exc:
+            _fail(str(exc))
     given = {"num_frames": frames, "height": height, "width": width, "num_inference_steps": steps,
              "guidance_scale": guidance, "negative_prompt": negative_prompt}
     kwargs.update({k: v for k, v in given.items() if v is not None})
@@ -217,17 +227,22 @@ def generate(
     device: str = typer.Option("auto", "--device", callback=check_device, help="cpu, cuda or auto"),
     dtype: str = typer.Option("auto", "--dtype", callback=one_of(DTYPES), help="auto (bfloat16 on GPU, float32 on CPU), float32, float16, bfloat16"),
     backend: str = typer.Option("auto", "--backend", callback=check_backend, help="attention backend for the plan's sparse layers"),
+    method: Optional[str] = typer.Option(None, "--method", help="instead of a plan: a training-free method on every head (`sparsevdit methods`), e.g. radial"),
+    param: List[str] = typer.Option([], "--param", "-p", help="a --method parameter key=value (JSON value), repeatable, e.g. -p dense_steps=12"),
+    block_size: int = typer.Option(128, "--block-size", callback=at_least(1), help="attention block size of a --method's masks"),
 ) -> None:
-    """Generate one video with a sparsity plan applied (the bundled model or a diffusers pipeline)."""
+    """Generate one video with a sparsity plan or a method applied (the bundled model or a diffusers pipeline)."""
     dev = resolve_device(device)
     torch_dtype = _dtype(dtype, dev)
+    chosen = method_choice(method, param, plan)
     sparsity = load_plan(plan)
     common = dict(prompt=prompt, frames=frames, height=height, width=width, steps=steps, guidance=guidance, seed=seed,
-                  out=out, fps=fps, device=dev, dtype=torch_dtype, backend=backend)
+                  out=out, fps=fps, device=dev, dtype=torch_dtype, backend=backend, method=chosen, block_size=block_size)
     if model == "bundled":
         seconds, what = _generate_bundled(sparsity, **common)
     else:
         seconds, what = _generate_diffusers(sparsity, name=model, negative_prompt=negative_prompt, **common)
-    attention = "dense attention" if sparsity is None else f"plan {plan}"
+    attention = (f"method {chosen[0]} {chosen[1] or ''}".strip() if chosen else
+                 "dense attention" if sparsity is None else f"plan {plan}")
     console.print(f"{what}; {attention}; {seconds:.1f} s")
     console.print(f"wrote {out}")

@@ -31,7 +31,12 @@ _STATE_ATTR = "_sparsevdit_plan_state"
 
 def model_signature(model: VideoDiT) -> ModelSignature:
     """What a plan for this model must say: class name, layers, heads, head dim."""
-    return ModelSignature(CLASS_NAME, model.cfg.depth, model.cfg.heads, model.cfg.head_dim)
+    return config_signature(model.cfg)
+
+
+def config_signature(cfg) -> ModelSignature:
+    """``model_signature`` of a VideoDiT of this VDiTConfig, without building the model."""
+    return ModelSignature(CLASS_NAME, cfg.depth, cfg.heads, cfg.head_dim)
 
 
 def pixel_size(model: VideoDiT, layout: TokenLayout) -> str:
