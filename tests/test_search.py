@@ -14,7 +14,7 @@ from sparsevdit.integrations import model_signature
 from sparsevdit.metrics import video_psnr_ssim
 from sparsevdit.models.data import CLASSES
 from sparsevdit.models.vdit import VDiTConfig, VideoDiT
-from sparsevdit.plan import SparsityPlan
+from sparsevdit.plan import HeadSpec, LayerEntry, SparsityPlan
 from sparsevdit.search import (
     BudgetSettings, CalibrationConfig, CostModel, Profile, available_algorithms, budget_search, default_candidates,
     run_profile, run_search,
@@ -496,3 +496,63 @@ def test_cost_family_of_a_methods_mask_comes_from_its_block_lists():
     radial = build_for("radial", lay, 128, {}, layer=0, head=0, step=0)
     assert pattern_family(tile) == "multi_diagonal" and pattern_family(radial) == "multi_diagonal"
     assert pattern_family(P.build("diagonal", lay, block_size=128, width=2048)) == "diagonal"  # by recipe
+
+
+def test_methods_offer_themselves_to_the_search_and_a_plan_can_pick_them(tmp_path):
+    from dataclasses import dataclass
+    from typing import ClassVar
+
+    from sparsevdit.methods import Method, MethodParams, register_method, unregister_method
+    from sparsevdit.plan import SparsityPlan
+    from sparsevdit.search.candidates import build, default_candidates, method_candidate
+    from sparsevdit.search.cost import CostModel
+    from sparsevdit.search.budget import candidate_times
+
+    lay = TokenLayout(4, 8, 8, text_tokens=4, text_position="prefix")
+
+    @dataclass(frozen=True, kw_only=True)
+    class BandParams(MethodParams):
+        method: ClassVar[str] = "test_band"
+        width: int = 16
+
+    class Band(Method):
+        name, Params, varies = "test_band", BandParams, frozenset()
+
+        @staticmethod
+        def build(layout, block_size, params, *, layer, head, step):
+            return P.build("diagonal", layout, block_size=block_size, width=params.width)
+
+        @classmethod
+        def full_params(cls, layout):
+            return {"width": 2 * layout.num_tokens}
+
+        @classmethod
+        def search_params(cls, layout, block_size):
+            return [{"width": 40}]
+
+    register_method(Band)
+    try:
+        cands = default_candidates(lay, 16)
+        mine = [c for c in cands if c.method == "test_band"]
+        assert len(mine) == 1 and mine[0].spec().to_dict() == {"method": "test_band", "params": {"width": 40}}
+        assert mine[0].family == "diagonal"  # priced by the shape of its mask
+        assert {c.method for c in cands if c.method} >= {"radial", "sliding_tile", "test_band"}
+        # a plan made of a method candidate's spec validates, saves, loads and builds the same mask
+        cand = mine[0]
+        sig = model_signature(VideoDiT(VDiTConfig(dim=32, depth=1, heads=2, num_classes=9, frames=4, height=32, width=32,
+                                                  text_in_attention=True)))
+        plan = SparsityPlan(sig, lay, 16, [LayerEntry(0, (cand.spec(), HeadSpec("dense")))])
+        plan.save(tmp_path / "p.json")
+        loaded = SparsityPlan.load(tmp_path / "p.json")
+        assert torch.equal(loaded.patterns_for(0, 3)[0].block_mask, build(cand, lay, 16).block_mask)
+    finally:
+        unregister_method("test_band")
+    with pytest.raises(ValueError, match="per head, layer, step"):
+        class Varying(Band):
+            name, varies = "test_varying", frozenset({"layer", "head", "step"})
+
+        register_method(Varying)
+        try:
+            method_candidate("test_varying", {}, lay, 16)
+        finally:
+            unregister_method("test_varying")

@@ -95,6 +95,12 @@ class Method:
         defines it; the contract tests run it for each registered one."""
         raise NotImplementedError(f"method {cls.__name__} defines no full_params(layout)")
 
+    @classmethod
+    def search_params(cls, layout: TokenLayout, block_size: int) -> list[dict[str, Any]]:
+        """Parameter sets the budget search may choose among for a head of this layout (a spread of
+        densities); none by default: a method offers itself to the search by overriding this."""
+        return []
+
     @staticmethod
     def build(
         layout: TokenLayout, block_size: int, params: Any, *, layer: int, head: int, step: int

@@ -140,6 +140,11 @@ class Radial(Method):
     presets = {f"model_family={k}": v for k, v in PRESETS.items()}
 
     @classmethod
+    def search_params(cls, layout: TokenLayout, block_size: int) -> list[dict]:
+        # the authors' mask for Wan (key frame 0 a sink) and for HunyuanVideo (no sink)
+        return [{"model_family": "wan"}, {"model_family": "hunyuan"}]
+
+    @classmethod
     def full_params(cls, layout: TokenLayout) -> dict:
         # every frame distance within the near windows, whole frames, no thinning
         return {"near_window": [1.0] * layout.frames, "thin_threshold": 1}

@@ -52,6 +52,23 @@ class SlidingTileParams(MethodParams):
         object.__setattr__(self, "window", _triple(self.method, "window", self.window))
 
 
+def tile_for_block(layout: TokenLayout, block_size: int) -> tuple[int, int, int]:
+    """A (t, h, w) tile of ``block_size`` tokens (h, w powers of two within the frame, t what is left),
+    or the nearest smaller one; FastVideo's (6, 8, 8) when nothing fits."""
+    best = None
+    for h in (1, 2, 4, 8, 16, 32):
+        for w in (1, 2, 4, 8, 16, 32):
+            if h > layout.height or w > layout.width or block_size % (h * w):
+                continue
+            t = block_size // (h * w)
+            if t > layout.frames:
+                continue
+            score = (t * h * w, -abs(h - w), -t)  # fill the block, squarish in-frame, few frames
+            if best is None or score > best[0]:
+                best = (score, (t, h, w))
+    return best[1] if best else (6, 8, 8)
+
+
 def axis_keep(tiles: int, window: int) -> torch.Tensor:
     """[tiles, tiles] bool: query tile q keeps key tile k along one axis."""
     if window >= tiles:  # the window spans the axis
@@ -93,6 +110,13 @@ class SlidingTile(Method):
     summary = "Sliding Tile Attention: each query tile keeps a window of whole tiles around it (static)"
     varies = frozenset()  # one mask per layout and parameters: the same for every layer, head and step
     Params = SlidingTileParams
+
+    @classmethod
+    def search_params(cls, layout: TokenLayout, block_size: int) -> list[dict]:
+        # a tile of one block's tokens where the frame allows it (blocks then never straddle tiles),
+        # windows from the frame's own tiles to five frames of 3 x 3 tiles
+        tile = tile_for_block(layout, block_size)
+        return [{"tile": list(tile), "window": list(w)} for w in ((1, 3, 3), (3, 3, 3), (5, 3, 3), (3, 5, 5))]
 
     @classmethod
     def full_params(cls, layout: TokenLayout) -> dict:

@@ -8,8 +8,11 @@ multi-diagonal band, so the union is one position-major pattern).
 
 ``default_candidates(layout, block_size)`` is the budget search's set: dense, skip, diagonal and
 multi_diagonal at several densities (5-70%), vertical_stripe (first frame as sink, and top-k stripes),
-diagonal + top-k stripes and multi_diagonal + top-k position-major stripes. Band widths are found by
-bisection to land near each target density; recipes whose block masks coincide are kept once.
+diagonal + top-k stripes and multi_diagonal + top-k position-major stripes, and every registered
+method's own ``search_params`` (radial, sliding_tile at a few windows: a method offers itself to the
+search there, nothing here names it). Band widths are found by bisection to land near each target
+density; recipes whose block masks coincide are kept once. A method candidate is priced by the shape
+of its mask (``cost.pattern_family``).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import torch
 from .. import patterns as P
 from ..layout import TokenLayout
 from ..plan import HeadSpec
-from .cost import family_of
+from .cost import family_of, pattern_family
 
 BAND_DENSITIES = (0.05, 0.1, 0.2, 0.3, 0.5, 0.7)
 STRIPE_DENSITIES = (0.05, 0.1)
@@ -38,6 +41,7 @@ class Candidate:
     stripes: int = 0  # > 0: per-head top-k key blocks from the measured mass
     stripe_ordering: str = "frame_major"
     base: dict | None = None  # {"name", "params"} of the band the stripes are united with
+    method: str | None = None  # a registered method (one mask for every layer, head and step), with params
 
     @property
     def per_head(self) -> bool:
@@ -45,6 +49,8 @@ class Candidate:
 
     def spec(self, blocks: list[int] | None = None) -> HeadSpec:
         """The plan entry of one head (``blocks``: that head's stripe blocks, for per-head candidates)."""
+        if self.method is not None:
+            return HeadSpec.of_method(self.method, dict(self.params))
         if not self.per_head:
             return HeadSpec(self.pattern, dict(self.params))
         if blocks is None or len(blocks) == 0:
@@ -58,16 +64,43 @@ class Candidate:
 
     def to_dict(self) -> dict:
         return {"label": self.label, "family": self.family, "pattern": self.pattern, "params": self.params,
-                "stripes": self.stripes, "stripe_ordering": self.stripe_ordering, "base": self.base}
+                "stripes": self.stripes, "stripe_ordering": self.stripe_ordering, "base": self.base,
+                "method": self.method}
 
     @classmethod
     def from_dict(cls, d: dict) -> "Candidate":
         return cls(d["label"], d["family"], d.get("pattern"), dict(d.get("params") or {}), int(d.get("stripes", 0)),
-                   d.get("stripe_ordering", "frame_major"), d.get("base"))
+                   d.get("stripe_ordering", "frame_major"), d.get("base"), d.get("method"))
 
 
 def fixed(pattern: str, label: str | None = None, **params) -> Candidate:
     return Candidate(label or pattern, family_of(pattern, params), pattern, params)
+
+
+def method_candidate(method: str, params: dict, layout: TokenLayout, block_size: int, label: str | None = None) -> Candidate:
+    """A candidate of a registered method whose mask is the same for every layer, head and step (the
+    search picks per head and step itself); its cost family comes from its mask."""
+    from ..methods import get_method
+
+    cls = get_method(method)
+    if cls.varies:
+        raise ValueError(f"method {method!r} builds masks per {', '.join(sorted(cls.varies))}: a search candidate is "
+                         "one mask for every layer, head and step")
+    c = Candidate(label or f"{method} " + " ".join(f"{k}={v}" for k, v in params.items()), "?", None, dict(params),
+                  method=method)
+    return Candidate(c.label, pattern_family(build(c, layout, block_size)), None, dict(params), method=method)
+
+
+def method_candidates(layout: TokenLayout, block_size: int) -> list[Candidate]:
+    """Every registered static method's ``search_params`` for this layout, as candidates."""
+    from ..methods import get_method, list_methods
+
+    out = []
+    for name in list_methods():
+        cls = get_method(name)
+        if not cls.varies:
+            out += [method_candidate(name, params, layout, block_size) for params in cls.search_params(layout, block_size)]
+    return out
 
 
 def band_width(name: str, layout: TokenLayout, block_size: int, target: float) -> int:
@@ -83,7 +116,7 @@ def stripe_count(layout: TokenLayout, block_size: int, density: float) -> int:
 
 def default_candidates(layout: TokenLayout, block_size: int, *, band_densities=BAND_DENSITIES,
                        stripe_densities=STRIPE_DENSITIES, union_densities=UNION_DENSITIES,
-                       union_stripe_density=UNION_STRIPE_DENSITY) -> list[Candidate]:
+                       union_stripe_density=UNION_STRIPE_DENSITY, methods: bool = True) -> list[Candidate]:
     cands = [fixed("dense"), fixed("skip")]
     for name, short in (("diagonal", "diag"), ("multi_diagonal", "multi")):
         for d in band_densities:
@@ -102,6 +135,8 @@ def default_candidates(layout: TokenLayout, block_size: int, *, band_densities=B
         w = band_width("multi_diagonal", layout, block_size, d)
         cands.append(Candidate(f"multi w={w}+top{k}", "multi+stripes", stripes=k, stripe_ordering="position_major",
                                base={"name": "multi_diagonal", "params": {"width": w}}))
+    if methods:
+        cands += method_candidates(layout, block_size)
     return dedupe(cands, layout, block_size)
 
 
@@ -122,6 +157,11 @@ def dedupe(cands: list[Candidate], layout: TokenLayout, block_size: int) -> list
 
 def build(c: Candidate, layout: TokenLayout, block_size: int, blocks: list[int] | None = None) -> P.BlockPattern:
     spec = c.spec(blocks)
+    if spec.method is not None:
+        from ..methods import build_for
+
+        built = build_for(spec.method, layout, block_size, spec.params, layer=0, head=0, step=0)
+        return built if built is not None else P.build("dense", layout, block_size=block_size)
     return P.build(spec.pattern, layout, block_size=block_size, **spec.params)
 
 
