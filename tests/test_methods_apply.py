@@ -153,3 +153,51 @@ def _signature(subject):
 
 def _applied(model):
     return sv.integrations.is_applied(model) if isinstance(model, VideoDiT) else _diffusers().is_applied(model)
+
+
+# UltraViCo on top of dense attention or a method ------------------------------------------------------
+def test_ultravico_identity_damping_reproduces_the_model(subject):
+    sv.apply(subject.model, ultravico={"train_frames": 2, "alpha": 1.0, "bar_first_frame": False}, block_size=BS)
+    torch.testing.assert_close(subject.run(), subject.dense, atol=2e-5, rtol=2e-5)
+
+
+@pytest.mark.parametrize("method", [None, "radial"])
+def test_ultravico_damps_and_its_backends_agree(subject, method):
+    from sparsevdit.methods import UltraViCo
+
+    uv = UltraViCo(train_frames=2, alpha=0.3)  # 4 frames: pairs over one frame apart are damped
+    kwargs = {"method": method} if method else {}
+    outs = {}
+    for backend in ("reference", "blockwise", "auto"):
+        sv.apply(subject.model, ultravico=uv, block_size=BS, backend=backend, **kwargs)
+        outs[backend] = subject.run()
+    for backend in ("blockwise", "auto"):
+        torch.testing.assert_close(outs[backend], outs["reference"], atol=2e-5, rtol=2e-5)
+    assert (outs["reference"] - subject.dense).abs().max() > 1e-4
+    sv.remove(subject.model)
+    assert torch.equal(subject.run(), subject.dense)
+
+
+def test_ultravico_is_checked():
+    from sparsevdit.methods import UltraViCo
+
+    model = Bundled().model
+    for bad, match in (({"alpha": 0.5}, "train_frames \\(required\\)"), ({"train_frames": 0}, "train_frames must be"),
+                       ({"train_frames": 4, "alpha": 2}, "alpha must be"), ({"train_frames": 4, "beta": 1}, "beta"),
+                       ([4], "a dict of its fields")):
+        with pytest.raises(MethodError, match=match):
+            sv.apply(model, ultravico=bad)
+    assert UltraViCo(16).damping_for(TEXT.layout(32, 32, 32)).window == 16 * 64 // 2
+
+
+def test_ultravico_with_padded_text_keys_is_refused():
+    pytest.importorskip("diffusers")
+    import test_diffusers as td
+
+    case = td._hunyuan(valid=(10, 24))
+    sv.apply(case.model, ultravico={"train_frames": 2}, block_size=BS, backend="reference")
+    try:
+        with pytest.raises(ValueError, match="padded text keys"):
+            case.run()
+    finally:
+        sv.remove(case.model)

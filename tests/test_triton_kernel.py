@@ -587,3 +587,26 @@ def test_gpu_large(dtype, dim, kv_chunks):
     masks = torch.stack([random_mask(nb, d, 20 + i, empty_rows=[3]) for i, d in enumerate((0.1, 0.5, 1.0))])
     out, lse, ref_out, ref_lse = run_kernel(masks, n, dim, dtype, bs, kv_chunks=kv_chunks)
     check(out, lse, ref_out, ref_lse, dtype)
+
+
+# UltraViCo's logit damping through sparse_attention (the kernel's distance transform) --------------------
+@here
+@pytest.mark.parametrize("bar", [True, False])
+def test_triton_kernel_applies_the_damping_as_the_reference(bar):
+    from sparsevdit import patterns as P
+    from sparsevdit.kernels import BackendError
+    from sparsevdit.kernels.damping import LogitDamping
+
+    device = DEVICE
+    layout = sv.TokenLayout(4, 4, 10, text_tokens=5, text_position="prefix")  # 165 tokens, blocks of 64
+    d = LogitDamping(window=45, alpha=0.4, bar_first_frame=bar)
+    q, k, v = (t.to(device, torch.float16) for t in [torch.randn(1, 2, layout.num_tokens, 64, generator=torch.Generator().manual_seed(s)) * 2 for s in range(3)])
+    pats = [P.build("diagonal", layout, block_size=64, width=100), P.build("dense", layout, block_size=64)]
+    ref, ref_lse = sv.sparse_attention(q, k, v, pats, layout=layout, backend="reference", damping=d, return_lse=True)
+    out, lse = sv.sparse_attention(q, k, v, pats, layout=layout, backend="triton", damping=d, return_lse=True)
+    err = float((out.double() - ref.double()).norm() / ref.double().norm())
+    assert torch.isfinite(out).all() and err < 2e-2, err
+    assert torch.equal(torch.isinf(lse).cpu(), torch.isinf(ref_lse).cpu())
+    multi = P.build("multi_diagonal", layout, block_size=64, width=40)
+    with pytest.raises(BackendError, match="position_major head group"):
+        sv.sparse_attention(q, k, v, [multi, multi], layout=layout, backend="triton", damping=d)

@@ -381,14 +381,29 @@ class MethodPlans:
     def for_layout(self, layout: TokenLayout) -> SparsityPlan:
         plan = self._plans.pop(layout, None)
         if plan is None:
-            plan = SparsityPlan.for_method(self.model, layout, self.method, self.params, block_size=self.block_size)
+            plan = self._build(layout)
             if len(self._plans) >= self.KEEP:
                 self._plans.pop(next(iter(self._plans)))
         self._plans[layout] = plan  # most recent last
         return plan
 
+    def _build(self, layout: TokenLayout) -> SparsityPlan:
+        return SparsityPlan.for_method(self.model, layout, self.method, self.params, block_size=self.block_size)
+
     def __repr__(self) -> str:
         return f"MethodPlans({self.method!r}, {self.params!r}, block_size={self.block_size})"
+
+
+class DensePlans(MethodPlans):
+    """Every head dense at every layout: what ``apply(model, ultravico=...)`` without a plan or method runs
+    (dense attention through our backends, so the damping applies)."""
+
+    def __init__(self, model: ModelSignature, *, block_size: int = 128):
+        self.model, self.method, self.params, self.block_size = model, "dense", {}, block_size
+        self._plans = {}
+
+    def _build(self, layout: TokenLayout) -> SparsityPlan:
+        return SparsityPlan.uniform(self.model, layout, "dense", block_size=self.block_size)
 
 
 def _model(data: dict) -> ModelSignature:

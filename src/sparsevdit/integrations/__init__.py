@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..plan import MethodPlans, SparsityPlan
+from ..plan import DensePlans, MethodPlans, SparsityPlan
 from .bundled import apply_bundled, is_applied, model_signature, plan_patterns, remove_bundled, set_step, step_history
 
 __all__ = ["apply", "remove", "model_signature", "plan_patterns", "set_step", "step_history", "is_applied"]
@@ -48,7 +48,7 @@ def _as_plan(plan) -> SparsityPlan:
 
 
 def apply(model_or_pipeline, plan=None, *, method: str | None = None, block_size: int = 128, backend: str = "auto",
-          **params):
+          ultravico=None, **params):
     """Install sparse attention on a model or pipeline; returns it.
 
     Either ``plan`` (a SparsityPlan or a plan file): each denoising step then runs
@@ -58,23 +58,31 @@ def apply(model_or_pipeline, plan=None, *, method: str | None = None, block_size
     forward shows, at ``block_size``. A plan for another model or layout is refused with a
     ``PlanError``; an unknown method or parameter with a ``MethodError`` naming the allowed ones; an
     unknown ``backend`` with a ``BackendError`` listing the backends (here, not at the first forward).
+
+    ``ultravico`` (a ``methods.UltraViCo`` or a dict of its fields, e.g. ``{"train_frames": 16}``) damps
+    far logits on top of the plan or method, for videos longer than the model was trained on; with
+    neither a plan nor a method, attention stays dense and is damped.
     """
     if backend != "auto":
         from ..kernels.registry import get_backend
 
         get_backend(backend)
-    if (plan is None) == (method is None):
-        raise TypeError("apply takes a plan or a method=NAME (with its parameters as keywords), exactly one of them")
+    from ..methods.ultravico import UltraViCo
+
+    ultravico = UltraViCo.of(ultravico)
+    if plan is not None and method is not None or (plan is None and method is None and ultravico is None):
+        raise TypeError("apply takes a plan or a method=NAME (with its parameters as keywords), exactly one of them "
+                        "(or ultravico=... alone: dense attention, damped)")
     if plan is not None and params:
         raise TypeError(f"apply: parameters {', '.join(sorted(params))} belong to a method; a plan carries its own")
     if _is_bundled(model_or_pipeline):
         source = _source(plan, method, params, block_size, model_signature(model_or_pipeline))
-        return apply_bundled(model_or_pipeline, source, backend=backend)
+        return apply_bundled(model_or_pipeline, source, backend=backend, ultravico=ultravico)
     if _looks_like_diffusers(model_or_pipeline):
         integration = _diffusers_module()
         if integration.is_diffusers_model(model_or_pipeline):
             source = _source(plan, method, params, block_size, integration.model_signature(model_or_pipeline))
-            return integration.apply_diffusers(model_or_pipeline, source, backend=backend)
+            return integration.apply_diffusers(model_or_pipeline, source, backend=backend, ultravico=ultravico)
     raise TypeError(
         f"cannot apply a plan to a {type(model_or_pipeline).__module__}.{type(model_or_pipeline).__name__}: "
         "supported are sparsevdit's bundled VideoDiT and diffusers' WanTransformer3DModel, "
@@ -83,7 +91,11 @@ def apply(model_or_pipeline, plan=None, *, method: str | None = None, block_size
 
 
 def _source(plan, method, params: dict, block_size: int, signature) -> SparsityPlan | MethodPlans:
-    return _as_plan(plan) if plan is not None else MethodPlans(signature, method, params, block_size=block_size)
+    if plan is not None:
+        return _as_plan(plan)
+    if method is None:
+        return DensePlans(signature, block_size=block_size)
+    return MethodPlans(signature, method, params, block_size=block_size)
 
 
 def remove(model_or_pipeline):

@@ -23,6 +23,8 @@ import torch
 from ..layout import TokenLayout
 from ..models.vdit import VideoDiT
 from ..patterns import BlockPattern
+from .. import patterns as P
+from ..methods.ultravico import UltraViCo
 from ..plan import MethodPlans, ModelSignature, PlanError, SparsityPlan
 
 CLASS_NAME = "VideoDiT"
@@ -73,6 +75,7 @@ class _State:
     plan: SparsityPlan | None  # None until the first forward when a method is applied without a plan
     backend: str
     methods: MethodPlans | None = None  # a method's plan for each layout the forwards show
+    ultravico: UltraViCo | None = None  # logit damping on top of the plan (its dense layers included)
     handle: torch.utils.hooks.RemovableHandle | None = None
     step: int = -1
     last_t: float | None = None
@@ -99,18 +102,27 @@ def _pre_hook(module: VideoDiT, args, kwargs):
         state.plan = state.methods.for_layout(layout)
     step = state.advance(t)
     state.history.append(step)
-    module.set_patterns(plan_patterns(state.plan, module, layout, step), backend=state.backend)
+    per_layer = plan_patterns(state.plan, module, layout, step)
+    damping = None
+    if state.ultravico is not None:  # every layer through sparse_attention, so the damping reaches it
+        damping = state.ultravico.damping_for(layout)
+        dense = [P.build("dense", layout, block_size=state.plan.block_size)] * module.cfg.heads
+        per_layer = [dense if pats is None else pats for pats in per_layer]
+    module.set_patterns(per_layer, backend=state.backend)
+    for attn in module.attention_modules():
+        attn.damping = damping
     return None
 
 
-def apply_bundled(model: VideoDiT, plan: SparsityPlan | MethodPlans, *, backend: str = "auto") -> VideoDiT:
+def apply_bundled(model: VideoDiT, plan: SparsityPlan | MethodPlans, *, backend: str = "auto",
+                  ultravico: UltraViCo | None = None) -> VideoDiT:
     """Install ``plan`` (or a method's plans, ``MethodPlans``) on ``model``, replacing any installed
-    before; returns the model."""
+    before, with UltraViCo's damping on top when given; returns the model."""
     methods = plan if isinstance(plan, MethodPlans) else None
     (methods.model_plan_check if methods else plan.check_model)(model_signature(model))
     if is_applied(model):
         remove_bundled(model)
-    state = _State(None if methods else plan, backend, methods)
+    state = _State(None if methods else plan, backend, methods, ultravico)
     setattr(model, _STATE_ATTR, state)
     state.handle = model.register_forward_pre_hook(_pre_hook, with_kwargs=True)
     return model

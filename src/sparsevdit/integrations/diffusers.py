@@ -192,6 +192,8 @@ class _State:
     backend: str
     adapter: ModelAdapter
     methods: MethodPlans | None = None  # a method's plan for each layout the forwards show
+    ultravico: Any = None  # methods.UltraViCo: logit damping on top of the plan (its dense layers included)
+    damping: Any = None  # its kernels.damping.LogitDamping for the forward in progress
     auto_reset: bool = True
     step: int = 0
     last_timestep: tuple | None = None
@@ -207,7 +209,12 @@ class _State:
         return self.step if self.pinned is None else self.pinned
 
     def patterns_for(self, layer: int) -> list[BlockPattern] | None:
-        return self.plan.patterns_for(layer, self.current)
+        pats = self.plan.patterns_for(layer, self.current)
+        if pats is None and self.damping is not None:  # a dense layer goes through our backends too
+            from ..patterns import build
+
+            pats = [build("dense", self.plan.layout, block_size=self.plan.block_size)] * self.plan.model.num_heads
+        return pats
 
     def observe_timestep(self, t: Any) -> None:
         key = _timestep_key(t)
@@ -281,12 +288,14 @@ def _pre_hook(module, args, kwargs):
             "make the plan for this video size and text length, or generate at the plan's size)",
         )
     state.layout = layout
+    state.damping = state.ultravico.damping_for(layout) if state.ultravico is not None else None
     state.observe_timestep(bound.get("timestep"))
     state.history.append(state.current)
     return None
 
 
-def apply_diffusers(model_or_pipeline: Any, plan: SparsityPlan, *, backend: str = "auto", auto_reset: bool = True):
+def apply_diffusers(model_or_pipeline: Any, plan: SparsityPlan | MethodPlans, *, backend: str = "auto",
+                    auto_reset: bool = True, ultravico=None):
     """Install sparse processors for ``plan`` on a diffusers transformer (or ``pipeline.transformer``).
 
     ``plan`` is a SparsityPlan, or a ``MethodPlans`` (a method without a plan file: its plan for each
@@ -309,7 +318,7 @@ def apply_diffusers(model_or_pipeline: Any, plan: SparsityPlan, *, backend: str 
     if getattr(model, _STATE_ATTR, None) is not None:
         remove_diffusers(model)
     state = _State(plan=None if methods else plan, backend=backend, adapter=adapter, auto_reset=auto_reset,
-                   methods=methods)
+                   methods=methods, ultravico=ultravico)
     for layer, module in enumerate(modules):
         original = module.processor
         state.originals.append((module, original))
@@ -401,7 +410,8 @@ class SparseProcessorBase:
     def attend(self, q, k, v, patterns, *, n: int, key_valid: torch.Tensor | None = None) -> torch.Tensor:
         """Sparse attention over [B, H, N, D] with this layer's patterns (and a key-padding mask)."""
         layout = self.state.check_tokens(n, f"layer {self.layer}")
-        return sparse_attention_key_masked(q, k, v, patterns, layout=layout, key_valid=key_valid, backend=self.state.backend)
+        return sparse_attention_key_masked(q, k, v, patterns, layout=layout, key_valid=key_valid, backend=self.state.backend,
+                                           damping=self.state.damping)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(layer={self.layer}, original={type(self.original).__name__})"
@@ -453,6 +463,7 @@ def sparse_attention_key_masked(
     key_valid: torch.Tensor | None = None,
     backend: str = "auto",
     scale: float | None = None,
+    damping=None,
 ) -> torch.Tensor:
     """``sparse_attention`` over [B, H, N, D] where additionally only keys with ``key_valid`` [B, N] count.
 
@@ -461,7 +472,7 @@ def sparse_attention_key_masked(
     A query that keeps no valid key gets zeros. ``key_valid=None`` is plain ``sparse_attention``.
     """
     if key_valid is None:
-        return sparse_attention(q, k, v, patterns, layout=layout, backend=backend, scale=scale)
+        return sparse_attention(q, k, v, patterns, layout=layout, backend=backend, scale=scale, damping=damping)
     batch, heads, n, head_dim = q.shape
     key_valid = key_valid.to(device=q.device, dtype=torch.bool).expand(batch, n)
     if isinstance(patterns, BlockPattern):
@@ -472,7 +483,11 @@ def sparse_attention_key_masked(
     scale = 1.0 / math.sqrt(head_dim) if scale is None else float(scale)
     masked_any = ~key_valid.all(0).cpu()  # [N], frame-major
     if not bool(masked_any.any()):
-        return sparse_attention(q, k, v, patterns, layout=layout, backend=backend, scale=scale)
+        return sparse_attention(q, k, v, patterns, layout=layout, backend=backend, scale=scale, damping=damping)
+    if damping is not None:
+        raise ValueError("UltraViCo's damping with padded text keys (a key-padding mask, as HunyuanVideo's) is not "
+                         "implemented: the merge's dense part has no distance transform. Pad no text (prompts of "
+                         "the full max_sequence_length) or apply without ultravico")
 
     flagged = {}
     for p in patterns:

@@ -62,8 +62,12 @@ def sparse_attention(
     backend: str = "auto",
     scale: float | None = None,
     return_lse: bool = False,
+    damping=None,
 ):
     """Block-sparse attention over ``[B, H, N, D]`` tensors in the model's (frame-major) token order.
+
+    ``damping``: a ``kernels.damping.LogitDamping`` (UltraViCo) applied on top of the patterns, by the
+    backends that can (reference, blockwise, triton on frame-major heads); None: off.
 
     ``patterns`` is one BlockPattern for every head or a list of H. Heads whose patterns share a token
     ordering and block size run in one backend call (head fusion); empty (``skip``) heads write zeros
@@ -71,6 +75,11 @@ def sparse_attention(
     ``[B, H, N]`` (natural log).
     """
     patterns = _check_inputs(q, k, v, patterns, layout)
+    if damping is not None:
+        from .damping import LogitDamping
+
+        if not isinstance(damping, LogitDamping):
+            raise ValueError(f"damping must be a sparsevdit.kernels.damping.LogitDamping or None, got {type(damping).__name__}")
     batch, heads, n, head_dim = q.shape
     if scale is None:
         scale = 1.0 / math.sqrt(head_dim)
@@ -84,7 +93,7 @@ def sparse_attention(
     # dense kernel: cuDNN (the sdpa backend), or on Hopper at 64+ key blocks our Gluon kernel (1.08-1.11x
     # cuDNN), not the sparse heads' kernel chosen for their short lists. Not when the lse is asked for:
     # the sdpa backend gives none, and the split would only cost a second launch.
-    split_dense = backend == "auto" and not return_lse
+    split_dense = backend == "auto" and not return_lse and damping is None
     groups: dict[tuple, list[int]] = defaultdict(list)
     for h, p in enumerate(patterns):
         if not p.is_empty:
@@ -95,7 +104,7 @@ def sparse_attention(
     for key, hs in groups.items():
         call = AttentionCall(
             device=q.device, dtype=q.dtype, batch=batch, heads=len(hs), num_tokens=n, head_dim=head_dim,
-            patterns=tuple(patterns[h] for h in hs), return_lse=return_lse, requires_grad=grad,
+            patterns=tuple(patterns[h] for h in hs), return_lse=return_lse, requires_grad=grad, damping=damping,
         )
         calls[key] = (call, select_backend(backend, call))
     in_place = all(hasattr(impl, "run_into") for _, impl in calls.values())

@@ -51,13 +51,14 @@ def _chunks(counts: torch.Tensor, batch: int, block: int, head_dim: int):
         i0 = i1
 
 
-def _head(q, k, v, p: BlockPattern, scale: float):
+def _head(q, k, v, p: BlockPattern, scale: float, damping=None):
     """One head: q/k/v [B, N, D]; returns out [B, N, D] and lse [B, N] (float32, or float64 for float64)."""
     batch, n, head_dim = q.shape
     bs = p.block_size
     acc = torch.promote_types(q.dtype, torch.float32)  # float32, or float64 for float64 inputs
     outs, lses = [], []
     offsets = torch.arange(bs, device=q.device)
+    perm = p.layout.permutation(p.ordering).to(q.device) if damping is not None else None
     for i0, i1, width in _chunks(p.kv_counts, batch, bs, head_dim):
         c = i1 - i0
         rows = (torch.arange(i0 * bs, i1 * bs, device=q.device)).clamp(max=n - 1)
@@ -70,6 +71,8 @@ def _head(q, k, v, p: BlockPattern, scale: float):
         kc = k[:, tokens].to(acc)  # [B, c, W*bs, D]
         vc = torch.where(valid[None, :, :, None], v[:, tokens].to(acc), 0.0)  # unlisted slots add nothing
         scores = torch.matmul(qc, kc.transpose(-1, -2)) * scale  # [B, c, bs, W*bs]
+        if damping is not None:  # by the tokens (model order) of these positions
+            scores = damping.apply_to_scores(scores, perm[rows].view(c, bs), perm[tokens], p.layout)
         scores = scores.masked_fill(~valid[None, :, None, :], float("-inf"))
         lse = torch.logsumexp(scores, dim=-1)  # -inf on rows that keep no key
         probs = torch.exp(scores - torch.where(torch.isinf(lse) & (lse < 0), 0.0, lse)[..., None])
@@ -78,9 +81,9 @@ def _head(q, k, v, p: BlockPattern, scale: float):
     return torch.cat(outs, 1)[:, :n], torch.cat(lses, 1)[:, :n]
 
 
-def blockwise_attention(q, k, v, patterns, scale: float, return_lse: bool = False):
+def blockwise_attention(q, k, v, patterns, scale: float, return_lse: bool = False, damping=None):
     """[B, h, N, D] attention with one pattern per head (already in the patterns' token order)."""
-    results = [_head(q[:, h], k[:, h], v[:, h], p, scale) for h, p in enumerate(patterns)]
+    results = [_head(q[:, h], k[:, h], v[:, h], p, scale, damping) for h, p in enumerate(patterns)]
     out = torch.stack([o for o, _ in results], 1).to(q.dtype)
     return out, (torch.stack([lse for _, lse in results], 1).float() if return_lse else None)
 
@@ -88,6 +91,7 @@ def blockwise_attention(q, k, v, patterns, scale: float, return_lse: bool = Fals
 class BlockwiseBackend:
     name = "blockwise"
     priority = 3  # after masked_sdpa (fused, faster at small sizes), before reference
+    supports_damping = True
 
     def cannot_run(self, call: AttentionCall) -> str | None:
         if not call.dtype.is_floating_point:
@@ -98,7 +102,7 @@ class BlockwiseBackend:
         return None
 
     def run(self, q, k, v, call: AttentionCall, scale: float):
-        return blockwise_attention(q, k, v, call.patterns, scale, call.return_lse)
+        return blockwise_attention(q, k, v, call.patterns, scale, call.return_lse, call.damping)
 
 
 register_backend(BlockwiseBackend())

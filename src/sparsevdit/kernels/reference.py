@@ -24,6 +24,7 @@ def working_set_bytes(call: AttentionCall) -> int:
 class ReferenceBackend:
     name = "reference"
     priority = 0
+    supports_damping = True
 
     def cannot_run(self, call: AttentionCall) -> str | None:
         elements = call.batch * call.heads * call.num_tokens**2
@@ -42,6 +43,10 @@ class ReferenceBackend:
     def run(self, q, k, v, call: AttentionCall, scale: float):
         mask = torch.stack([p.token_mask() for p in call.patterns]).to(q.device)  # [h, N, N]
         scores = torch.matmul(q.float(), k.float().transpose(-1, -2)) * scale
+        if call.damping is not None:  # positions are in the patterns' ordering: their tokens are perm[j]
+            p0 = call.patterns[0]
+            perm = p0.layout.permutation(p0.ordering)
+            scores = call.damping.apply_to_scores(scores, perm, perm, p0.layout)
         scores = scores.masked_fill(~mask, float("-inf"))
         lse = torch.logsumexp(scores, dim=-1)  # -inf on rows that keep no key
         # Only an all-masked row's -inf is replaced: a +inf score makes its row NaN, as softmax does.

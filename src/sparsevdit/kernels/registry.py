@@ -12,6 +12,7 @@ from typing import Protocol
 import torch
 
 from ..patterns import BlockPattern
+from .damping import LogitDamping  # noqa: F401  (the AttentionCall field's type)
 
 
 # Temporary memory ``auto`` may give one call on a CPU (beyond q, k, v and the output): backends whose
@@ -32,6 +33,7 @@ class AttentionCall:
     patterns: tuple[BlockPattern, ...]  # one per head of the group, all in one ordering and block size
     return_lse: bool
     requires_grad: bool = False  # autograd will differentiate through this call
+    damping: "LogitDamping | None" = None  # distance-keyed logit damping (UltraViCo); backends say supports_damping
 
 
 class Backend(Protocol):
@@ -87,17 +89,23 @@ def get_backend(name: str) -> Backend:
     return _BACKENDS[name]
 
 
+def _cannot_run(backend: Backend, call: AttentionCall) -> str | None:
+    if call.damping is not None and not getattr(backend, "supports_damping", False):
+        return "does not apply logit damping (UltraViCo): reference, blockwise and triton do"
+    return backend.cannot_run(call)
+
+
 def select_backend(name: str, call: AttentionCall) -> Backend:
     if name != "auto":
         backend = get_backend(name)
-        reason = backend.cannot_run(call)
+        reason = _cannot_run(backend, call)
         if reason:
             raise BackendError(f"backend {name!r} cannot run this input: {reason}")
         return backend
     reasons = []
     for bname in available_backends():
         backend = _BACKENDS[bname]
-        reason = backend.cannot_run(call) or backend.prefer_not(call)
+        reason = _cannot_run(backend, call) or backend.prefer_not(call)
         if reason is None:
             return backend
         reasons.append(f"  {bname}: {reason}")

@@ -30,6 +30,7 @@ gluon_head_dims = (128,)
 class TritonBackend:
     name = "triton"
     priority = 20  # tried before flex by auto
+    supports_damping = True  # the tl kernel's distance transform, on frame-major head groups
 
     def cannot_run(self, call: AttentionCall) -> str | None:
         if not ts.HAS_TRITON:
@@ -40,6 +41,9 @@ class TritonBackend:
         reason = forward_kernel_reasons(call, "Triton")
         if reason:
             return reason
+        if call.damping is not None and call.patterns[0].ordering != "frame_major":
+            return (f"logit damping on a {call.patterns[0].ordering} head group: the kernel measures token "
+                    "distance in the group's own order, which is the model's only for frame-major groups")
         bs = call.patterns[0].block_size
         if bs not in ts.SUPPORTED_BLOCK_SIZES:
             return (f"block_size {bs} is not 64 or 128: the query tile must equal the block (or half of it) "
@@ -55,14 +59,25 @@ class TritonBackend:
 
     def run(self, q, k, v, call: AttentionCall, scale: float):
         index = ts.block_index_for(call.patterns, q.device)
+        if call.damping is not None:
+            return ts.block_sparse_attention(q, k, v, index, scale, return_lse=call.return_lse, **_damping_args(call))
         return kernel_for(q, k, v, index)(q, k, v, index, scale, return_lse=call.return_lse)
 
     def run_into(self, q, k, v, call: AttentionCall, scale: float, *, heads, perm, out, lse) -> None:
         """The group ``heads`` of the full [B, H, N, D] q/k/v (any strides), written into out/lse in place;
         ``perm``: the group's token reordering (position j is token perm[j]) or None."""
         index = ts.block_index_for(call.patterns, q.device)
+        if call.damping is not None:  # the tl kernel: the Gluon kernel has no distance transform
+            ts.block_sparse_attention(q, k, v, index, scale, return_lse=call.return_lse, heads=heads, perm=perm,
+                                      out=out, lse=lse, **_damping_args(call))
+            return
         kernel_for(q, k, v, index)(q, k, v, index, scale, return_lse=call.return_lse, heads=heads, perm=perm,
                                    out=out, lse=lse)
+
+
+def _damping_args(call: AttentionCall) -> dict:
+    d = call.damping
+    return {"distance_window": d.window, "alpha": d.alpha, "damp_range": d.token_range(call.patterns[0].layout)}
 
 
 def _gluon_suits(device, head_dim: int, block_size: int, mean_list_length: float) -> bool:

@@ -89,7 +89,7 @@ def hopper_features(device: torch.device) -> bool:
 # kernel
 # ----------------------------------------------------------------------------------------------
 @_kernel_fn
-def _tile_step(acc, l_i, m_i, q, k, v, offs_m, start_n, N, qk_scale, window, alpha,
+def _tile_step(acc, l_i, m_i, q, k, v, offs_m, start_n, N, qk_scale, window, alpha, d_lo, d_hi, bar_hi,
                BLOCK_N: tl.constexpr, MASK_N: tl.constexpr, USE_DIST: tl.constexpr, DOT_F32: tl.constexpr,
                LAZY_RESCALE: tl.constexpr = False):
     if DOT_F32:  # interpreter: its dot multiplies bf16 as raw uint16 bits, so upcast first
@@ -99,9 +99,14 @@ def _tile_step(acc, l_i, m_i, q, k, v, offs_m, start_n, N, qk_scale, window, alp
     if USE_DIST or MASK_N:
         offs_n = start_n + tl.arange(0, BLOCK_N)
     if USE_DIST:
+        # only pairs of tokens in [d_lo, d_hi) (the video) are far or near; rows below bar_hi are barred
+        # from far keys (-inf), the others have far positive logits scaled by alpha
         dist = offs_m[:, None] - offs_n[None, :]
-        far = (dist > window) | (dist < -window)
+        inside = ((offs_m[:, None] >= d_lo) & (offs_m[:, None] < d_hi)
+                  & (offs_n[None, :] >= d_lo) & (offs_n[None, :] < d_hi))
+        far = ((dist > window) | (dist < -window)) & inside
         qk = tl.where(far & (qk > 0), qk * alpha, qk)
+        qk = tl.where(far & (offs_m[:, None] < bar_hi), float("-inf"), qk)
     if MASK_N:
         qk = tl.where(offs_n[None, :] < N, qk, float("-inf"))
     m_ij = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
@@ -115,11 +120,17 @@ def _tile_step(acc, l_i, m_i, q, k, v, offs_m, start_n, N, qk_scale, window, alp
             acc = acc * corr[:, None]
             m_i = m_ij
         m_ij = m_i
-        p = tl.math.exp2(qk * qk_scale - m_ij[:, None])
+        m_sub = m_ij
+        if USE_DIST:  # a row barred from every key so far: subtract 0, not -inf (-inf - -inf is NaN)
+            m_sub = tl.where(m_ij == float("-inf"), 0.0, m_ij)
+        p = tl.math.exp2(qk * qk_scale - m_sub[:, None])
         l_i = l_i + tl.sum(p, 1)
     else:
-        p = tl.math.exp2(qk * qk_scale - m_ij[:, None])
-        corr = tl.math.exp2(m_i - m_ij)
+        m_sub = m_ij
+        if USE_DIST:  # as above
+            m_sub = tl.where(m_ij == float("-inf"), 0.0, m_ij)
+        p = tl.math.exp2(qk * qk_scale - m_sub[:, None])
+        corr = tl.math.exp2(m_i - m_sub)
         l_i = l_i * corr + tl.sum(p, 1)
         acc = acc * corr[:, None]
     if DOT_F32:
@@ -130,7 +141,7 @@ def _tile_step(acc, l_i, m_i, q, k, v, offs_m, start_n, N, qk_scale, window, alp
 
 @_kernel_fn
 def _key_loop(acc, l_i, m_i, q, K, desc_k, desc_v, V, k_base, v_base, stride_kn, stride_vn, b, hk,
-              idx_ptr, lo, hi, offs_m, N, qk_scale, window, alpha,
+              idx_ptr, lo, hi, offs_m, N, qk_scale, window, alpha, d_lo, d_hi, bar_hi,
               HEAD_DIM: tl.constexpr, BLOCK: tl.constexpr, BLOCK_N: tl.constexpr,
               MASK_N: tl.constexpr, USE_DIST: tl.constexpr, USE_DESC: tl.constexpr,
               WARP_SPEC: tl.constexpr, DOT_F32: tl.constexpr, HOST_DESC: tl.constexpr = True,
@@ -160,7 +171,7 @@ def _key_loop(acc, l_i, m_i, q, K, desc_k, desc_v, V, k_base, v_base, stride_kn,
             else:
                 k = tl.load(k_ptrs)
                 v = tl.load(v_ptrs)
-        acc, l_i, m_i = _tile_step(acc, l_i, m_i, q, k, v, offs_m, start_n, N, qk_scale, window, alpha,
+        acc, l_i, m_i = _tile_step(acc, l_i, m_i, q, k, v, offs_m, start_n, N, qk_scale, window, alpha, d_lo, d_hi, bar_hi,
                                    BLOCK_N, MASK_N, USE_DIST, DOT_F32, LAZY_RESCALE)
     return acc, l_i, m_i
 
@@ -184,7 +195,7 @@ def _attend_tile(
     Q, K, V, O, Qd, Kd, Vd, Od, LSE, KV_IDX, SCHED, HMAP_QO, HMAP_KV, PERM,
     stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_kn,
     stride_vb, stride_vh, stride_vn, stride_ob, stride_oh, stride_on,
-    qk_scale, window, alpha,
+    qk_scale, window, alpha, d_lo, d_hi, bar_hi,
     N, NREC, B, NQB, MAXW, H_QO, H_KV,
     HEAD_DIM: tl.constexpr, BLOCK: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -281,7 +292,7 @@ def _attend_tile(
         # fails on a kernel with a second key loop after the specialised one (pointer or TMA loads alike);
         # a persistent program's tile loop fuses with one inner loop only.
         acc, l_i, m_i = _key_loop(acc, l_i, m_i, q, K, desc_k, desc_v, V, k_base, v_base, stride_kn, stride_vn,
-                                  b, hk, idx_ptr, 0, n_iter, offs_m, N, qk_scale, window, alpha,
+                                  b, hk, idx_ptr, 0, n_iter, offs_m, N, qk_scale, window, alpha, d_lo, d_hi, bar_hi,
                                   HEAD_DIM, BLOCK, BLOCK_N, not EVEN_N, USE_DIST, USE_DESC, WS, DOT_F32, HOST_DESC,
                                   LAZY_RESCALE)
     else:
@@ -290,11 +301,11 @@ def _attend_tile(
         # loop here made the whole kernel spill 1.3 KB a thread at 255 registers).
         n_full = n_iter - has_tail.to(tl.int32) * KSUB
         acc, l_i, m_i = _key_loop(acc, l_i, m_i, q, K, desc_k, desc_v, V, k_base, v_base, stride_kn, stride_vn,
-                                  b, hk, idx_ptr, 0, n_full, offs_m, N, qk_scale, window, alpha,
+                                  b, hk, idx_ptr, 0, n_full, offs_m, N, qk_scale, window, alpha, d_lo, d_hi, bar_hi,
                                   HEAD_DIM, BLOCK, BLOCK_N, False, USE_DIST, USE_DESC, WS, DOT_F32, HOST_DESC,
                                   LAZY_RESCALE)
         acc, l_i, m_i = _key_loop(acc, l_i, m_i, q, K, desc_k, desc_v, V, k_base, v_base, stride_kn, stride_vn,
-                                  b, hk, idx_ptr, n_full, n_iter, offs_m, N, qk_scale, window, alpha,
+                                  b, hk, idx_ptr, n_full, n_iter, offs_m, N, qk_scale, window, alpha, d_lo, d_hi, bar_hi,
                                   HEAD_DIM, BLOCK, BLOCK_N, True, USE_DIST, USE_DESC, False, DOT_F32, HOST_DESC,
                                   LAZY_RESCALE)
 
@@ -339,7 +350,7 @@ def _block_sparse_fwd(
     Q, K, V, O, Qd, Kd, Vd, Od, LSE, KV_IDX, SCHED, HMAP_QO, HMAP_KV, PERM,
     stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_kn,
     stride_vb, stride_vh, stride_vn, stride_ob, stride_oh, stride_on,
-    qk_scale, window, alpha,
+    qk_scale, window, alpha, d_lo, d_hi, bar_hi,
     N, NREC, B, NQB, MAXW, H_QO, H_KV,
     HEAD_DIM: tl.constexpr, BLOCK: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -358,14 +369,14 @@ def _block_sparse_fwd(
             _attend_tile(t, Q, K, V, O, Qd, Kd, Vd, Od, LSE, KV_IDX, SCHED, HMAP_QO, HMAP_KV, PERM,
                 stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_kn,
                 stride_vb, stride_vh, stride_vn, stride_ob, stride_oh, stride_on,
-                qk_scale, window, alpha, N, NREC, B, NQB, MAXW, H_QO, H_KV,
+                qk_scale, window, alpha, d_lo, d_hi, bar_hi, N, NREC, B, NQB, MAXW, H_QO, H_KV,
                 HEAD_DIM, BLOCK, BLOCK_M, BLOCK_N, EVEN_N, USE_DIST, STORE_LSE, USE_DESC, WARP_SPEC,
                 HOST_DESC, DOT_F32, PERMUTED, ONE_LOOP, HEAD_MAP, PERSISTENT, CHUNKED, LAZY_RESCALE)
     else:
         _attend_tile(tl.program_id(0), Q, K, V, O, Qd, Kd, Vd, Od, LSE, KV_IDX, SCHED, HMAP_QO, HMAP_KV, PERM,
                 stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_kn,
                 stride_vb, stride_vh, stride_vn, stride_ob, stride_oh, stride_on,
-                qk_scale, window, alpha, N, NREC, B, NQB, MAXW, H_QO, H_KV,
+                qk_scale, window, alpha, d_lo, d_hi, bar_hi, N, NREC, B, NQB, MAXW, H_QO, H_KV,
                 HEAD_DIM, BLOCK, BLOCK_M, BLOCK_N, EVEN_N, USE_DIST, STORE_LSE, USE_DESC, WARP_SPEC,
                 HOST_DESC, DOT_F32, PERMUTED, ONE_LOOP, HEAD_MAP, PERSISTENT, CHUNKED, LAZY_RESCALE)
 
@@ -770,6 +781,7 @@ def block_sparse_attention(
     return_lse: bool = False,
     distance_window: int | None = None,
     alpha: float = 1.0,
+    damp_range: tuple[int, int, int] | None = None,
     schedule: str = "head",
     config: KernelConfig | None = None,
     heads: torch.Tensor | None = None,
@@ -790,7 +802,9 @@ def block_sparse_attention(
 
     Returns ``(out, lse or None)``; lse is the natural-log log-sum-exp; rows that keep no key get 0 and
     lse -inf. ``distance_window``/``alpha``: multiply positive logits of pairs with
-    ``|q_idx - k_idx| > distance_window`` (positions in the reordered sequence) by ``alpha`` (off when None).
+    ``|q_idx - k_idx| > distance_window`` (positions in the reordered sequence) by ``alpha`` (off when None);
+    ``damp_range`` = (lo, hi, bar_hi): only pairs of positions in [lo, hi) count, and rows in [lo, bar_hi)
+    get -inf for their far keys instead (UltraViCo's first-frame rule; default: all positions, no bar).
     ``config`` forces one kernel configuration (else autotuned on Hopper, a fixed fallback elsewhere).
     ``kv_chunks``: run the key blocks in that many contiguous ranges, one launch each, merged through the
     lse (so a head's K/V in flight fits in L2 at long sequences); None takes ``SPARSEVDIT_KV_CHUNKS``
@@ -814,6 +828,7 @@ def block_sparse_attention(
     scale = 1.0 / math.sqrt(head_dim) if scale is None else float(scale)
     use_dist = distance_window is not None
     window = int(distance_window) if use_dist else 0
+    d_lo, d_hi, bar_hi = damp_range if damp_range is not None else (0, n, 0)
     bs = index.block_size
     hopper = hopper_features(q.device)
     if kv_chunks is None and os.environ.get(KV_CHUNKS_ENV):
@@ -829,7 +844,7 @@ def block_sparse_attention(
     if chunked and not return_lse:  # the launches merge through the lse: keep it in a scratch buffer
         lse = torch.empty((batch, total_heads, n), dtype=torch.float32, device=q.device)
     common = dict(
-        qk_scale=scale * LOG2E, window=window, alpha=float(alpha),
+        qk_scale=scale * LOG2E, window=window, alpha=float(alpha), d_lo=d_lo, d_hi=d_hi, bar_hi=bar_hi,
         N=n, B=batch, NQB=index.num_q_blocks, MAXW=index.kv_indices.shape[-1],
         H_QO=total_heads, H_KV=k.shape[1],
         HEAD_DIM=head_dim, BLOCK=bs, EVEN_N=(n % bs == 0), USE_DIST=use_dist, STORE_LSE=return_lse or chunked,

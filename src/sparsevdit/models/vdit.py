@@ -113,6 +113,7 @@ class SelfAttention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.patterns = None  # None: dense; else one BlockPattern per head (see sparsevdit.apply)
         self.backend = "auto"
+        self.damping = None  # a kernels.damping.LogitDamping (UltraViCo) for the sparse path, or None
         self.capture = None  # optional callable(q, k, v) for profiling; sees post-RoPE [B, H, N, D]
 
     def forward(self, x, rope, layout: TokenLayout):
@@ -128,7 +129,7 @@ class SelfAttention(nn.Module):
         """The attention itself, dense or sparse: the part ``compile_outside_attention`` leaves eager."""
         if self.patterns is None:
             return F.scaled_dot_product_attention(q, k, v)
-        return sparse_attention(q, k, v, self.patterns, layout=layout, backend=self.backend)
+        return sparse_attention(q, k, v, self.patterns, layout=layout, backend=self.backend, damping=self.damping)
 
 
 class CrossAttention(nn.Module):
@@ -240,6 +241,7 @@ class VideoDiT(nn.Module):
     def clear_patterns(self) -> None:
         for attn in self.attention_modules():
             attn.patterns = None
+            attn.damping = None
 
     def compile_outside_attention(self) -> None:
         """``torch.compile`` every block, its attention call excepted: dense and sparse runs then share the
