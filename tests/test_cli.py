@@ -213,3 +213,15 @@ def test_method_options_are_checked(tmp_path, command):
         text = " ".join(result.output.split())
         for w in words:
             assert w in text, (w, text)
+
+
+def test_generate_takes_ultravico(tmp_path):
+    out = tmp_path / "u.gif"
+    result = runner.invoke(app, ["generate", "--frames", "4", "--height", "16", "--steps", "2", "--prompt", "orbit",
+                                 "--out", str(out), "--device", "cpu", "--ultravico", "2:0.5", "--block-size", "16"],
+                           terminal_width=200)
+    assert result.exit_code == 0, result.output
+    assert out.exists() and "UltraViCo (train_frames 2, alpha 0.5)" in " ".join(result.output.split())
+    for bad in ("x", "0", "4:2"):
+        result = runner.invoke(app, ["generate", "--device", "cpu", "--ultravico", bad], terminal_width=200)
+        assert result.exit_code == 2 and "TRAIN_FRAMES[:ALPHA]" in " ".join(result.output.split()), result.output

@@ -74,7 +74,7 @@ def _bundled_class(prompt: Optional[str]) -> int:
 
 
 def _generate_bundled(plan, *, prompt, frames, height, width, steps, guidance, seed, out, fps, device, dtype, backend,
-                      method=None, block_size=128):
+                      method=None, block_size=128, ultravico=None):
     import torch
 
     from ..integrations import apply
@@ -98,10 +98,12 @@ def _generate_bundled(plan, *, prompt, frames, height, width, steps, guidance, s
     model = load_weights(None, device=device, dtype=dtype)
     if plan is not None:
         # A plan for another model or clip size is refused here, before sampling.
-        apply(model, plan, backend=backend)
+        apply(model, plan, backend=backend, ultravico=ultravico)
         check_layout(plan, model, model.cfg.layout(frames, height, width))
     elif method is not None:
-        apply(model, method=method[0], block_size=block_size, backend=backend, **method[1])
+        apply(model, method=method[0], block_size=block_size, backend=backend, ultravico=ultravico, **method[1])
+    elif ultravico is not None:
+        apply(model, block_size=block_size, backend=backend, ultravico=ultravico)
     sampler = SamplerConfig(steps=steps, guidance=3.0 if guidance is None else guidance)
     t0 = time.perf_counter()
     video = sample(model, torch.tensor([cls], device=device), frames=frames, height=height, width=width,
@@ -161,7 +163,7 @@ def _pixel_defaults(pipe, layout) -> dict:
 
 
 def _generate_diffusers(plan, *, name, prompt, negative_prompt, frames, height, width, steps, guidance, seed, out, fps,
-                        device, dtype, backend, method=None, block_size=128):
+                        device, dtype, backend, method=None, block_size=128, ultravico=None):
     import torch
 
     from ..plan import PlanError
@@ -174,7 +176,7 @@ def _generate_diffusers(plan, *, name, prompt, negative_prompt, frames, height, 
         from ..integrations import apply
 
         try:
-            apply(pipe, plan, backend=backend)
+            apply(pipe, plan, backend=backend, ultravico=ultravico)
         except (PlanError, TypeError) as exc:
             _fail(str(exc))
         kwargs.update(_pixel_defaults(pipe, plan.layout))
@@ -184,9 +186,13 @@ def _generate_diffusers(plan, *, name, prompt, negative_prompt, frames, height, 
         from ..integrations import apply
 
         try:
-            apply(pipe, method=method[0], block_size=block_size, backend=backend, **method[1])
+            apply(pipe, method=method[0], block_size=block_size, backend=backend, ultravico=ultravico, **method[1])
         except (PlanError, TypeError) as exc:
             _fail(str(exc))
+    elif ultravico is not None:
+        from ..integrations import apply
+
+        apply(pipe, block_size=block_size, backend=backend, ultravico=ultravico)
     given = {"num_frames": frames, "height": height, "width": width, "num_inference_steps": steps,
              "guidance_scale": guidance, "negative_prompt": negative_prompt}
     kwargs.update({k: v for k, v in given.items() if v is not None})
@@ -205,6 +211,20 @@ def _generate_diffusers(plan, *, name, prompt, negative_prompt, frames, height, 
     video = result.frames[0] if hasattr(result, "frames") else result[0][0]
     write_video(_to_uint8(video), out, fps=fps or 16)
     return seconds, f"{type(pipe).__name__} from {name}, {', '.join(f'{k}={v}' for k, v in kwargs.items())}"
+
+
+def _ultravico(text: Optional[str]):
+    """``--ultravico TRAIN_FRAMES[:ALPHA]`` as a methods.UltraViCo (None without the option)."""
+    if text is None:
+        return None
+    from ..methods import MethodError, UltraViCo
+    from .common import bad
+
+    frames, _, alpha = text.partition(":")
+    try:
+        return UltraViCo(int(frames), float(alpha) if alpha else 0.9)
+    except (ValueError, MethodError) as exc:
+        bad("--ultravico", text, f"TRAIN_FRAMES[:ALPHA], an integer >= 1 and a number in [0, 1] ({exc})")
 
 
 def register(app: typer.Typer) -> None:
@@ -230,19 +250,24 @@ def generate(
     method: Optional[str] = typer.Option(None, "--method", help="instead of a plan: a training-free method on every head (`sparsevdit methods`), e.g. radial"),
     param: List[str] = typer.Option([], "--param", "-p", help="a --method parameter key=value (JSON value), repeatable, e.g. -p dense_steps=12"),
     block_size: int = typer.Option(128, "--block-size", callback=at_least(1), help="attention block size of a --method's masks"),
+    ultravico: Optional[str] = typer.Option(None, "--ultravico", help="UltraViCo for videos longer than training: TRAIN_FRAMES[:ALPHA] (latent frames the model was trained on; alpha default 0.9), on top of --plan / --method or of dense attention"),
 ) -> None:
     """Generate one video with a sparsity plan or a method applied (the bundled model or a diffusers pipeline)."""
     dev = resolve_device(device)
     torch_dtype = _dtype(dtype, dev)
     chosen = method_choice(method, param, plan)
+    damping = _ultravico(ultravico)
     sparsity = load_plan(plan)
     common = dict(prompt=prompt, frames=frames, height=height, width=width, steps=steps, guidance=guidance, seed=seed,
-                  out=out, fps=fps, device=dev, dtype=torch_dtype, backend=backend, method=chosen, block_size=block_size)
+                  out=out, fps=fps, device=dev, dtype=torch_dtype, backend=backend, method=chosen, block_size=block_size,
+                  ultravico=damping)
     if model == "bundled":
         seconds, what = _generate_bundled(sparsity, **common)
     else:
         seconds, what = _generate_diffusers(sparsity, name=model, negative_prompt=negative_prompt, **common)
     attention = (f"method {chosen[0]} {chosen[1] or ''}".strip() if chosen else
                  "dense attention" if sparsity is None else f"plan {plan}")
+    if damping is not None:
+        attention += f", UltraViCo (train_frames {damping.train_frames}, alpha {damping.alpha})"
     console.print(f"{what}; {attention}; {seconds:.1f} s")
     console.print(f"wrote {out}")
