@@ -481,19 +481,24 @@ def run(settings: Settings, log=_log, on_model=None) -> dict:
                      **({"profile": profiles[-1]} if settings.profile else {})})
         log(f"  dense ({sdpa} SDPA)        {dense_ms:10.1f} ms")
 
+        def timed_sparse(install):
+            """``install()`` sparse attention, time the rows' forwards, remove it: out, times, head-calls per
+            backend, peak memory, median ms and the backends used (most head-calls first)."""
+            install()
+            try:
+                out, times, heads, peak = measure()
+            finally:
+                sparsevdit.remove(model)
+            used = "+".join(sorted(heads, key=lambda b: -heads[b])) if heads else "?"
+            return out, times, heads, peak, statistics.median(times), used
+
         cases = ([1.0] if settings.dense_plan else []) + targets
         for target in cases:
             t1 = time.perf_counter()
             plan = mixed_plan(sig, layout, target, block_size=spec.block_size)
             density = plan_density(plan)
             plan_s = time.perf_counter() - t1
-            sparsevdit.apply(model, plan, backend=settings.backend)
-            try:
-                out, times, heads, peak = measure()
-            finally:
-                sparsevdit.remove(model)
-            ms = statistics.median(times)
-            used = "+".join(sorted(heads, key=lambda b: -heads[b])) if heads else "?"
+            out, times, heads, peak, ms, used = timed_sparse(lambda: sparsevdit.apply(model, plan, backend=settings.backend))
             label = "plan dense" if target >= 1 else f"plan {target:.0%}"
             rows.append({**base, "row": label, "plan": plan.metadata, "target_density": target, "density": density,
                          "backend": used, "backend_heads": heads, "ms": ms, "ms_all": times, "speedup": dense_ms / ms,
@@ -508,13 +513,8 @@ def run(settings: Settings, log=_log, on_model=None) -> dict:
             plan = MethodPlans(sig, method, params, block_size=spec.block_size).for_layout(layout)
             density = plan_density(plan)
             plan_s = time.perf_counter() - t1
-            sparsevdit.apply(model, method=method, block_size=spec.block_size, backend=settings.backend, **params)
-            try:
-                out, times, heads, peak = measure()
-            finally:
-                sparsevdit.remove(model)
-            ms = statistics.median(times)
-            used = "+".join(sorted(heads, key=lambda b: -heads[b])) if heads else "?"
+            out, times, heads, peak, ms, used = timed_sparse(lambda: sparsevdit.apply(
+                model, method=method, block_size=spec.block_size, backend=settings.backend, **params))
             rows.append({**base, "row": f"method {method}", "plan": {"method": method, "params": params},
                          "target_density": None, "density": density, "backend": used, "backend_heads": heads, "ms": ms,
                          "ms_all": times, "speedup": dense_ms / ms, "rel_diff_vs_dense": _rel_diff(out, dense_out),

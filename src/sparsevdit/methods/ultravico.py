@@ -14,7 +14,6 @@ every resolution.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,11 +36,10 @@ class UltraViCo:
     def __post_init__(self) -> None:
         if isinstance(self.train_frames, bool) or not isinstance(self.train_frames, int) or self.train_frames < 1:
             raise MethodError(f"ultravico: train_frames must be an integer >= 1, got {self.train_frames!r}")
-        ok = isinstance(self.alpha, (int, float)) and not isinstance(self.alpha, bool) and math.isfinite(self.alpha)
-        if not ok or not 0 <= self.alpha <= 1:
-            raise MethodError(f"ultravico: alpha must be a number in [0, 1], got {self.alpha!r}")
-        if not isinstance(self.bar_first_frame, bool):
-            raise MethodError(f"ultravico: bar_first_frame must be True or False, got {self.bar_first_frame!r}")
+        try:  # alpha and bar_first_frame mean what they mean for the damping itself
+            LogitDamping(0, self.alpha, self.bar_first_frame)
+        except ValueError as exc:
+            raise MethodError(f"ultravico: {str(exc).removeprefix('logit damping: ')}") from None
 
     @classmethod
     def of(cls, value: "UltraViCo | dict[str, Any] | None") -> "UltraViCo | None":
