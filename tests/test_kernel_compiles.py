@@ -64,3 +64,9 @@ def test_register_cap_and_lazy_rescale_compile():
     assert "error" not in capped and "error" not in lazy, (capped, lazy)
     if "registers" in capped:
         assert capped["registers"] <= 168, capped
+
+
+def test_distance_transform_compiles_for_every_autotuned_config():
+    # UltraViCo's damping (USE_DIST) on sm_90: it was changed without a GPU to run it on (2026-12-03)
+    rows = compile_rows([c.label() for c in ts.HOPPER_CONFIGS[128]], 128, "dist")
+    assert rows and all("error" not in r and r["wgmma"] > 0 and r["use_dist"] for r in rows), rows

@@ -33,28 +33,28 @@ def signature(cfg: ts.KernelConfig, head_dim: int, dtype: str = "bf16") -> dict[
     for t in "qkvo":
         for s in "bhn":
             sig[f"stride_{t}{s}"] = "i32"
-    sig |= {"qk_scale": "fp32", "window": "i32", "alpha": "fp32"}
+    sig |= {"qk_scale": "fp32", "window": "i32", "alpha": "fp32", "d_lo": "i32", "d_hi": "i32", "bar_hi": "i32"}
     for name in ("N", "NREC", "B", "NQB", "MAXW", "H_QO", "H_KV"):
         sig[name] = "i32"
     return sig
 
 
 def compile_config(cfg: ts.KernelConfig, head_dim: int, even_n: bool = False, store_lse: bool = False,
-                   permuted: bool = False, chunked: bool = False) -> dict:
+                   permuted: bool = False, chunked: bool = False, use_dist: bool = False) -> dict:
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
     ts._load_triton()
     constexprs = dict(HEAD_DIM=head_dim, BLOCK=128, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, EVEN_N=even_n,
-                      USE_DIST=False, STORE_LSE=store_lse, USE_DESC=True, WARP_SPEC=cfg.warp_spec,
+                      USE_DIST=use_dist, STORE_LSE=store_lse, USE_DESC=True, WARP_SPEC=cfg.warp_spec,
                       HOST_DESC=cfg.host_desc, DOT_F32=False, PERMUTED=permuted, ONE_LOOP=cfg.one_loop,
                       HEAD_MAP=permuted, PERSISTENT=cfg.persistent, CHUNKED=chunked,
                       LAZY_RESCALE=cfg.lazy_rescale)
     sig = signature(cfg, head_dim) | {k: "constexpr" for k in constexprs}
     src = ASTSource(ts._block_sparse_fwd, sig, constexprs=constexprs)
     row = {"config": cfg.label(), "head_dim": head_dim, "even_n": even_n, "store_lse": store_lse, "permuted": permuted,
-           "chunked": chunked}
+           "chunked": chunked, "use_dist": use_dist}
     try:
         kernel = triton.compile(src, target=GPUTarget("cuda", 90, 128),
                                 options={"num_warps": cfg.num_warps, "num_stages": cfg.num_stages,
@@ -88,14 +88,14 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--configs", default="M128N64w4s2,M128N64w4s2-ws,M128N128w4s2-ws,M128N128w8s3")
     ap.add_argument("--head-dims", default="128")
-    ap.add_argument("--variants", default="tail,even", help="tail (N not a block multiple), even, lse, perm, chunked (key-chunk merge epilogue)")
+    ap.add_argument("--variants", default="tail,even", help="tail (N not a block multiple), even, lse, perm, chunked (key-chunk merge epilogue), dist (the distance transform: UltraViCo)")
     args = ap.parse_args(argv)
     for d in (int(x) for x in args.head_dims.split(",")):
         for label in args.configs.split(","):
             for variant in args.variants.split(","):
                 row = compile_config(parse_config(label), d, even_n=variant == "even",
                                      store_lse=variant in ("lse", "chunked"), permuted=variant == "perm",
-                                     chunked=variant == "chunked")
+                                     chunked=variant == "chunked", use_dist=variant == "dist")
                 row["variant"] = variant
                 print(json.dumps(row), flush=True)
     return 0
