@@ -21,6 +21,7 @@ METHODS = list_methods()
 SPARSE = {
     "radial": {},  # 4 frames of 64 tokens: frame pairs 2-3 apart are thinned away (frame 0 stays a sink)
     "sliding_tile": {"tile": [1, 4, 4], "window": [3, 1, 1]},
+    "topk": {"tau": 0.5},  # dynamic: the fewest pooled key blocks holding half the softmax mass
 }
 TEXT = VDiTConfig(dim=64, depth=2, heads=2, num_classes=len(CLASSES), frames=4, height=32, width=32,
                   text_in_attention=True)
@@ -79,11 +80,10 @@ def _clean(request):
 @pytest.mark.parametrize("method", METHODS)
 def test_method_backends_equal_reference_and_remove_restores(subject, method):
     params = SPARSE.get(method, {})
-    masks = SparsityPlan.for_method(sv.integrations.model_signature(subject.model) if subject.name == "bundled"
-                                    else _diffusers_signature(subject.model), subject.layout, method, params,
-                                    block_size=BS)
-    sparse = any(p is not None and not bool(p.token_mask().all())
-                 for layer in range(masks.model.num_layers) for p in (masks.patterns_for(layer, 0) or [None]))
+    if get_method(method).is_dynamic():  # masks from the run's q and k: identical on every backend
+        sparse = True
+    else:
+        sparse = _static_is_sparse(subject, method, params)
     outs = {}
     for backend in ("reference", "auto", "blockwise"):
         assert sv.apply(subject.model, method=method, block_size=BS, backend=backend, **params) is subject.model
@@ -96,10 +96,59 @@ def test_method_backends_equal_reference_and_remove_restores(subject, method):
     assert torch.equal(subject.run(), subject.dense)
 
 
+def _static_is_sparse(subject, method, params):
+    masks = SparsityPlan.for_method(sv.integrations.model_signature(subject.model) if subject.name == "bundled"
+                                    else _diffusers_signature(subject.model), subject.layout, method, params,
+                                    block_size=BS)
+    return any(p is not None and not bool(p.token_mask().all())
+               for layer in range(masks.model.num_layers) for p in (masks.patterns_for(layer, 0) or [None]))
+
+
 @pytest.mark.parametrize("method", METHODS)
 def test_full_density_params_reproduce_the_model(subject, method):
     sv.apply(subject.model, method=method, block_size=BS, **get_method(method).full_params(subject.layout))
     torch.testing.assert_close(subject.run(), subject.dense, atol=2e-5, rtol=2e-5)
+
+
+@pytest.mark.parametrize("reuse_every", [1, 2])
+def test_a_dynamic_method_selects_once_per_layer_and_step_and_replays_through_reference(reuse_every):
+    """Record every selection the run makes; the same patterns replayed through the reference backend
+    as a static plan give the same video, and each selection equals select() on that call's q and k."""
+    from sparsevdit.methods.topk import TopKParams, select
+
+    s = Bundled()
+    calls = []  # (layer, step, q, k)
+    for layer, attn in enumerate(s.model.attention_modules()):
+        attn.capture = (lambda layer: lambda q, k, v: calls.append((layer, q.clone(), k.clone())))(layer)
+    sv.apply(s.model, method="topk", block_size=BS, backend="blockwise", tau=0.5, reuse_every=reuse_every)
+    dyn = s.model._sparsevdit_plan_state.methods.dynamic
+    chosen = {}
+    original = dyn.patterns_for
+
+    def recording(layer, step, q, k, layout):
+        pats = original(layer, step, q, k, layout)
+        chosen[(layer, step)] = pats
+        return pats
+
+    dyn.patterns_for = recording
+    video = s.run()  # 3 steps, 2 layers
+    assert dyn.selections == 2 * len(range(0, 3, reuse_every))
+    sv.remove(s.model)
+    # replay: the recorded patterns set step by step, through the reference backend
+    steps = {}
+    for (layer, step), pats in chosen.items():
+        steps.setdefault(step, []).append((layer, pats))
+    def per_step(step):
+        return [dict(steps[step])[layer] for layer in range(2)]
+
+    replay = sample(s.model, torch.tensor([0, 1]), frames=4, height=32, width=32, seeds=[1, 2],
+                    sampler=SamplerConfig(steps=3), on_step=lambda i: s.model.set_patterns(per_step(i), backend="reference"))
+    torch.testing.assert_close(replay, video, atol=1e-4, rtol=1e-4)
+    # the first selection of layer 0 is the rule on the q and k that call saw
+    counts, indices = select(calls[0][1], calls[0][2], s.layout, BS, TopKParams(tau=0.5))
+    first = chosen[(0, 0)]
+    for h, p in enumerate(first):
+        assert torch.equal(p.kv_counts.int(), counts[h].cpu().int())
 
 
 def test_dense_steps_run_the_models_own_attention_first(subject):
@@ -201,3 +250,11 @@ def test_ultravico_with_padded_text_keys_is_refused():
             case.run()
     finally:
         sv.remove(case.model)
+
+
+def test_a_dynamic_method_cannot_be_a_plan_head():
+    from sparsevdit.plan import HeadSpec, LayerEntry
+
+    s = Bundled()
+    with pytest.raises(PlanError, match="a static method: a dynamic one"):
+        SparsityPlan(_signature(s), s.layout, BS, [LayerEntry(0, (HeadSpec.of_method("topk"),) * 2)])

@@ -31,7 +31,8 @@ LAYOUTS = [
     (TokenLayout(5, 3, 5, text_tokens=7, text_position="suffix"), 16),
     (TokenLayout(2, 8, 8), 128),  # one partial block
 ]
-METHODS = list_methods()
+METHODS = list_methods("static")  # masks from the layout; the dynamic ones have their own contract below
+DYNAMIC = list_methods("dynamic")
 
 
 def _pattern(name, layout, block_size, params=None, **where) -> BlockPattern:
@@ -62,7 +63,7 @@ def test_dense_steps_and_layers(name):
     assert sparse == build_for(name, layout, block_size, {}, layer=2, head=0, step=2)
 
 
-@pytest.mark.parametrize("name", METHODS)
+@pytest.mark.parametrize("name", METHODS + DYNAMIC)
 def test_unknown_params_name_the_allowed_ones(name):
     with pytest.raises(MethodError) as info:
         parse_params(name, {"no_such_param": 1})
@@ -72,7 +73,7 @@ def test_unknown_params_name_the_allowed_ones(name):
         assert allowed in message
 
 
-@pytest.mark.parametrize("name", METHODS)
+@pytest.mark.parametrize("name", METHODS + DYNAMIC)
 def test_params_are_frozen_and_round_trip(name):
     p = parse_params(name, {})
     assert dataclasses.is_dataclass(p) and isinstance(p, MethodParams)
@@ -142,3 +143,28 @@ def test_full_params_keep_every_pair(name, layout, block_size):
     for where in ({"layer": 0, "head": 0, "step": 0}, {"layer": 3, "head": 1, "step": 7}):
         p = build_for(name, layout, block_size, full, **where)
         assert p is None or bool(p.token_mask().all()), p
+
+
+@pytest.mark.parametrize("name", DYNAMIC)
+@pytest.mark.parametrize("layout,block_size", LAYOUTS)
+def test_a_dynamic_method_selects_kernel_ready_index_data_on_the_inputs_device(name, layout, block_size):
+    from sparsevdit.methods.dynamic import DynamicPatterns, patterns_from_index
+
+    cls = get_method(name)
+    g = torch.Generator().manual_seed(0)
+    q, k = (torch.randn(2, 3, layout.num_tokens, 8, generator=g) for _ in range(2))
+    for params in ({}, cls.full_params(layout)):
+        counts, indices = cls.select(q, k, layout, block_size, parse_params(name, params))
+        nb = patterns.num_blocks(layout.num_tokens, block_size)
+        assert counts.dtype == indices.dtype == torch.int32 and counts.shape == (3, nb) and indices.shape == (3, nb, nb)
+        assert counts.device == q.device and bool((counts >= 1).all())
+        listed = torch.arange(nb)[None, None, :] < counts[..., None]
+        assert bool((indices[~listed] == -1).all()) and bool((indices[listed] >= 0).all())
+        assert all(bool((row[: int(c)].diff() > 0).all()) for hc, hi in zip(counts, indices) for c, row in zip(hc, hi))
+    full = patterns_from_index(counts, indices, layout, block_size)  # the full_params selection
+    assert all(p.is_dense for p in full)
+    with pytest.raises(MethodError, match="is dynamic"):
+        build_for(name, layout, block_size, layer=0, head=0, step=0)
+    dyn = DynamicPatterns(name, {"dense_steps": 2, "dense_layers": [1]}, block_size)
+    assert dyn.patterns_for(0, 1, q, k, layout) is None and dyn.patterns_for(1, 5, q, k, layout) is None
+    assert dyn.patterns_for(0, 2, q, k, layout) is not None and dyn.selections == 1

@@ -401,10 +401,13 @@ def test_fidelity_methods_rows_equal_sampling_with_the_method_applied(model, tmp
     from sparsevdit.metrics import video_psnr_ssim
 
     entry = {"method": "sliding_tile", "params": {"tile": [1, 4, 4], "window": [3, 1, 1]}, "dense_fraction": 0.5}
-    grid = {"uniform_densities": (), "svg": (), "sparse_vdit": (), "budget_sensitivity": (), "budget": (), "methods": (entry,)}
+    dynamic = {"method": "topk", "params": {"tau": 0.5}}
+    grid = {"uniform_densities": (), "svg": (), "sparse_vdit": (), "budget_sensitivity": (), "budget": (),
+            "methods": (entry, dynamic)}
     res = run_fidelity(model, out=None, plot=tmp_path / "f.png", frames=4, height=32, width=32, steps=2, block_size=16,
-                       calib_seeds=(5,), eval_seeds=(6,), grid=grid)
-    (row,) = res["rows"]
+                       calib_seeds=(5,), eval_seeds=(6,), grid=grid, measure_time=True)
+    row, topk = res["rows"]
+    assert topk["method"] == "topk" and 0 < topk["density"] < 1 and topk["selections"] == 2 * 2 * model.cfg.depth
     assert row["method"] == "sliding_tile" and row["params"]["dense_steps"] == 1 and 0 < row["density"] < 1
     # the same videos by hand: the held-out seed dense, and sparse with the method applied
     evalc = CalibrationConfig(seeds=(6,), classes=((6 * 4 + 1) % model.cfg.num_classes,), frames=4, height=32, width=32,
@@ -416,6 +419,12 @@ def test_fidelity_methods_rows_equal_sampling_with_the_method_applied(model, tmp
     finally:
         remove(model)
     assert row["psnr"] == pytest.approx(video_psnr_ssim(sparse, dense)["psnr"], abs=1e-3)
+    apply(model, method="topk", block_size=16, tau=0.5)
+    try:
+        sparse = sample_video(model, evalc)
+    finally:
+        remove(model)
+    assert topk["psnr"] == pytest.approx(video_psnr_ssim(sparse, dense)["psnr"], abs=1e-3)
 
 
 def test_fidelity_grid_runs_step_sensitivity_and_saves_plans(model, tmp_path):

@@ -406,6 +406,25 @@ class DensePlans(MethodPlans):
         return SparsityPlan.uniform(self.model, layout, "dense", block_size=self.block_size)
 
 
+class DynamicPlans(DensePlans):
+    """A dynamic method (``methods.dynamic``) applied to a model: its masks are selected inside each
+    attention call from the layer's q and k (``.dynamic``), so the plan of a layout has no entries (it
+    only carries the layout the forwards are checked against)."""
+
+    def __init__(self, model: ModelSignature, method: str, params: dict | None = None, *, block_size: int = 128):
+        from .methods.dynamic import DynamicPatterns
+
+        if not _is_int(block_size) or not 1 <= block_size <= MAX_BLOCK_SIZE:
+            raise method_registry.MethodError(f"method {method!r}: block_size must be an integer in 1..{MAX_BLOCK_SIZE}, "
+                                              f"got {block_size!r}")
+        self.dynamic = DynamicPatterns(method, params, block_size)  # MethodError for a bad method or parameter
+        self.model, self.method, self.params, self.block_size = model, method, copy.deepcopy(dict(params or {})), block_size
+        self._plans = {}
+
+    def _build(self, layout: TokenLayout) -> SparsityPlan:
+        return SparsityPlan(self.model, layout, self.block_size, [], {"method": self.method, "params": self.params})
+
+
 def _model(data: dict) -> ModelSignature:
     expected = "an object with " + ", ".join(MODEL_FIELDS)
     m = _require(data, "model", "", expected)
@@ -502,6 +521,9 @@ def _method_head(head: dict, at: str, layout: TokenLayout, block_size: int, buil
         raise PlanError(f"{at}.params", params, f"an object of {name!r}'s parameters")
     _json_data(params, f"{at}.params")
     cls = method_registry.get_method(name)
+    if cls.is_dynamic():
+        raise PlanError(f"{at}.method", name, "a static method: a dynamic one selects its masks from the model's q and "
+                        "k while it runs, so it is applied with sparsevdit.apply(model, method=...), not named in a plan")
     try:
         parsed = method_registry.parse_params(cls, params)
     except method_registry.MethodError as exc:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..plan import DensePlans, MethodPlans, SparsityPlan
+from ..plan import DensePlans, DynamicPlans, MethodPlans, SparsityPlan
 from .bundled import apply_bundled, is_applied, model_signature, plan_patterns, remove_bundled, set_step, step_history
 
 __all__ = ["apply", "remove", "model_signature", "plan_patterns", "set_step", "step_history", "is_applied"]
@@ -95,6 +95,10 @@ def _source(plan, method, params: dict, block_size: int, signature) -> SparsityP
         return _as_plan(plan)
     if method is None:
         return DensePlans(signature, block_size=block_size)
+    from ..methods import get_method
+
+    if get_method(method).is_dynamic():
+        return DynamicPlans(signature, method, params, block_size=block_size)
     return MethodPlans(signature, method, params, block_size=block_size)
 
 

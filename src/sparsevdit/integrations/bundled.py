@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 import torch
@@ -109,8 +110,10 @@ def _pre_hook(module: VideoDiT, args, kwargs):
         dense = [P.build("dense", layout, block_size=state.plan.block_size)] * module.cfg.heads
         per_layer = [dense if pats is None else pats for pats in per_layer]
     module.set_patterns(per_layer, backend=state.backend)
-    for attn in module.attention_modules():
+    dynamic = getattr(state.methods, "dynamic", None)
+    for layer, attn in enumerate(module.attention_modules()):
         attn.damping = damping
+        attn.selector = None if dynamic is None else functools.partial(dynamic.patterns_for, layer, step)
     return None
 
 

@@ -85,6 +85,8 @@ __all__ = [
 ]
 
 _STATE_ATTR = "_sparsevdit_state"
+# What a layer's patterns are while a dynamic method runs: chosen in ``attend`` from that call's q and k.
+DYNAMIC = type("DynamicPatterns", (), {"__repr__": lambda self: "DYNAMIC"})()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -209,6 +211,9 @@ class _State:
         return self.step if self.pinned is None else self.pinned
 
     def patterns_for(self, layer: int) -> list[BlockPattern] | None:
+        dynamic = getattr(self.methods, "dynamic", None)
+        if dynamic is not None and not dynamic.runs_dense(layer, self.current):
+            return DYNAMIC  # attend selects the masks from this call's q and k
         pats = self.plan.patterns_for(layer, self.current)
         if pats is None and self.damping is not None:  # a dense layer goes through our backends too
             from ..patterns import build
@@ -410,6 +415,8 @@ class SparseProcessorBase:
     def attend(self, q, k, v, patterns, *, n: int, key_valid: torch.Tensor | None = None) -> torch.Tensor:
         """Sparse attention over [B, H, N, D] with this layer's patterns (and a key-padding mask)."""
         layout = self.state.check_tokens(n, f"layer {self.layer}")
+        if patterns is DYNAMIC:
+            patterns = self.state.methods.dynamic.patterns_for(self.layer, self.state.current, q, k, layout)
         return sparse_attention_key_masked(q, k, v, patterns, layout=layout, key_valid=key_valid, backend=self.state.backend,
                                            damping=self.state.damping)
 

@@ -105,8 +105,18 @@ class Method:
     def build(
         layout: TokenLayout, block_size: int, params: Any, *, layer: int, head: int, step: int
     ) -> BlockPattern | None:
-        # never reached for a registered method: register_method refuses a class without its own build
+        # never reached for a registered static method: register_method refuses a class without build or select
         raise NotImplementedError("a Method subclass must define build(layout, block_size, params, *, layer, head, step)")
+
+    # A *dynamic* method defines instead ``select(q, k, layout, block_size, params) -> (counts, indices)``:
+    # each head's kept key blocks from the layer's own post-RoPE q and k [B, H, N, D], on their device
+    # (counts int32 [H, q_blocks]; indices int32 [H, q_blocks, k_blocks], rows ascending, -1 padded).
+    # ``methods.dynamic`` runs it at most once per (layer, step) and reuses it for ``reuse_every`` steps.
+    select = None
+
+    @classmethod
+    def is_dynamic(cls) -> bool:
+        return cls.select is not None
 
 
 _REGISTRY: dict[str, type[Method]] = {}
@@ -125,9 +135,14 @@ def register_method(method: type[Method], *, override: bool = False) -> type[Met
         raise MethodError(f"method {name!r} has no full_params(layout) of its own: the parameters that keep every "
                           "pair (its identity check)")
     build = getattr(method, "build", None)
-    if not callable(build) or build is Method.build:
+    static = callable(build) and build is not Method.build
+    dynamic = callable(getattr(method, "select", None))
+    if static and dynamic:
+        raise MethodError(f"method {name!r} defines both build and select: a method is static or dynamic")
+    if not static and not dynamic:
         raise MethodError(f"method {name!r} has no build of its own: define build(layout, block_size, params, *, "
-                          "layer, head, step) returning a BlockPattern or None")
+                          "layer, head, step) returning a BlockPattern or None (static), or select(q, k, layout, "
+                          "block_size, params) (dynamic)")
     varies = getattr(method, "varies", None)
     if not isinstance(varies, frozenset) or not varies <= {"layer", "head", "step"}:
         raise MethodError(f"method {name!r}: varies must be a frozenset of 'layer', 'head', 'step' (what build reads), "
@@ -143,8 +158,11 @@ def unregister_method(name: str) -> None:
     _REGISTRY.pop(name, None)
 
 
-def list_methods() -> list[str]:
-    return sorted(_REGISTRY)
+def list_methods(kind: str | None = None) -> list[str]:
+    """Registered method names; ``kind`` "static" or "dynamic" keeps those only."""
+    if kind not in (None, "static", "dynamic"):
+        raise MethodError(f"kind must be None, 'static' or 'dynamic', got {kind!r}")
+    return sorted(n for n, m in _REGISTRY.items() if kind is None or m.is_dynamic() == (kind == "dynamic"))
 
 
 def get_method(name: str) -> type[Method]:
@@ -225,6 +243,9 @@ def build_for(
     """The pattern ``method`` gives one head, or None where that head runs dense: a step below
     ``dense_steps``, a layer in ``dense_layers``, or the method's own choice."""
     cls = _resolve(method)
+    if cls.is_dynamic():
+        raise MethodError(f"method {cls.name!r} is dynamic: its masks come from the model's own q and k while it runs "
+                          "(sparsevdit.apply(model, method=...)), not from the layout alone")
     p = parse_params(cls, params)
     if not isinstance(layout, TokenLayout):
         raise MethodError(f"method {cls.name!r}: layout must be a sparsevdit.TokenLayout, got {type(layout).__name__}")

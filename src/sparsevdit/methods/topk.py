@@ -14,9 +14,8 @@ synchronisation, no Python loop over blocks, never an N x N tensor (the scores a
 The result is the kernels' index form: ``counts`` int32 [H, q_blocks] and ``indices`` int32
 [H, q_blocks, k_blocks], each row ascending, padded with -1.
 
-This is the selection rule alone (issue 17). Its place on the method registry (a dynamic ``select``
-beside the static ``build``, run once per layer and step, ``reuse_every``) is still to be built; until
-then ``patterns_from_index`` turns a selection into ordinary BlockPatterns for any backend.
+Registered as the dynamic method ``topk``: ``methods.dynamic`` runs it once per layer and step (and
+``reuse_every``); ``patterns_from_index`` turns a selection into ordinary BlockPatterns for any backend.
 """
 
 from __future__ import annotations
@@ -29,11 +28,12 @@ import torch
 
 from ..layout import TokenLayout
 from ..patterns.base import BlockPattern, num_blocks
-from .base import MethodError, MethodParams, check_int
+from .base import Method, MethodError, check_int, register_method
+from .dynamic import DynamicParams, patterns_from_index  # noqa: F401  (re-exported)
 
 
 @dataclass(frozen=True, kw_only=True)
-class TopKParams(MethodParams):
+class TopKParams(DynamicParams):
     """Top-k block selection's parameters.
 
     tau: keep the fewest key blocks whose pooled softmax mass reaches tau, in (0, 1] (None: use fraction).
@@ -125,14 +125,16 @@ def select(q: torch.Tensor, k: torch.Tensor, layout: TokenLayout, block_size: in
     return counts, indices
 
 
-def patterns_from_index(counts: torch.Tensor, indices: torch.Tensor, layout: TokenLayout, block_size: int,
-                        params: dict | None = None) -> list[BlockPattern]:
-    """One BlockPattern per head of a selection (host copies: for backends other than the kernels)."""
-    out = []
-    nk = indices.shape[-1]
-    for c, idx in zip(counts.cpu(), indices.cpu().long()):
-        mask = torch.zeros(c.shape[0], nk + 1, dtype=torch.bool)
-        mask.scatter_(1, torch.where(idx >= 0, idx, nk), True)
-        out.append(BlockPattern.from_block_mask("topk", dict(params or {}), layout, block_size, mask[:, :nk],
-                                                "frame_major"))
-    return out
+@register_method
+class TopK(Method):
+    name = "topk"
+    summary = "pooled Q.K block scores: per query block the fewest key blocks reaching a softmax mass tau (dynamic)"
+    Params = TopKParams
+
+    @staticmethod
+    def select(q, k, layout: TokenLayout, block_size: int, params: TopKParams):
+        return select(q, k, layout, block_size, params)
+
+    @classmethod
+    def full_params(cls, layout: TokenLayout) -> dict:
+        return {"tau": None, "fraction": 1.0}

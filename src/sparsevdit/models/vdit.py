@@ -114,6 +114,7 @@ class SelfAttention(nn.Module):
         self.patterns = None  # None: dense; else one BlockPattern per head (see sparsevdit.apply)
         self.backend = "auto"
         self.damping = None  # a kernels.damping.LogitDamping (UltraViCo) for the sparse path, or None
+        self.selector = None  # a dynamic method: callable(q, k, layout) -> patterns or None (dense)
         self.capture = None  # optional callable(q, k, v) for profiling; sees post-RoPE [B, H, N, D]
 
     def forward(self, x, rope, layout: TokenLayout):
@@ -127,9 +128,12 @@ class SelfAttention(nn.Module):
 
     def attend(self, q, k, v, layout: TokenLayout) -> torch.Tensor:
         """The attention itself, dense or sparse: the part ``compile_outside_attention`` leaves eager."""
-        if self.patterns is None:
+        patterns = self.patterns
+        if self.selector is not None:  # a dynamic method's masks, from this call's q and k
+            patterns = self.selector(q, k, layout) or patterns
+        if patterns is None:
             return F.scaled_dot_product_attention(q, k, v)
-        return sparse_attention(q, k, v, self.patterns, layout=layout, backend=self.backend, damping=self.damping)
+        return sparse_attention(q, k, v, patterns, layout=layout, backend=self.backend, damping=self.damping)
 
 
 class CrossAttention(nn.Module):
@@ -242,6 +246,7 @@ class VideoDiT(nn.Module):
         for attn in self.attention_modules():
             attn.patterns = None
             attn.damping = None
+            attn.selector = None
 
     def compile_outside_attention(self) -> None:
         """``torch.compile`` every block, its attention call excepted: dense and sparse runs then share the

@@ -29,6 +29,7 @@ import torch
 
 from ..integrations.bundled import model_signature as plan_signature
 from ..metrics import video_psnr_ssim
+from ..methods import get_method
 from ..plan import SparsityPlan
 from .baselines import svg_sample, uniform_plan
 from .budget import BudgetSettings, budget_search, layer_sensitivity, step_sensitivity
@@ -174,6 +175,22 @@ def run_fidelity(model, *, out: Path | None, plot: Path | None, frames: int = 16
         pf, pm = cost_f.plan_time(plan, steps), cost_m.plan_time(plan, steps)
         record(method, label, video, pf["density"], pf["relative_time"], pm["relative_time"], extra, search_s, eval_s)
 
+    def eval_dynamic(method, label, params):
+        """A dynamic method applied to the model; density and predicted time from what its calls ran."""
+        from ..integrations import apply, remove
+
+        apply(model, method=method, block_size=block_size, **params)
+        try:
+            dyn = model._sparsevdit_plan_state.methods.dynamic
+            video, eval_s = timed(lambda: sample_video(model, evalc))
+            ran = list(dyn.history[-steps * model.cfg.depth:]) or [None]  # the last (timed) sampling's calls
+        finally:
+            remove(model)
+        dens = sum(1.0 if p is None else sum(x.density for x in p) / len(p) for p in ran) / len(ran)
+        rel_f = sum(cost_f.layer_time(p) for p in ran) / len(ran)
+        rel_m = sum(cost_m.layer_time(p) for p in ran) / len(ran)
+        record(method, label, video, dens, rel_f, rel_m, {"params": params, "selections": dyn.selections}, None, eval_s)
+
     # the searches first (the comparison the study is for), the baselines after: a run cut short keeps them
     # profile --------------------------------------------------------------------------------------
     t = time.perf_counter()
@@ -240,8 +257,11 @@ def run_fidelity(model, *, out: Path | None, plot: Path | None, frames: int = 16
         params = dict(entry["params"])
         if entry["dense_fraction"]:
             params["dense_steps"] = round(entry["dense_fraction"] * steps)
-        plan = SparsityPlan.for_method(plan_signature(model), layout, entry["method"], params, block_size=block_size)
         label = ", ".join(f"{k}={v}" for k, v in params.items()) or "defaults"
+        if get_method(entry["method"]).is_dynamic():
+            eval_dynamic(entry["method"], label, params)
+            continue
+        plan = SparsityPlan.for_method(plan_signature(model), layout, entry["method"], params, block_size=block_size)
         eval_plan(entry["method"], label, plan, {"params": params})
 
     # SVG ------------------------------------------------------------------------------------------
