@@ -22,6 +22,7 @@ SPARSE = {
     "radial": {},  # 4 frames of 64 tokens: frame pairs 2-3 apart are thinned away (frame 0 stays a sink)
     "sliding_tile": {"tile": [1, 4, 4], "window": [3, 1, 1]},
     "topk": {"tau": 0.5},  # dynamic: the fewest pooled key blocks holding half the softmax mass
+    "svg": {"sparsity": 0.3, "model_family": "hunyuan"},  # the band rounds to 128 tokens: floor keeps it thin here
 }
 TEXT = VDiTConfig(dim=64, depth=2, heads=2, num_classes=len(CLASSES), frames=4, height=32, width=32,
                   text_in_attention=True)
@@ -125,8 +126,8 @@ def test_a_dynamic_method_selects_once_per_layer_and_step_and_replays_through_re
     chosen = {}
     original = dyn.patterns_for
 
-    def recording(layer, step, q, k, layout):
-        pats = original(layer, step, q, k, layout)
+    def recording(layer, step, q, k, layout, v=None):
+        pats = original(layer, step, q, k, layout, v=v)
         chosen[(layer, step)] = pats
         return pats
 

@@ -153,18 +153,24 @@ def test_a_dynamic_method_selects_kernel_ready_index_data_on_the_inputs_device(n
     cls = get_method(name)
     g = torch.Generator().manual_seed(0)
     q, k = (torch.randn(2, 3, layout.num_tokens, 8, generator=g) for _ in range(2))
+    v = torch.randn(2, 3, layout.num_tokens, 8, generator=g)
     for params in ({}, cls.full_params(layout)):
-        counts, indices = cls.select(q, k, layout, block_size, parse_params(name, params))
+        chosen = cls.select(q, k, layout, block_size, parse_params(name, params), v=v, layer=1, step=2)
+        if not isinstance(chosen, tuple):  # one BlockPattern per head
+            assert len(chosen) == 3 and all(isinstance(p, BlockPattern) and p.layout == layout for p in chosen)
+            full = chosen
+            continue
+        counts, indices = chosen
         nb = patterns.num_blocks(layout.num_tokens, block_size)
         assert counts.dtype == indices.dtype == torch.int32 and counts.shape == (3, nb) and indices.shape == (3, nb, nb)
         assert counts.device == q.device and bool((counts >= 1).all())
         listed = torch.arange(nb)[None, None, :] < counts[..., None]
         assert bool((indices[~listed] == -1).all()) and bool((indices[listed] >= 0).all())
         assert all(bool((row[: int(c)].diff() > 0).all()) for hc, hi in zip(counts, indices) for c, row in zip(hc, hi))
-    full = patterns_from_index(counts, indices, layout, block_size)  # the full_params selection
+        full = patterns_from_index(counts, indices, layout, block_size)  # (the last one: full_params')
     assert all(p.is_dense for p in full)
     with pytest.raises(MethodError, match="is dynamic"):
         build_for(name, layout, block_size, layer=0, head=0, step=0)
     dyn = DynamicPatterns(name, {"dense_steps": 2, "dense_layers": [1]}, block_size)
-    assert dyn.patterns_for(0, 1, q, k, layout) is None and dyn.patterns_for(1, 5, q, k, layout) is None
-    assert dyn.patterns_for(0, 2, q, k, layout) is not None and dyn.selections == 1
+    assert dyn.patterns_for(0, 1, q, k, layout, v=v) is None and dyn.patterns_for(1, 5, q, k, layout, v=v) is None
+    assert dyn.patterns_for(0, 2, q, k, layout, v=v) is not None and dyn.selections == 1

@@ -416,7 +416,7 @@ class SparseProcessorBase:
         """Sparse attention over [B, H, N, D] with this layer's patterns (and a key-padding mask)."""
         layout = self.state.check_tokens(n, f"layer {self.layer}")
         if patterns is DYNAMIC:
-            patterns = self.state.methods.dynamic.patterns_for(self.layer, self.state.current, q, k, layout)
+            patterns = self.state.methods.dynamic.patterns_for(self.layer, self.state.current, q, k, layout, v=v)
         return sparse_attention_key_masked(q, k, v, patterns, layout=layout, key_valid=key_valid, backend=self.state.backend,
                                            damping=self.state.damping)
 

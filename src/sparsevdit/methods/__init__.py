@@ -16,6 +16,7 @@ from .base import (
 )
 from . import radial as _radial  # noqa: F401,E402  (registers "radial")
 from . import sliding_tile as _sliding_tile  # noqa: F401,E402  (registers "sliding_tile")
+from . import svg as _svg  # noqa: F401,E402  (registers "svg", dynamic)
 from . import topk as _topk  # noqa: F401,E402  (registers "topk", dynamic)
 from .ultravico import UltraViCo  # noqa: E402  (a logit transform on top of any method, not a mask)
 

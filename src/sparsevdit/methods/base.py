@@ -108,9 +108,10 @@ class Method:
         # never reached for a registered static method: register_method refuses a class without build or select
         raise NotImplementedError("a Method subclass must define build(layout, block_size, params, *, layer, head, step)")
 
-    # A *dynamic* method defines instead ``select(q, k, layout, block_size, params) -> (counts, indices)``:
-    # each head's kept key blocks from the layer's own post-RoPE q and k [B, H, N, D], on their device
-    # (counts int32 [H, q_blocks]; indices int32 [H, q_blocks, k_blocks], rows ascending, -1 padded).
+    # A *dynamic* method defines instead ``select(q, k, layout, block_size, params, *, v, layer, step)``:
+    # each head's kept key blocks from the layer's own post-RoPE q and k [B, H, N, D] (v for methods that
+    # compare outputs), as (counts int32 [H, q_blocks], indices int32 [H, q_blocks, k_blocks], rows
+    # ascending, -1 padded) on q's device, or as one BlockPattern per head (a choice among prebuilt masks).
     # ``methods.dynamic`` runs it at most once per (layer, step) and reuses it for ``reuse_every`` steps.
     select = None
 

@@ -49,13 +49,13 @@ class DynamicPatterns:
         p = self.params
         return step < p.dense_steps or layer in p.dense_layers
 
-    def patterns_for(self, layer: int, step: int, q, k, layout: TokenLayout) -> list[BlockPattern] | None:
-        """The layer's patterns at ``step`` from its post-RoPE q, k [B, H, N, D] (None: dense here)."""
-        pats = self._patterns_for(layer, step, q, k, layout)
+    def patterns_for(self, layer: int, step: int, q, k, layout: TokenLayout, v=None) -> list[BlockPattern] | None:
+        """The layer's patterns at ``step`` from its post-RoPE q, k (and v) [B, H, N, D] (None: dense here)."""
+        pats = self._patterns_for(layer, step, q, k, layout, v)
         self.history.append(pats)
         return pats
 
-    def _patterns_for(self, layer, step, q, k, layout):
+    def _patterns_for(self, layer, step, q, k, layout, v):
         if self.runs_dense(layer, step):
             return None
         p = self.params
@@ -64,9 +64,12 @@ class DynamicPatterns:
         if last is not None and last[1] == layout and last[0] <= step:
             if last[0] == step or (step - p.dense_steps) % every != 0 and step - last[0] < every:
                 return last[2]
-        counts, indices = self.cls.select(q, k, layout, self.block_size, p)
+        chosen = self.cls.select(q, k, layout, self.block_size, p, v=v, layer=layer, step=step)
         self.selections += 1
-        pats = patterns_from_index(counts, indices, layout, self.block_size, p.to_dict(), self.cls.name)
+        if isinstance(chosen, tuple):  # (counts, indices): the kernels' index form
+            pats = patterns_from_index(*chosen, layout, self.block_size, p.to_dict(), self.cls.name)
+        else:  # one BlockPattern per head (a choice among prebuilt masks, e.g. svg's)
+            pats = list(chosen)
         self._last[layer] = (step, layout, pats)
         return pats
 

@@ -132,7 +132,7 @@ class TopK(Method):
     Params = TopKParams
 
     @staticmethod
-    def select(q, k, layout: TokenLayout, block_size: int, params: TopKParams):
+    def select(q, k, layout: TokenLayout, block_size: int, params: TopKParams, *, v=None, layer: int = 0, step: int = 0):
         return select(q, k, layout, block_size, params)
 
     @classmethod

@@ -114,7 +114,7 @@ class SelfAttention(nn.Module):
         self.patterns = None  # None: dense; else one BlockPattern per head (see sparsevdit.apply)
         self.backend = "auto"
         self.damping = None  # a kernels.damping.LogitDamping (UltraViCo) for the sparse path, or None
-        self.selector = None  # a dynamic method: callable(q, k, layout) -> patterns or None (dense)
+        self.selector = None  # a dynamic method: callable(q, k, layout, v=v) -> patterns or None (dense)
         self.capture = None  # optional callable(q, k, v) for profiling; sees post-RoPE [B, H, N, D]
 
     def forward(self, x, rope, layout: TokenLayout):
@@ -130,7 +130,7 @@ class SelfAttention(nn.Module):
         """The attention itself, dense or sparse: the part ``compile_outside_attention`` leaves eager."""
         patterns = self.patterns
         if self.selector is not None:  # a dynamic method's masks, from this call's q and k
-            patterns = self.selector(q, k, layout) or patterns
+            patterns = self.selector(q, k, layout, v=v) or patterns
         if patterns is None:
             return F.scaled_dot_product_attention(q, k, v)
         return sparse_attention(q, k, v, patterns, layout=layout, backend=self.backend, damping=self.damping)
