@@ -168,6 +168,30 @@ def test_e2e_method_rows_on_every_family(tmp_path, name):
         assert 0 < r["density"] < 1 and r["backend"] != "sdpa" and r["rel_diff_vs_dense"] > 0, r
 
 
+@pytest.mark.parametrize("name", ["tiny", "tiny-hunyuan"])
+def test_e2e_dynamic_method_rows_time_the_selection_per_step(tmp_path, name):
+    pytest.importorskip("diffusers")
+    out = tmp_path / "e2e.json"
+    methods = ['topk:{"tau": null, "fraction": 0.3}', 'topk:{"tau": null, "fraction": 0.3, "reuse_every": 2}', "svg"]
+    argv = ["--models", name, "--device", "cpu", "--warmup", "1", "--rep", "3", "--densities", "0.3",
+            "--no-dense-plan", "--out", str(out)]
+    assert e2e.main(argv + [a for m in methods for a in ("--method", m)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["row"] for r in rows] == ["dense", "plan 30%", "method topk (fraction=0.3)",
+                                         "method topk (fraction=0.3, reuse_every=2)", "method svg"]
+    layers = e2e.MODELS[name].signature.num_layers
+    every1, every2, svg = rows[2:]
+    # every forward is a new step: one selection per layer per forward, or per reuse cycle
+    assert every1["timed_forwards"] == 3 and every1["selects_per_forward"] == layers
+    assert every2["timed_forwards"] == 4 and every2["selects_per_forward"] == layers / 2
+    for r in rows[2:]:
+        assert r["selection_ms"] > 0 and r["selection_share"] == pytest.approx(r["selection_ms"] / r["ms"])
+        assert r["ms"] == pytest.approx(sum(r["ms_all"]) / len(r["ms_all"]))
+        assert 0 < r["density"] < 1 and r["rel_diff_vs_dense"] > 0 and r["backend"] != "sdpa", r
+    assert 0.3 <= every1["density"] < 0.6  # 30% of the key blocks, plus text and partial blocks
+    assert "selection ms" in e2e.format_table(json.loads(out.read_text()))
+
+
 def test_e2e_method_option_is_checked(capsys):
     for bad, match in (("nope", "unknown method 'nope'"), ("radial:{x", "not JSON"), ("radial:[1]", "JSON object"),
                        ('radial:{"decay": 1}', "no parameter decay")):

@@ -384,6 +384,40 @@ def test_key_masked_sparse_attention_matches_oracle(text_position, backend):
     torch.testing.assert_close(plain, sv.sparse_attention(q, k, v, pats, layout=layout, backend=backend))
 
 
+@pytest.mark.parametrize("text_position", ["suffix", "prefix"])
+def test_key_masked_attention_of_a_device_selection_matches_oracle(text_position):
+    """A dynamic method's BlockSelection under a key-padding mask (HunyuanVideo's padded text): trimmed and
+    merged on the device, equal to masked dense attention with the selection's masks."""
+    from sparsevdit.methods.topk import TopKParams, select
+
+    layout = sv.TokenLayout(3, 5, 6, text_tokens=20, text_position=text_position)  # 110 tokens: partial blocks
+    n = layout.num_tokens
+    g = torch.Generator().manual_seed(1)
+    q, k, v = (torch.randn(2, 3, n, 16, generator=g) for _ in range(3))
+    counts, indices = select(q, k, layout, BS, TopKParams(tau=0.5, keep_text=False))
+    counts[1, 0], indices[1, 0] = 0, -1  # an empty row
+    sel = P.BlockSelection(layout, BS, counts, indices, name="topk")
+    t0, t1 = layout.text_range
+    key_valid = torch.ones(2, n, dtype=torch.bool)
+    key_valid[0, t0 + 13 : t1] = False
+    key_valid[1, t0 + 4 : t1] = False
+    out = sparse_attention_key_masked(q, k, v, sel, layout=layout, key_valid=key_valid, backend="reference")
+    torch.testing.assert_close(out, _oracle(q, k, v, sel.to_patterns(), layout, key_valid), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(  # and the patterns' own path
+        out, sparse_attention_key_masked(q, k, v, sel.to_patterns(), layout=layout, key_valid=key_valid, backend="reference"),
+        atol=1e-6, rtol=1e-6)
+
+
+def test_a_selection_round_trips_through_its_block_mask():
+    layout = sv.TokenLayout(2, 5, 6, text_tokens=9, text_position="prefix")
+    nb = P.num_blocks(layout.num_tokens, BS)
+    mask = torch.rand(3, nb, nb, generator=torch.Generator().manual_seed(2)) < 0.4
+    mask[0, 1] = False
+    sel = P.BlockSelection.from_block_mask(layout, BS, mask)
+    assert torch.equal(sel.block_mask(), mask) and sel.counts.tolist() == mask.sum(-1).tolist()
+    assert all(torch.equal(p.block_mask, m) for p, m in zip(sel.to_patterns(), mask))
+
+
 # ------------------------------------------------------------------------------------------------
 # sparsevdit generate
 # ------------------------------------------------------------------------------------------------

@@ -115,6 +115,7 @@ def test_full_density_params_reproduce_the_model(subject, method):
 def test_a_dynamic_method_selects_once_per_layer_and_step_and_replays_through_reference(reuse_every):
     """Record every selection the run makes; the same patterns replayed through the reference backend
     as a static plan give the same video, and each selection equals select() on that call's q and k."""
+    from sparsevdit.methods.dynamic import as_patterns
     from sparsevdit.methods.topk import TopKParams, select
 
     s = Bundled()
@@ -128,7 +129,7 @@ def test_a_dynamic_method_selects_once_per_layer_and_step_and_replays_through_re
 
     def recording(layer, step, q, k, layout, v=None):
         pats = original(layer, step, q, k, layout, v=v)
-        chosen[(layer, step)] = pats
+        chosen[(layer, step)] = as_patterns(pats)  # a topk selection is a device BlockSelection
         return pats
 
     dyn.patterns_for = recording

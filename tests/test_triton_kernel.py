@@ -610,3 +610,89 @@ def test_triton_kernel_applies_the_damping_as_the_reference(bar):
     multi = P.build("multi_diagonal", layout, block_size=64, width=40)
     with pytest.raises(BackendError, match="position_major head group"):
         sv.sparse_attention(q, k, v, [multi, multi], layout=layout, backend="triton", damping=d)
+
+
+# --------------------------------------------------------------------------------------------
+# a dynamic method's device index (BlockSelection), run as it comes
+# --------------------------------------------------------------------------------------------
+def _selection(layout, bs, heads, seed, empty=()):
+    """topk's selection on random q/k, with the given (head, query block) rows emptied by hand."""
+    from sparsevdit.methods.topk import TopKParams, select
+
+    gen = torch.Generator().manual_seed(seed)
+    q, k, v = (torch.randn(1, heads, layout.num_tokens, 64, generator=gen).to(DEVICE, torch.float16) for _ in range(3))
+    counts, indices = select(q.float(), k.float(), layout, bs, TopKParams(tau=0.4, keep_text=False))
+    for h, i in empty:
+        counts[h, i] = 0
+        indices[h, i] = -1
+    return q, k, v, sv.patterns.BlockSelection(layout, bs, counts, indices, name="topk")
+
+
+def test_device_schedule_and_records_equal_the_host_ones():
+    # lists of one block size hold at most nq blocks: the bound the sync-free sort key uses
+    counts = torch.tensor([[1, 5, 3, 0, 2, 2], [4, 0, 6, 1, 1, 1], [1, 1, 1, 6, 1, 1]], dtype=torch.int32)
+    for kind in ("head", "head_strict", "lpt", "natural"):
+        assert torch.equal(ts.make_schedule(counts, kind, sync_free=True), ts.make_schedule(counts, kind))
+    lists = torch.tensor([[[0, 2, -1], [1, -1, -1], [0, 1, 2]], [[2, -1, -1], [-1, -1, -1], [0, 1, -1]]], dtype=torch.int32)
+    small = torch.tensor([[2, 1, 3], [1, 0, 2]], dtype=torch.int32)
+    for n in (300, 384):  # a partial last block, and none
+        dev = ts.index_on_device(lists, small, 128, n)
+        host = ts.index_from_tensors(lists, small, 128, n)
+        assert dev.on_device_only and not host.on_device_only
+        assert torch.equal(dev.launch_records("head"), host.launch_records("head"))
+        assert torch.equal(dev.kv_indices, host.kv_indices)
+    with pytest.raises(ValueError, match="one key range"):
+        dev.chunk_records(2)
+    with pytest.raises(ValueError, match="not read on the host"):
+        dev.mean_list_length
+
+
+@here
+@pytest.mark.parametrize("return_lse", [True, False])
+def test_a_selection_runs_on_the_kernel_as_it_comes(return_lse, monkeypatch):
+    """The Triton backend takes the selection's tensors (no host index: the host paths are broken here)
+    and equals the reference backend on its BlockPatterns, text prefix, partial last block, empty rows."""
+    layout = sv.TokenLayout(3, 6, 10, text_tokens=20, text_position="prefix")  # 200 tokens, 4 blocks of 64
+    q, k, v, sel = _selection(layout, 64, 3, seed=5, empty=[(1, 2), (2, 3)])
+    ref = sv.sparse_attention(q, k, v, sel.to_patterns(), layout=layout, backend="reference", return_lse=True)
+
+    def no_host_index(*a, **kw):
+        raise AssertionError("a selection must not go through a host-built index")
+
+    monkeypatch.setattr(ts, "block_index_for", no_host_index)
+    monkeypatch.setattr(ts, "index_from_tensors", no_host_index)
+    monkeypatch.setenv(ts.KV_CHUNKS_ENV, "3")  # the tuning knob does not reach a device-only index
+    got = sv.sparse_attention(q, k, v, sel, layout=layout, backend="triton", return_lse=return_lse)
+    out, lse = got if return_lse else (got, None)
+    assert rel_err(out.cpu(), ref[0].cpu().double()) < TOL[torch.float16]
+    assert out[0, 1, 128:192].abs().max() == 0 and out[0, 2, 192:].abs().max() == 0  # the emptied rows
+    if return_lse:
+        finite = torch.isfinite(ref[1])
+        assert torch.equal(finite.cpu(), torch.isfinite(lse).cpu())
+        assert (lse - ref[1])[finite].abs().max() < 2e-2
+
+
+@here
+def test_a_selection_with_damping_on_the_kernel_equals_the_reference():
+    from sparsevdit.kernels.damping import LogitDamping
+
+    layout = sv.TokenLayout(3, 6, 10)  # 180 tokens
+    q, k, v, sel = _selection(layout, 64, 2, seed=6)
+    damping = LogitDamping(window=40, alpha=0.5)
+    got = sv.sparse_attention(q, k, v, sel, layout=layout, backend="triton", damping=damping)
+    want = sv.sparse_attention(q, k, v, sel.to_patterns(), layout=layout, backend="reference", damping=damping)
+    assert rel_err(got.cpu(), want.cpu().double()) < TOL[torch.float16]
+
+
+def test_a_selection_runs_as_patterns_on_other_backends():
+    layout = sv.TokenLayout(2, 6, 10, text_tokens=7, text_position="suffix")
+    q, k, v, sel = _selection(layout, 64, 2, seed=7)
+    q, k, v = (t.cpu().float() for t in (q, k, v))
+    sel = sv.patterns.BlockSelection(layout, 64, sel.counts.cpu(), sel.indices.cpu())
+    want = sv.sparse_attention(q, k, v, sel.to_patterns(), layout=layout, backend="reference")
+    for backend in ("auto", "reference", "blockwise"):  # auto on a CPU: never the interpreter
+        torch.testing.assert_close(sv.sparse_attention(q, k, v, sel, layout=layout, backend=backend), want)
+    with pytest.raises(ValueError, match="heads"):
+        sv.sparse_attention(q[:, :1], k[:, :1], v[:, :1], sel, layout=layout)
+    with pytest.raises(ValueError, match="layout"):
+        sv.sparse_attention(q, k, v, sel, layout=sv.TokenLayout(2, 6, 10, text_tokens=7, text_position="prefix"))

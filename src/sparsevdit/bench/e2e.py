@@ -20,7 +20,11 @@ e.g. for its text mask, falls back to PyTorch's choice, and the row says so); th
 ``sparsevdit.apply(model, plan)`` with an all-dense plan (a sanity row: it should match dense within
 noise) and with plans of about 10%, 20%, 30% attention density, then one row per ``--method``
 (``sparsevdit.apply(model, method=NAME, **params)``: a training-free method on every head, at its
-defaults for the model family unless parameters are given), and ``sparsevdit.remove``. The SDPA restriction holds for every row, so the
+defaults for the model family unless parameters are given), and ``sparsevdit.remove``. A dynamic
+method's row (``topk``, ``svg``: the selection runs inside each forward from its q and k) makes every
+forward a new denoising step, times whole ``reuse_every`` cycles and reports their mean (the
+selections amortised as in sampling) and ``selection_ms``, the time inside ``select`` per forward
+(CUDA events), with its share of the forward. The SDPA restriction holds for every row, so the
 text cross-attention and everything else outside the self-attention product is the same code on
 both sides; only the self-attention kernel differs.
 
@@ -59,6 +63,7 @@ import torch
 
 from .. import patterns as P
 from ..layout import TokenLayout
+from ..methods import get_method
 from ..plan import HeadSpec, LayerEntry, MethodPlans, ModelSignature, SparsityPlan
 from .common import environment, gpu_slug, write_json
 from .kernels import _with_width
@@ -390,6 +395,93 @@ class Settings:
     methods: list = field(default_factory=list)  # (method name, params) rows after the plans
 
 
+class SelectionTimer:
+    """Time spent inside a dynamic method's ``select`` calls: CUDA events on a GPU (recorded without a
+    synchronisation, read after the timed forwards), wall time on a CPU."""
+
+    def __init__(self, device: torch.device):
+        self.device, self.calls, self._events, self._cpu_ms = device, 0, [], 0.0
+
+    def reset(self) -> None:
+        self.calls, self._events, self._cpu_ms = 0, [], 0.0
+
+    @contextlib.contextmanager
+    def __call__(self):
+        self.calls += 1
+        if self.device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            try:
+                yield
+            finally:
+                end.record()
+                self._events.append((start, end))
+        else:
+            t0 = time.perf_counter()
+            try:
+                yield
+            finally:
+                self._cpu_ms += (time.perf_counter() - t0) * 1e3
+
+    def total_ms(self) -> float:
+        _sync(self.device)
+        return self._cpu_ms + sum(float(s.elapsed_time(e)) for s, e in self._events)
+
+
+def method_label(method: str, params: dict) -> str:
+    """A method row's name: the method and the parameters that tell its rows apart."""
+    shown = {k: v for k, v in params.items() if k in ("tau", "fraction", "reuse_every") and v is not None}
+    return f"method {method}" + ("" if not shown else " (" + ", ".join(f"{k}={v}" for k, v in shown.items()) + ")")
+
+
+def timed_dynamic(model, forward, measure, method: str, params: dict, spec: "ModelSpec", settings: "Settings",
+                  device: torch.device):
+    """A dynamic method's row: every forward is a new denoising step (``set_step``; at one pinned step the
+    selection would be made once and reused), timed over whole ``reuse_every`` cycles that start at a
+    selection step, so ``ms`` is the mean per step with the selections amortised as in a sampling run.
+    ``selection_ms`` is the time inside ``select`` per timed forward (CUDA events), ``selection_share``
+    its share of ``ms``; ``density`` is the mean over layers of the last timed forward's selections."""
+    import sparsevdit
+    from ..integrations.diffusers import _state, set_step
+    from ..patterns import BlockSelection
+
+    every = int(params.get("reuse_every", 1))
+    dense_steps = int(params.get("dense_steps", 0))
+    rep = -(-max(settings.rep, 1) // every) * every  # whole reuse cycles
+    timer = SelectionTimer(device)
+    step = [0]
+
+    def stepping_forward():
+        set_step(model, step[0])
+        step[0] += 1
+        dyn.history.clear()  # the selections of earlier forwards need not stay alive on the GPU
+        return forward()
+
+    def before_timing():
+        first = max(step[0], dense_steps)  # the next selection step: dense_steps + a multiple of reuse_every
+        step[0] = dense_steps + -(-(first - dense_steps) // every) * every
+        timer.reset()
+
+    sparsevdit.apply(model, method=method, block_size=spec.block_size, backend=settings.backend, **params)
+    try:
+        dyn = _state(model).methods.dynamic
+        dyn.select_timer = timer
+        out, times, heads, peak = measure(fn=stepping_forward, rep=rep, before_timing=before_timing)
+        selection_ms = timer.total_ms() / rep
+        selects = timer.calls / rep
+        densities = [1.0 if x is None else x.density if isinstance(x, BlockSelection)
+                     else statistics.fmean(p.density for p in x) for x in dyn.history]
+        density = statistics.fmean(densities) if densities else 1.0
+    finally:
+        sparsevdit.remove(model)
+    ms = statistics.fmean(times)
+    used = "+".join(sorted(heads, key=lambda b: -heads[b])) if heads else "?"
+    extra = {"ms": ms, "backends": used, "ms_median": statistics.median(times), "timed_forwards": rep,
+             "selection_ms": selection_ms, "selection_share": selection_ms / ms, "selects_per_forward": selects,
+             "density": density}
+    return out, times, heads, peak, extra
+
+
 def _resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -446,16 +538,18 @@ def run(settings: Settings, log=_log, on_model=None) -> dict:
             with torch.no_grad():
                 return model(**inputs, return_dict=False)[0]
 
-        def measure():
+        def measure(fn=forward, rep=settings.rep, before_timing=None):
             """Warm-up forwards (the last one's output and backends are kept), then the timed ones."""
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
             with _sdpa_context(sdpa), record_backends() as counts:
                 for _ in range(max(settings.warmup, 1)):
                     counts.clear()
-                    out = forward()
+                    out = fn()
                 heads = dict(counts)  # head-calls per backend in one forward
-                times = time_calls(forward, 0, settings.rep, device)
+                if before_timing is not None:
+                    before_timing()
+                times = time_calls(fn, 0, rep, device)
             peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
             if settings.profile:
                 with _sdpa_context(sdpa):
@@ -481,12 +575,12 @@ def run(settings: Settings, log=_log, on_model=None) -> dict:
                      **({"profile": profiles[-1]} if settings.profile else {})})
         log(f"  dense ({sdpa} SDPA)        {dense_ms:10.1f} ms")
 
-        def timed_sparse(install):
-            """``install()`` sparse attention, time the rows' forwards, remove it: out, times, head-calls per
-            backend, peak memory, median ms and the backends used (most head-calls first)."""
+        def timed_sparse(install, **how):
+            """``install()`` sparse attention, time the rows' forwards (``measure(**how)``), remove it: out,
+            times, head-calls per backend, peak memory, median ms and the backends used (most head-calls first)."""
             install()
             try:
-                out, times, heads, peak = measure()
+                out, times, heads, peak = measure(**how)
             finally:
                 sparsevdit.remove(model)
             used = "+".join(sorted(heads, key=lambda b: -heads[b])) if heads else "?"
@@ -509,18 +603,25 @@ def run(settings: Settings, log=_log, on_model=None) -> dict:
 
         for method, params in settings.methods:
             params = {**method_defaults(spec, method), **params}
-            t1 = time.perf_counter()
-            plan = MethodPlans(sig, method, params, block_size=spec.block_size).for_layout(layout)
-            density = plan_density(plan)
-            plan_s = time.perf_counter() - t1
-            out, times, heads, peak, ms, used = timed_sparse(lambda: sparsevdit.apply(
-                model, method=method, block_size=spec.block_size, backend=settings.backend, **params))
-            rows.append({**base, "row": f"method {method}", "plan": {"method": method, "params": params},
+            label = method_label(method, params)
+            if get_method(method).is_dynamic():
+                out, times, heads, peak, extra = timed_dynamic(model, forward, measure, method, params, spec, settings, device)
+                ms, used = extra.pop("ms"), extra.pop("backends")
+                density = extra["density"]
+            else:
+                t1 = time.perf_counter()
+                plan = MethodPlans(sig, method, params, block_size=spec.block_size).for_layout(layout)
+                density = plan_density(plan)
+                extra = {"plan_build_s": time.perf_counter() - t1}
+                out, times, heads, peak, ms, used = timed_sparse(lambda: sparsevdit.apply(
+                    model, method=method, block_size=spec.block_size, backend=settings.backend, **params))
+            rows.append({**base, "row": label, "plan": {"method": method, "params": params},
                          "target_density": None, "density": density, "backend": used, "backend_heads": heads, "ms": ms,
                          "ms_all": times, "speedup": dense_ms / ms, "rel_diff_vs_dense": _rel_diff(out, dense_out),
-                         "peak_mem_gib": peak, "plan_build_s": plan_s,
-                         **({"profile": profiles[-1]} if settings.profile else {})})
-            log(f"  {'method ' + method:12s} density {density:6.1%}  {ms:10.1f} ms  {dense_ms / ms:5.2f}x  backend {used}")
+                         "peak_mem_gib": peak, **extra, **({"profile": profiles[-1]} if settings.profile else {})})
+            sel = (f"  selection {extra['selection_ms']:.1f} ms ({extra['selection_share']:.1%})"
+                   if "selection_ms" in extra else "")
+            log(f"  {label:12s} density {density:6.1%}  {ms:10.1f} ms  {dense_ms / ms:5.2f}x  backend {used}{sel}")
             del out
 
         for r in rows:
@@ -561,8 +662,9 @@ def _result(settings, device, dtype, sdpa, targets, model_info, rows) -> dict:
 
 
 def format_table(result: dict) -> str:
-    head = ("model", "row", "density", "backend", "ms (median)", "speedup", "rel diff vs dense")
+    head = ("model", "row", "density", "backend", "ms", "speedup", "selection ms (share)", "rel diff vs dense")
     lines = [[r["model"], r["row"], f"{r['density']:.1%}", r["backend"], f"{r['ms']:.1f}", f"{r['speedup']:.2f}x",
+              f"{r['selection_ms']:.2f} ({r['selection_share']:.1%})" if "selection_ms" in r else "-",
               f"{r['rel_diff_vs_dense']:.2e}"] for r in result["rows"]]
     widths = [max(len(h), *(len(line[i]) for line in lines)) if lines else len(h) for i, h in enumerate(head)]
     fmt = "  ".join("{:<%d}" % w if i < 2 or i == 3 else "{:>%d}" % w for i, w in enumerate(widths))

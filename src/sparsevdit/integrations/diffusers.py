@@ -64,7 +64,7 @@ import torch
 from ..caches import BoundedCache
 from ..kernels import sparse_attention
 from ..layout import TokenLayout
-from ..patterns import BlockPattern
+from ..patterns import BlockPattern, BlockSelection
 from ..patterns.base import num_blocks
 from ..plan import MethodPlans, ModelSignature, PlanError, SparsityPlan
 
@@ -464,7 +464,7 @@ def sparse_attention_key_masked(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
-    patterns: BlockPattern | Sequence[BlockPattern],
+    patterns: BlockPattern | Sequence[BlockPattern] | BlockSelection,
     *,
     layout: TokenLayout,
     key_valid: torch.Tensor | None = None,
@@ -484,9 +484,10 @@ def sparse_attention_key_masked(
     key_valid = key_valid.to(device=q.device, dtype=torch.bool).expand(batch, n)
     if isinstance(patterns, BlockPattern):
         patterns = [patterns] * heads
-    patterns = list(patterns)
-    if len(patterns) != heads:
-        raise ValueError(f"got {len(patterns)} patterns for {heads} heads: give one pattern, or one per head")
+    elif not isinstance(patterns, BlockSelection):
+        patterns = list(patterns)
+        if len(patterns) != heads:
+            raise ValueError(f"got {len(patterns)} patterns for {heads} heads: give one pattern, or one per head")
     scale = 1.0 / math.sqrt(head_dim) if scale is None else float(scale)
     masked_any = ~key_valid.all(0).cpu()  # [N], frame-major
     if not bool(masked_any.any()):
@@ -496,6 +497,8 @@ def sparse_attention_key_masked(
                          "implemented: the merge's dense part has no distance transform. Pad no text (prompts of "
                          "the full max_sequence_length) or apply without ultravico")
 
+    if isinstance(patterns, BlockSelection):
+        return _selection_key_masked(q, k, v, patterns, key_valid, masked_any, backend, scale)
     flagged = {}
     for p in patterns:
         sig = (p.ordering, p.block_size)
@@ -529,15 +532,50 @@ def sparse_attention_key_masked(
                 continue
             columns = _key_columns(p, blocks, k_block, q.device)  # [blocks, K]
             keep = columns[q_block][None] & valid[:, None, :]  # [B, N, K]
-            s = torch.matmul(q[:, h].float(), k_sel[:, h].float().transpose(-1, -2)) * scale
-            s = s.masked_fill(~keep, float("-inf"))
-            lse = torch.logsumexp(s, dim=-1)
-            probs = torch.exp(s - torch.where(torch.isinf(lse), torch.zeros_like(lse), lse)[..., None])
-            out2[:, h] = torch.matmul(probs, v_sel[:, h].float())
-            lse2[:, h] = lse
+            out2[:, h], lse2[:, h] = _masked_keys_part(q[:, h], k_sel[:, h], v_sel[:, h], keep, scale)
 
+    return _merge(out1, lse1, out2, lse2, q.dtype)
+
+
+def _merge(out1, lse1, out2, lse2, dtype) -> torch.Tensor:
+    """Two attentions over disjoint key sets as one, by their log-sum-exps."""
     lse = torch.logaddexp(lse1.float(), lse2)
     safe = torch.where(torch.isinf(lse), torch.zeros_like(lse), lse)
     w1 = torch.exp(lse1.float() - safe)[..., None]
     w2 = torch.exp(lse2 - safe)[..., None]
-    return (out1.float() * w1 + out2 * w2).to(q.dtype)
+    return (out1.float() * w1 + out2 * w2).to(dtype)
+
+
+def _masked_keys_part(q, k_sel, v_sel, keep, scale):
+    """Attention of every query to the selected keys where ``keep`` [B, H or 1, N, K]: (out, lse) in fp32."""
+    s = torch.matmul(q.float(), k_sel.float().transpose(-1, -2)) * scale
+    s = s.masked_fill(~keep, float("-inf"))
+    lse = torch.logsumexp(s, dim=-1)
+    probs = torch.exp(s - torch.where(torch.isinf(lse), torch.zeros_like(lse), lse)[..., None])
+    return torch.matmul(probs, v_sel.float()), lse
+
+
+def _selection_key_masked(q, k, v, selection: BlockSelection, key_valid, masked_any, backend, scale):
+    """``sparse_attention_key_masked`` for a dynamic method's device selection, on the device: the selection
+    without the key blocks that hold masked keys (rebuilt where it lives), and the exact masked attention
+    to those blocks' keys, merged. Frame-major order: a selection's blocks are the model's token blocks."""
+    layout, bs, n = selection.layout, selection.block_size, q.shape[2]
+    blocks = _flagged_key_blocks(layout, "frame_major", bs, masked_any)  # host, from the cached key mask
+    mask = selection.block_mask()  # [H, nq, nk] on q's device
+    trimmed = BlockSelection.from_block_mask(layout, bs, mask & ~blocks.to(q.device)[None, None, :],
+                                             name=selection.name, params=selection.params)
+    out1, lse1 = sparse_attention(q, k, v, trimmed, layout=layout, backend=backend, scale=scale, return_lse=True)
+    keys = blocks.repeat_interleave(bs)[:n].nonzero().flatten()
+    if keys.numel() == 0:
+        return out1
+    keys_dev = keys.to(q.device)
+    q_block = torch.arange(n, device=q.device) // bs
+    columns = mask[:, :, (keys // bs).to(q.device)]  # [H, nq, K]: which query blocks keep each key
+    valid = key_valid[:, keys_dev][:, None, :]  # [B, 1, K]
+    k_sel, v_sel = k.index_select(2, keys_dev), v.index_select(2, keys_dev)
+    out2 = torch.empty(q.shape, dtype=torch.float32, device=q.device)
+    lse2 = torch.empty(q.shape[:3], dtype=torch.float32, device=q.device)
+    for h in range(q.shape[1]):  # one head at a time: [B, N, K] scores (HunyuanVideo: 119K x 384)
+        out2[:, h], lse2[:, h] = _masked_keys_part(q[:, h], k_sel[:, h], v_sel[:, h], columns[h][q_block][None] & valid,
+                                                   scale)
+    return _merge(out1, lse1, out2, lse2, q.dtype)

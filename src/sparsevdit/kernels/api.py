@@ -12,11 +12,11 @@ import torch
 
 from ..caches import clear_with_the_others
 from ..layout import TokenLayout
-from ..patterns import BlockPattern
-from .registry import AttentionCall, select_backend
+from ..patterns import BlockPattern, BlockSelection
+from .registry import AttentionCall, select_backend, selection_backend
 
 
-def _check_inputs(q, k, v, patterns, layout) -> list[BlockPattern]:
+def _check_tensors(q, k, v, layout) -> None:
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, torch.Tensor) or t.dim() != 4:
             shape = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
@@ -33,12 +33,17 @@ def _check_inputs(q, k, v, patterns, layout) -> list[BlockPattern]:
         raise ValueError(f"q, k and v must not be empty, got shape {tuple(q.shape)}")
     if not isinstance(layout, TokenLayout):
         raise ValueError(f"layout must be a sparsevdit.TokenLayout, got {type(layout).__name__}")
-    _, heads, n, _ = q.shape
+    n = q.shape[2]
     if n != layout.num_tokens:
         raise ValueError(
             f"q has {n} tokens (dim 2) but the layout {layout} has {layout.num_tokens}: "
             "pass the layout of this sequence (text tokens included)"
         )
+
+
+def _check_inputs(q, k, v, patterns, layout) -> list[BlockPattern]:
+    _check_tensors(q, k, v, layout)
+    heads = q.shape[1]
     if isinstance(patterns, BlockPattern):
         patterns = [patterns] * heads
     patterns = list(patterns)
@@ -52,11 +57,21 @@ def _check_inputs(q, k, v, patterns, layout) -> list[BlockPattern]:
     return patterns
 
 
+def _check_selection(q, k, v, selection: BlockSelection, layout) -> None:
+    _check_tensors(q, k, v, layout)
+    if selection.layout != layout:
+        raise ValueError(f"the selection was made for layout {selection.layout}, but the input's layout is {layout}")
+    if selection.heads != q.shape[1]:
+        raise ValueError(f"the selection has {selection.heads} heads but q has {q.shape[1]}")
+    if selection.device != q.device:
+        raise ValueError(f"the selection is on {selection.device} but q is on {q.device}")
+
+
 def sparse_attention(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
-    patterns: BlockPattern | Sequence[BlockPattern],
+    patterns: BlockPattern | Sequence[BlockPattern] | BlockSelection,
     *,
     layout: TokenLayout,
     backend: str = "auto",
@@ -69,12 +84,18 @@ def sparse_attention(
     ``damping``: a ``kernels.damping.LogitDamping`` (UltraViCo) applied on top of the patterns, by the
     backends that can (reference, blockwise, triton on frame-major heads); None: off.
 
-    ``patterns`` is one BlockPattern for every head or a list of H. Heads whose patterns share a token
+    ``patterns`` is one BlockPattern for every head, a list of H, or a ``BlockSelection`` (a dynamic
+    method's device index, H heads): the Triton kernel runs that as it comes, other backends its
+    BlockPatterns (one host copy). Heads whose patterns share a token
     ordering and block size run in one backend call (head fusion); empty (``skip``) heads write zeros
     and, with ``return_lse``, a log-sum-exp of -inf. Returns ``out`` or ``(out, lse)`` with lse float32
     ``[B, H, N]`` (natural log).
     """
-    patterns = _check_inputs(q, k, v, patterns, layout)
+    selection = patterns if isinstance(patterns, BlockSelection) else None
+    if selection is not None:
+        _check_selection(q, k, v, selection, layout)
+    else:
+        patterns = _check_inputs(q, k, v, patterns, layout)
     if damping is not None:
         from .damping import LogitDamping
 
@@ -88,6 +109,15 @@ def sparse_attention(
             raise ValueError(f"scale must be a finite number > 0 (or None for 1/sqrt(head_dim)), got {scale!r}")
         scale = float(scale)
     grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
+
+    if selection is not None:
+        call = AttentionCall(device=q.device, dtype=q.dtype, batch=batch, heads=heads, num_tokens=n, head_dim=head_dim,
+                             patterns=(), return_lse=return_lse, requires_grad=grad, damping=damping)
+        impl = selection_backend(backend, call, selection)
+        if impl is not None:
+            o, lse = impl.run_selection(q, k, v, selection, call, scale)
+            return (o, lse) if return_lse else o
+        patterns = _check_inputs(q, k, v, selection.to_patterns(), layout)
 
     # With backend "auto", a layer's dense heads form a group of their own, so they run on the fastest
     # dense kernel: cuDNN (the sdpa backend), or on Hopper at 64+ key blocks our Gluon kernel (1.08-1.11x

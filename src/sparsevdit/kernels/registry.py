@@ -110,3 +110,23 @@ def select_backend(name: str, call: AttentionCall) -> Backend:
             return backend
         reasons.append(f"  {bname}: {reason}")
     raise BackendError("no attention backend can run this input:\n" + "\n".join(reasons))
+
+
+def selection_backend(name: str, call: AttentionCall, selection) -> Backend | None:
+    """The backend that runs a dynamic selection (``patterns.BlockSelection``) as it comes, on the device
+    (one with ``run_selection``); None: run its BlockPatterns instead (a host copy). ``call`` describes
+    every head, with no patterns. A named backend without that path takes the patterns; one that has it
+    but cannot run this input says why."""
+    names = available_backends() if name == "auto" else [get_backend(name).name]
+    for bname in names:
+        backend = _BACKENDS[bname]
+        if not hasattr(backend, "run_selection"):
+            continue
+        if call.damping is not None and not getattr(backend, "supports_damping", False):
+            continue
+        reason = backend.cannot_run_selection(call, selection)
+        if reason is None and (name != "auto" or backend.prefer_not(call) is None):
+            return backend
+        if reason is not None and name != "auto":
+            raise BackendError(f"backend {name!r} cannot run this input: {reason}")
+    return None

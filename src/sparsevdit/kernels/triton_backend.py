@@ -33,6 +33,13 @@ class TritonBackend:
     supports_damping = True  # the tl kernel's distance transform, on frame-major head groups
 
     def cannot_run(self, call: AttentionCall) -> str | None:
+        return self._cannot_run(call, call.patterns[0].block_size, call.patterns[0].ordering)
+
+    def cannot_run_selection(self, call: AttentionCall, selection) -> str | None:
+        """Why a dynamic selection (``patterns.BlockSelection``, device tensors) cannot run as it comes."""
+        return self._cannot_run(call, selection.block_size, selection.ordering)
+
+    def _cannot_run(self, call: AttentionCall, bs: int, ordering: str) -> str | None:
         if not ts.HAS_TRITON:
             return "triton is not installed (pip install 'sparsevdit[triton]')"
         if call.device.type != "cuda" and not (call.device.type == "cpu" and ts.interpret_mode()):
@@ -41,10 +48,9 @@ class TritonBackend:
         reason = forward_kernel_reasons(call, "Triton")
         if reason:
             return reason
-        if call.damping is not None and call.patterns[0].ordering != "frame_major":
-            return (f"logit damping on a {call.patterns[0].ordering} head group: the kernel measures token "
+        if call.damping is not None and ordering != "frame_major":
+            return (f"logit damping on a {ordering} head group: the kernel measures token "
                     "distance in the group's own order, which is the model's only for frame-major groups")
-        bs = call.patterns[0].block_size
         if bs not in ts.SUPPORTED_BLOCK_SIZES:
             return (f"block_size {bs} is not 64 or 128: the query tile must equal the block (or half of it) "
                     "and 64-128 row tiles are what Hopper's tensor cores and shared memory suit")
@@ -75,9 +81,19 @@ class TritonBackend:
                                    out=out, lse=lse)
 
 
-def _damping_args(call: AttentionCall) -> dict:
+    def run_selection(self, q, k, v, selection, call: AttentionCall, scale: float):
+        """Every head of q/k/v under a dynamic selection's device index as it comes: no host copy, no
+        regrouping (the tl kernel, one key range, launch records built on the device)."""
+        index = ts.index_on_device(selection.indices, selection.counts, selection.block_size,
+                                   selection.layout.num_tokens)
+        extra = _damping_args(call, selection.layout) if call.damping is not None else {}
+        return ts.block_sparse_attention(q, k, v, index, scale, return_lse=call.return_lse, **extra)
+
+
+def _damping_args(call: AttentionCall, layout=None) -> dict:
     d = call.damping
-    return {"distance_window": d.window, "alpha": d.alpha, "damp_range": d.token_range(call.patterns[0].layout)}
+    layout = call.patterns[0].layout if layout is None else layout
+    return {"distance_window": d.window, "alpha": d.alpha, "damp_range": d.token_range(layout)}
 
 
 def _gluon_suits(device, head_dim: int, block_size: int, mean_list_length: float) -> bool:
@@ -103,6 +119,8 @@ def runs_on_gluon(call: AttentionCall) -> bool:
 def kernel_for(q, k, v, index: ts.BlockIndex):
     """The forward that runs this call: the Gluon kernel for a group of long enough lists that it can take,
     else the tl kernel (both take the same arguments)."""
+    if index.on_device_only:  # the Gluon path reads list lengths on the host
+        return ts.block_sparse_attention
     if _gluon_suits(q.device, q.shape[-1], index.block_size, index.mean_list_length):
         from . import gluon_backend as gb
 

@@ -464,8 +464,14 @@ class BlockIndex:
     kv_counts: torch.Tensor
     block_size: int
     num_tokens: int
-    _counts_cpu: torch.Tensor
+    _counts_cpu: torch.Tensor | None  # None: a device-only index (``index_on_device``)
     _schedules: dict = field(default_factory=dict)
+
+    @property
+    def on_device_only(self) -> bool:
+        """Built from device tensors with no host copy (a dynamic selection): one key range, launch
+        records built on the device, list lengths unknown to the host."""
+        return self._counts_cpu is None
 
     @property
     def heads(self) -> int:
@@ -478,6 +484,8 @@ class BlockIndex:
     @cached_property  # the index is cached per pattern set, and this is asked on every call
     def mean_list_length(self) -> float:
         """Kept key blocks per query block, averaged over heads and query blocks."""
+        if self.on_device_only:
+            raise ValueError("a device-only index's list lengths are not read on the host")
         return float(self._counts_cpu.float().mean()) if self._counts_cpu.numel() else 0.0
 
     def launch_records(self, kind: str = "head") -> torch.Tensor:
@@ -498,8 +506,24 @@ class BlockIndex:
         """
         key = (kind, int(chunks))
         if key not in self._schedules:
-            self._schedules[key] = [r.to(self.kv_counts.device) for r in self._chunk_records_cpu(int(chunks), kind)]
+            if self.on_device_only:
+                if int(chunks) != 1:
+                    raise ValueError("a device-only index runs in one key range: its chunks would need the "
+                                     "list contents on the host")
+                self._schedules[key] = [self._single_range_records(kind)]
+            else:
+                self._schedules[key] = [r.to(self.kv_counts.device) for r in self._chunk_records_cpu(int(chunks), kind)]
         return self._schedules[key]
+
+    def _single_range_records(self, kind: str) -> torch.Tensor:
+        """The one launch's records, built where the index lives with no host read (every item runs once:
+        an empty list writes zeros and lse -inf)."""
+        counts = self.kv_counts.reshape(-1)
+        order = make_schedule(self.kv_counts, kind, sync_free=True).long()
+        last = self.kv_indices.reshape(counts.numel(), -1).gather(1, (counts.long() - 1).clamp(min=0)[:, None])[:, 0]
+        tail = (counts > 0) & (last == self.num_q_blocks - 1) & (self.num_tokens % self.block_size != 0)
+        flags = tail.to(torch.int32) * REC_TAIL
+        return torch.stack([order.to(torch.int32), counts[order], flags[order], torch.zeros_like(counts)], 1).contiguous()
 
     def _chunk_records_cpu(self, chunks: int, kind: str) -> list[torch.Tensor]:
         counts = self._counts_cpu.reshape(-1).long()
@@ -530,6 +554,8 @@ class BlockIndex:
         lists, averaged over the head's query blocks. float [h]. (A band pattern's groups touch their band;
         a random or dense head's touch all of it.)"""
         key = ("footprint", int(resident))
+        if self.on_device_only:
+            raise ValueError("a device-only index's footprints are not read on the host")
         if key not in self._schedules:
             h, nq = self._counts_cpu.shape
             dev = self.kv_indices.device  # on the GPU this takes milliseconds (seconds on a CPU at 14B dense)
@@ -555,7 +581,7 @@ REC_MERGE = 2  # launch record flag: earlier launches wrote these rows; merge th
 LONG_ROW_FACTOR = 3.0  # a list this many times the mean length starts before the head-major order
 
 
-def make_schedule(counts: torch.Tensor, kind: str = "head") -> torch.Tensor:
+def make_schedule(counts: torch.Tensor, kind: str = "head", *, sync_free: bool = False) -> torch.Tensor:
     """Launch order of the (head, query block) items, int32 [h * QB] of flat indices.
 
     ``head``: first the long lists (over ``LONG_ROW_FACTOR`` x the mean: text query blocks that attend
@@ -566,21 +592,25 @@ def make_schedule(counts: torch.Tensor, kind: str = "head") -> torch.Tensor:
     list first over all heads (ties head-major). ``natural``: head-major, in order. Items with a
     negative count are not launched; they sort last.
     """
+    # Tensor operations on counts' device only; ``sync_free`` also skips the one host read (the longest
+    # list, for the sort key; the bound nq serves as well): a device-only index schedules this way.
     h, nq = counts.shape
     flat = counts.reshape(-1).long()
+    dev = flat.device
     if kind == "natural":
-        order = torch.arange(h * nq)
+        order = torch.arange(h * nq, device=dev)
     elif kind == "lpt":
         order = torch.sort(-flat, stable=True).indices
     elif kind in ("head", "head_strict"):
-        heads = torch.arange(h * nq) // nq
-        top = int(flat.max()) + 1
+        heads = torch.arange(h * nq, device=dev) // nq
+        # above every list length (lists of one block size hold <= nq blocks)
+        top = (nq if sync_free or not flat.numel() else int(flat.max())) + 1
         key = heads * (top + 1) + (top - 1 - flat)
         key = torch.where(flat < 0, h * (top + 1) + top, key)
         if kind == "head":
-            live = flat[flat > 0]
-            mean = float(live.float().mean()) if live.numel() else 0.0
-            long = flat > LONG_ROW_FACTOR * mean
+            live = flat > 0
+            mean = (flat * live).sum().float() / live.sum().clamp(min=1).float()
+            long = flat.float() > LONG_ROW_FACTOR * mean
             key = torch.where(long, -flat, key)  # before every head's items (keys >= 0), longest first
         order = torch.sort(key, stable=True).indices
     else:
@@ -592,6 +622,13 @@ def index_from_tensors(kv_indices: torch.Tensor, kv_counts: torch.Tensor, block_
     counts_cpu = kv_counts.to("cpu", torch.int32).contiguous()
     idx = kv_indices.to(torch.int32).clamp(min=0).contiguous()
     return BlockIndex(idx, kv_counts.to(torch.int32).contiguous(), block_size, num_tokens, counts_cpu)
+
+
+def index_on_device(kv_indices: torch.Tensor, kv_counts: torch.Tensor, block_size: int, num_tokens: int) -> BlockIndex:
+    """A device-only index of a dynamic selection: the tensors as they come (-1 padding cleared on the
+    device), no host copy; it runs on the tl kernel in one key range (``BlockIndex.on_device_only``)."""
+    return BlockIndex(kv_indices.clamp(min=0).to(torch.int32).contiguous(), kv_counts.to(torch.int32).contiguous(),
+                      block_size, num_tokens, None)
 
 
 _INDEXES = BoundedCache("triton.block_indexes", 128)
@@ -831,7 +868,8 @@ def block_sparse_attention(
     d_lo, d_hi, bar_hi = damp_range if damp_range is not None else (0, n, 0)
     bs = index.block_size
     hopper = hopper_features(q.device)
-    if kv_chunks is None and os.environ.get(KV_CHUNKS_ENV):
+    # the environment's tuning knob does not reach a device-only index: it runs in one key range
+    if kv_chunks is None and os.environ.get(KV_CHUNKS_ENV) and not index.on_device_only:
         kv_chunks = os.environ[KV_CHUNKS_ENV]
         if not kv_chunks.isdigit():
             raise ValueError(f"{KV_CHUNKS_ENV}={kv_chunks!r}: give a positive whole number of key ranges (1: no chunks)")
@@ -935,7 +973,7 @@ def auto_kv_chunks(index: BlockIndex, head_dim: int, element_size: int, device: 
     in flight touch (``BlockIndex.head_footprints``, two programs per SM) against its mean list length.
     On the H100 (50 MB L2) random heads take 2 at Wan2.1-14B (38.7 MB of K/V a head) and 3 at
     HunyuanVideo (61 MB); Wan2.1-1.3B (16.8 MB), dense heads and narrow bands stay at 1."""
-    if device.type != "cuda":
+    if device.type != "cuda" or index.on_device_only:
         return 1
     key = ("kv_chunks", head_dim, element_size, str(device))  # decided once per index: every call runs this
     if key not in index._schedules:

@@ -75,8 +75,14 @@ def masks(layout: TokenLayout, block_size: int, p: SVGParams) -> tuple[P.BlockPa
     spatial = [{"name": "diagonal", "params": {"width": width}}]
     temporal = [{"name": "multi_diagonal", "params": {"width": width}}]
     if sink:
+        # their sink is ``kv_idx < tokens_per_frame`` in the order each head attends in: the first frame
+        # for a spatial head, but the first F tokens of the position-major order (the first F / T
+        # positions of every frame) for a temporal one; frame 0's own tokens would lie in every
+        # position-major block and make the temporal mask dense
         spatial.append({"name": "vertical_stripe", "params": {"sink_frames": 1}})
-        temporal.append({"name": "vertical_stripe", "params": {"sink_frames": 1, "ordering": "position_major"}})
+        first, last = layout.video_start, layout.video_start + layout.tokens_per_frame - 1
+        temporal.append({"name": "vertical_stripe", "params": {
+            "blocks": list(range(first // block_size, last // block_size + 1)), "ordering": "position_major"}})
     return (P.build("union", layout, block_size=block_size, patterns=spatial),
             P.build("union", layout, block_size=block_size, patterns=temporal))
 

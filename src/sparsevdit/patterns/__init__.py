@@ -4,10 +4,12 @@ from . import builtin as _builtin  # noqa: F401  (registers the built-in pattern
 from . import random_blocks as _random_blocks  # noqa: F401
 from .base import BlockPattern, block_lengths, num_blocks
 from .fitting import width_for_density
+from .selection import BlockSelection
 from .registry import ParamDoc, PatternError, available, build, check_params, parameters, register, revision, summary
 
 __all__ = [
     "BlockPattern",
+    "BlockSelection",
     "ParamDoc",
     "PatternError",
     "available",

@@ -178,12 +178,13 @@ def run_fidelity(model, *, out: Path | None, plot: Path | None, frames: int = 16
     def eval_dynamic(method, label, params):
         """A dynamic method applied to the model; density and predicted time from what its calls ran."""
         from ..integrations import apply, remove
+        from ..methods.dynamic import as_patterns
 
         apply(model, method=method, block_size=block_size, **params)
         try:
             dyn = model._sparsevdit_plan_state.methods.dynamic
             video, eval_s = timed(lambda: sample_video(model, evalc))
-            ran = list(dyn.history[-steps * model.cfg.depth:]) or [None]  # the last (timed) sampling's calls
+            ran = [as_patterns(x) for x in dyn.history[-steps * model.cfg.depth:]] or [None]  # the timed sampling's
         finally:
             remove(model)
         dens = sum(1.0 if p is None else sum(x.density for x in p) / len(p) for p in ran) / len(ran)
