@@ -5,6 +5,7 @@
 #   bash bench/long_sequences.sh search-demo      # search the demo's plan, then the demo with it (~6 min)
 #   bash bench/long_sequences.sh demo PLAN.json
 #   bash bench/long_sequences.sh methods    # radial / sliding_tile rows and a --target-psnr check (~6 min)
+#   bash bench/long_sequences.sh dynamic    # svg / topk rows (~9 min)
 # Results go under $OUT (at most 8 files come back from the device: extras are tarred).
 set -uo pipefail
 export PYTHONPATH=$PWD/src
@@ -45,6 +46,22 @@ case "${1:-}" in
       --plot "$OUT/fidelity-h200-16k-methods.png" 2>&1 | tee "$OUT/fidelity-methods-log.txt"
     [ -d /tmp/plans-$$ ] && tar cf "$OUT/plans.tar" -C /tmp/plans-$$ .
     ;;
+  dynamic)
+    # issue 17's dynamic methods beside the studies above (same weights, seeds and size): svg (the
+    # study's svg rows are this method now) and topk, at several densities, dense warm-ups and reuse_every
+    GRID='{"sparse_vdit": [], "uniform_densities": [], "budget_sensitivity": [], "budget": [],
+           "svg": [[0.2, 0], [0.2, 0.25]],
+           "methods": [{"method": "svg", "params": {"sparsity": 0.2, "reuse_every": 5}},
+                       {"method": "topk", "params": {"tau": 0.9}},
+                       {"method": "topk", "params": {"tau": null, "fraction": 0.1}},
+                       {"method": "topk", "params": {"tau": null, "fraction": 0.2}},
+                       {"method": "topk", "params": {"tau": null, "fraction": 0.2, "reuse_every": 5}},
+                       {"method": "topk", "params": {"tau": null, "fraction": 0.2}, "dense_fraction": 0.25}]}'
+    timeout "${LIMIT:-560}" "$PY" -m sparsevdit fidelity --device $DEVICE $SIZE \
+      --calib-seeds "$CALIB" --eval-seeds "$EVAL" \
+      --grid "$GRID" --out "$OUT/fidelity-h200-16k-dynamic.json" \
+      --plot "$OUT/fidelity-h200-16k-dynamic.png" 2>&1 | tee "$OUT/fidelity-dynamic-log.txt"
+    ;;
   search-demo)
     # the GPU demo's plan: budget with step sensitivity on calibration seeds covering the 9 classes
     timeout "${LIMIT:-560}" "$PY" -m sparsevdit search --algorithm budget --step-sensitivity --target-psnr "${TARGET:-28.5}" \
@@ -60,5 +77,5 @@ case "${1:-}" in
     (cd /tmp/demo && tar cf "$OUT/demo.tar" --exclude='*.mp4' --exclude='*.gif' --exclude='report.html' .)
     ;;
   *)
-    echo "usage: bash bench/long_sequences.sh fidelity | search-demo | demo PLAN.json | methods" >&2; exit 2 ;;
+    echo "usage: bash bench/long_sequences.sh fidelity | search-demo | demo PLAN.json | methods | dynamic" >&2; exit 2 ;;
 esac

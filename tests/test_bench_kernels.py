@@ -69,3 +69,14 @@ def test_backend_variants():
     assert backend_spec("flex")[0].name == "flex"
     with pytest.raises(ValueError, match="triton@tl"):
         backend_spec("triton@fast")
+
+
+@pytest.mark.parametrize("target", [0.15, 0.3])
+def test_topk_rows_have_uneven_lists_at_the_target_density(target):
+    shape = bk.Shape("small", 3, 32, TokenLayout(6, 16, 16, 20, "prefix"))
+    sel = bk.topk_selection_at(shape, target, 32, device="cpu")
+    assert abs(sel.density - target) < 0.03
+    video_rows = sel.counts[:, 1:].float()  # the first query block holds text: it keeps every key block
+    assert float(video_rows.std()) > 0.2 * float(video_rows.mean())  # lists of different lengths
+    pats = bk.topk_selection_at(shape, target, 32, device="cpu").to_patterns()
+    assert abs(sum(p.density for p in pats) / len(pats) - sel.density) < 1e-12

@@ -361,7 +361,7 @@ def test_svg_and_fidelity_quick(model, tmp_path):
     assert (tmp_path / "f.png").read_bytes()[:4] == b"\x89PNG"
     assert json.loads((tmp_path / "f.json").read_text())["rows"]
     svg = next(r for r in res["rows"] if r["method"] == "svg")
-    assert 0 < svg["density"] < 1 and 0 <= svg["svg"]["spatial_fraction"] <= 1
+    assert 0 < svg["density"] < 1 and 0 <= svg["spatial_fraction"] <= 1 and svg["selections"] > 0
     assert "| budget |" in markdown_table(res)
     assert all("relative_time_measured" not in r for r in res["rows"])  # CPU default: predicted times only
 
@@ -384,7 +384,8 @@ def test_fidelity_grid_is_checked():
     ok = check_grid({"budget": [{"max_time": 0.2, "step_sensitivity": True}], "svg": [[0.2, 0]], "uniform_densities": [0.1]})
     assert ok == {"budget": ({"max_time": 0.2, "step_sensitivity": True},), "svg": ((0.2, 0.0),), "uniform_densities": (0.1,)}
     for bad, match in ((["budget"], "JSON object"), ({"budgt": []}, "unknown fidelity grid keys \\['budgt'\\]"),
-                       ({"svg": 0.2}, "a list"), ({"svg": [[0.2]]}, "pairs"), ({"budget": [0.2]}, "object of budget settings"),
+                       ({"svg": 0.2}, "a list"), ({"svg": [[0.2]]}, "pairs"), ({"svg": [[0, 0]]}, "sparsity"),
+                       ({"svg": [[0.2, 2]]}, "dense first"), ({"budget": [0.2]}, "object of budget settings"),
                        ({"budget": [{"max_time": 0.2, "target_psnr": 20}]}, "exactly one"),
                        ({"budget": [{"max_tme": 0.2}]}, "max_tme"), ({"methods": [{"params": {}}]}, "'method' required"),
                        ({"methods": [{"method": "nope"}]}, "unknown method 'nope'"),

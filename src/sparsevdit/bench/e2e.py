@@ -207,8 +207,8 @@ def mixed_plan(sig: ModelSignature, layout: TokenLayout, target: float, *, block
 
 def method_defaults(spec: ModelSpec, method: str) -> dict:
     """A method's parameters for a model family where they differ from the method's own defaults:
-    radial's preset of the family (CogVideoX has none of its own: HunyuanVideo's, no sink)."""
-    if method == "radial":
+    radial's and svg's preset of the family (CogVideoX has none of its own: HunyuanVideo's, no sink)."""
+    if method in ("radial", "svg"):
         return {"model_family": "wan" if spec.family == "wan" else "hunyuan"}
     return {}
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import math
 from dataclasses import dataclass
 
@@ -34,7 +35,7 @@ SHAPES = {
     "wan14b": Shape("wan14b", 40, 128, TokenLayout(21, 45, 80)),
     "hunyuan": Shape("hunyuan", 24, 128, TokenLayout(33, 45, 80, text_tokens=256, text_position="suffix")),
 }
-KINDS = ("random", "diagonal", "multi_diagonal", "diag+stripes")
+KINDS = ("random", "diagonal", "multi_diagonal", "diag+stripes", "topk")
 
 
 def shape_tensors(shape: Shape, dtype: torch.dtype = torch.bfloat16, seed: int = 0) -> tuple[torch.Tensor, ...]:
@@ -57,11 +58,48 @@ def _with_width(build, layout: TokenLayout, target: float) -> P.BlockPattern:
     return build(P.width_for_density(lambda w: build(w).density, target, 2 * layout.num_tokens))
 
 
+@functools.lru_cache(maxsize=8)
+def topk_selection_at(shape: Shape, density: float, block_size: int = 128, seed: int = 1,
+                      device: str = "cuda") -> P.BlockSelection:
+    """What ``topk`` (cumulative mass ``tau``) selects at about ``density`` on q/k with block structure
+    (random per-block offsets, so pooled scores are uneven, and query blocks of random sharpness): per-row
+    lists of different lengths, as on a real model, unlike the even rows of a fraction or the bands.
+    ``tau`` by bisection."""
+    from ..methods import parse_params
+    from ..methods.topk import select
+
+    lay, h, d = shape.layout, shape.heads, shape.head_dim
+    n, nb = lay.num_tokens, P.num_blocks(shape.layout.num_tokens, block_size)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    block_of = torch.arange(n, device=device) // block_size
+    q, k = (torch.randn(1, h, n, d, device=device, generator=gen)
+            + 0.6 * torch.randn(1, h, nb, d, device=device, generator=gen)[:, :, block_of] for _ in range(2))
+    # query blocks from sharp to diffuse (log-normal temperature): some keep a few key blocks, some many
+    sharpness = torch.exp(torch.randn(1, h, nb, 1, device=device, generator=gen))
+    q = q * sharpness[:, :, block_of]
+
+    def at(tau: float) -> P.BlockSelection:
+        counts, indices = select(q, k, lay, block_size, parse_params("topk", {"tau": tau}))
+        return P.BlockSelection(lay, block_size, counts, indices, name="topk", params={"tau": tau})
+
+    lo, hi = 1e-4, 1.0
+    best = at(hi)
+    for _ in range(18):
+        mid = (lo + hi) / 2
+        sel = at(mid)
+        if abs(sel.density - density) < abs(best.density - density):
+            best = sel
+        lo, hi = (mid, hi) if sel.density < density else (lo, mid)
+    return best
+
+
 def patterns_at(kind: str, shape: Shape, density: float, block_size: int = 128) -> list[P.BlockPattern]:
     """One pattern per head of ``kind`` at about ``density``."""
     lay = shape.layout
     if density >= 1.0:
         return [P.build("dense", lay, block_size=block_size)] * shape.heads
+    if kind == "topk":  # different lists per head and per query block
+        return topk_selection_at(shape, density, block_size).to_patterns()
     if kind == "random":  # a different mask per head: exercises head fusion
         return [P.build("random_blocks", lay, block_size=block_size, density=density, seed=h) for h in range(shape.heads)]
     if kind == "diagonal":
@@ -149,12 +187,24 @@ def run(shapes, densities, kinds, backends, dtype=torch.bfloat16, check=True, lo
                         times[bname].append(median_ms(lambda: backend.run(q, k, v, call, scale)))
             base_ms = statistics.median(case_cudnn) if case_cudnn else cudnn_ms
             extra = {"cudnn_case_ms_rounds": case_cudnn} if case_cudnn else {}
+            if kind == "topk" and dens < 1.0 and "triton" in backends:
+                # the same selection as it comes from the method, on the device index (one key range)
+                sel = topk_selection_at(shape, dens)
+                tri = get_backend("triton")
+                if tri.cannot_run_selection(call, sel) is None:
+                    name = "triton (device index)"
+                    out, _ = tri.run_selection(q, k, v, sel, call, scale)
+                    errors[name] = spot_check(out, q, k, v, pats, scale) if check else None
+                    del out
+                    times[name] = [median_ms(lambda: tri.run_selection(q, k, v, sel, call, scale)) for _ in range(rounds)]
+                    runnable.append((name, tri, contextlib.nullcontext))
             for bname, _, _ in runnable:
                 ms, err = statistics.median(times[bname]), errors[bname]
                 eff = base_ms * density / ms
                 rows.append(dict(backend=bname, shape=shape_name, shape_str=shape_str, pattern=kind, density=density,
                                  target_density=dens, ms=ms, cudnn_dense_ms=base_ms, efficiency=eff, spot_rel_err=err,
-                                 ms_rounds=times[bname], **extra, **_kernel_facts(bname, pats, d, q)))
+                                 ms_rounds=times[bname], **extra,
+                                 **(_kernel_facts(bname, pats, d, q) if bname in backends else {"kernel": "tl", "kv_chunks": 1})))
                 log(f"  {bname:9s} {kind:15s} density {density:6.1%}  {ms:8.3f} ms  efficiency {eff:5.2f}"
                     + (f"  err {err:.1e}" if err is not None else ""))
         del q, k, v

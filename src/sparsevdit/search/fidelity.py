@@ -31,7 +31,7 @@ from ..integrations.bundled import model_signature as plan_signature
 from ..metrics import video_psnr_ssim
 from ..methods import get_method
 from ..plan import SparsityPlan
-from .baselines import svg_sample, uniform_plan
+from .baselines import uniform_plan
 from .budget import BudgetSettings, budget_search, layer_sensitivity, step_sensitivity
 from .candidates import band_width
 from .common import CalibrationConfig, sample_video
@@ -42,7 +42,8 @@ from ..atomic_files import finite_or_none as _finite
 
 FULL = {
     "uniform_densities": (0.1, 0.2, 0.3, 0.5),
-    "svg": ((0.2, 0), (0.3, 0), (0.5, 0), (0.3, 0.25)),  # (target density, fraction of steps dense first)
+    # the svg method: (its sparsity, the kept fraction of each band; fraction of steps dense first)
+    "svg": ((0.1, 0), (0.2, 0), (0.3, 0), (0.2, 0.25)),
     "sparse_vdit": ((0.5, 1.0), (0.05, 0.02), (0.01, 0.01), (0.004, 0.004), (0.002, 0.003)),  # (lambda, epsilon)
     # budget settings (BudgetSettings fields); with layer_sensitivity / step_sensitivity the weights are
     # measured once per kind (reference plan at predicted time 0.3) and the row is "budget+sens"
@@ -57,7 +58,10 @@ FULL = {
     "methods": ({"method": "radial"}, {"method": "radial", "dense_fraction": 0.25},
                 {"method": "sliding_tile", "params": {"tile": [2, 8, 8], "window": [3, 3, 3]}},
                 {"method": "sliding_tile", "params": {"tile": [2, 8, 8], "window": [5, 3, 3]}},
-                {"method": "sliding_tile", "params": {"tile": [2, 8, 8], "window": [3, 3, 3]}, "dense_fraction": 0.25}),
+                {"method": "sliding_tile", "params": {"tile": [2, 8, 8], "window": [3, 3, 3]}, "dense_fraction": 0.25},
+                {"method": "topk", "params": {"tau": 0.9}}, {"method": "topk", "params": {"tau": None, "fraction": 0.2}},
+                {"method": "topk", "params": {"tau": None, "fraction": 0.2, "reuse_every": 5}},
+                {"method": "svg", "params": {"sparsity": 0.2, "reuse_every": 5}}),
 }
 METHOD_ENTRY_KEYS = ("method", "params", "dense_fraction")
 GRID_KEYS = tuple(FULL)
@@ -84,9 +88,20 @@ def check_grid(grid: dict) -> dict:
             out[key] = tuple(_check_method_entry(e) for e in values)
         elif key in ("svg", "sparse_vdit"):
             if not all(isinstance(v, (list, tuple)) and len(v) == 2 for v in values):
-                shape = "[target density, fraction of steps dense first]" if key == "svg" else "[lambda, epsilon]"
+                shape = ("[sparsity (the kept fraction of each band), fraction of steps dense first]" if key == "svg"
+                         else "[lambda, epsilon]")
                 raise ValueError(f"grid {key!r}: a list of pairs {shape}, got {values!r}")
             out[key] = tuple((float(a), float(b)) for a, b in values)
+            if key == "svg":
+                from ..methods import MethodError, parse_params
+
+                for sparsity, warm in out[key]:
+                    try:
+                        parse_params("svg", {"sparsity": sparsity})
+                    except MethodError as exc:
+                        raise ValueError(f"grid 'svg': {exc}") from None
+                    if not 0 <= warm <= 1:
+                        raise ValueError(f"grid 'svg': the fraction of steps dense first is in [0, 1], got {warm!r}")
         else:
             out[key] = tuple(float(v) for v in values)
     return out
@@ -190,14 +205,20 @@ def run_fidelity(model, *, out: Path | None, plot: Path | None, frames: int = 16
         dens = sum(1.0 if p is None else sum(x.density for x in p) / len(p) for p in ran) / len(ran)
         rel_f = sum(cost_f.layer_time(p) for p in ran) / len(ran)
         rel_m = sum(cost_m.layer_time(p) for p in ran) / len(ran)
-        record(method, label, video, dens, rel_f, rel_m, {"params": params, "selections": dyn.selections}, None, eval_s)
+        extra = {"params": params, "selections": dyn.selections}
+        heads = [x for p in ran if p is not None for x in p]
+        if method == "svg" and heads:  # its choice: spatial heads attend in frame-major order, temporal ones not
+            extra["spatial_fraction"] = sum(x.ordering == "frame_major" for x in heads) / len(heads)
+        record(method, label, video, dens, rel_f, rel_m, extra, None, eval_s)
 
     # the searches first (the comparison the study is for), the baselines after: a run cut short keeps them
     # profile --------------------------------------------------------------------------------------
-    t = time.perf_counter()
-    prof = run_profile(model, calib, rows_per_block=rows_per_block, console=console, progress=False)
-    profile_s = time.perf_counter() - t
-    log(f"profile on calibration seeds {list(calib_seeds)}: {profile_s:.0f} s, {len(prof.candidates)} candidates")
+    prof, profile_s = None, 0.0
+    if grid["sparse_vdit"] or grid["budget"] or grid["budget_sensitivity"]:  # the searches' input, only for them
+        t = time.perf_counter()
+        prof = run_profile(model, calib, rows_per_block=rows_per_block, console=console, progress=False)
+        profile_s = time.perf_counter() - t
+        log(f"profile on calibration seeds {list(calib_seeds)}: {profile_s:.0f} s, {len(prof.candidates)} candidates")
     # sparse-vdit ----------------------------------------------------------------------------------
     for lam, eps in grid["sparse_vdit"]:
         t = time.perf_counter()
@@ -265,14 +286,11 @@ def run_fidelity(model, *, out: Path | None, plot: Path | None, frames: int = 16
         plan = SparsityPlan.for_method(plan_signature(model), layout, entry["method"], params, block_size=block_size)
         eval_plan(entry["method"], label, plan, {"params": params})
 
-    # SVG ------------------------------------------------------------------------------------------
-    for d, warm in grid["svg"]:
-        warm_steps = round(warm * steps)
-        (video, st), eval_s = timed(lambda: svg_sample(model, calib, density=d, warmup_steps=warm_steps,
-                                                       seeds=evalc.seeds, classes=evalc.classes, cost=cost_f))
-        rel_m = _svg_time(st, cost_m, steps, warm_steps)
-        record("svg", f"target {d:.0%}" + (f", {warm_steps} dense steps" if warm_steps else ""), video, st["density"],
-               st["relative_time"], rel_m, {"svg": st, "warmup_steps": warm_steps}, None, eval_s)
+    # SVG: the svg method (its released masks, its per-head online choice) ------------------------------
+    for sparsity, warm in grid["svg"]:
+        params = {"sparsity": sparsity, "dense_steps": round(warm * steps)}
+        label = f"sparsity={sparsity:g}" + (f", {params['dense_steps']} dense steps" if params["dense_steps"] else "")
+        eval_dynamic("svg", label, params)
 
     result = _result(rows, calib, evalc, layout, dense_seconds, t_start, cost_f, cost_m, measure_time)
     if out is not None:
@@ -292,15 +310,6 @@ def _budget_method(opts: dict) -> str:
 def _slug(label: str) -> str:
     """A file-name-safe form of a row label."""
     return "".join(ch if ch.isalnum() or ch in ".-" else "_" for ch in label).strip("_")[:60] or "plan"
-
-
-def _svg_time(stats: dict, cost: CostModel, steps: int, warm: int) -> float:
-    """SVG's relative time under another cost model, from its density (spatial/temporal mix)."""
-    frac_sparse = (steps - warm) / steps
-    fs = stats["spatial_fraction"]
-    t_sparse = fs * cost.head_time("diag+stripes", stats["spatial_density"]) + (1 - fs) * cost.head_time(
-        "multi_diagonal", stats["temporal_density"])
-    return frac_sparse * t_sparse + (1 - frac_sparse) * 1.0
 
 
 def _device_name() -> str:
