@@ -260,3 +260,66 @@ def test_a_dynamic_method_cannot_be_a_plan_head():
     s = Bundled()
     with pytest.raises(PlanError, match="a static method: a dynamic one"):
         SparsityPlan(_signature(s), s.layout, BS, [LayerEntry(0, (HeadSpec.of_method("topk"),) * 2)])
+
+
+def _dynamic(model):
+    """The DynamicPatterns a dynamic method's apply installed."""
+    if isinstance(model, VideoDiT):
+        return model._sparsevdit_plan_state.methods.dynamic
+    from sparsevdit.integrations.diffusers import _state
+
+    return _state(model).methods.dynamic
+
+
+@pytest.mark.parametrize("method", list_methods("dynamic"))
+def test_every_models_dynamic_selections_replay_through_reference_and_follow_the_rule(subject, method):
+    """Run 1 (auto backend) records each select call's inputs and result; run 2 feeds the same
+    selections, in the same order, to the reference backend: the outputs are equal. The first
+    selection of the run equals a plain reference of the method's rule on that call's q, k, v."""
+    import types
+
+    from sparsevdit.methods.dynamic import as_patterns
+    from sparsevdit.methods.svg import masks
+
+    params = SPARSE.get(method, {})
+    sv.apply(subject.model, method=method, block_size=BS, backend="auto", **params)
+    dyn = _dynamic(subject.model)
+    cls, recorded = dyn.cls, []
+
+    def recording(q, k, layout, block_size, p, **kw):
+        out = cls.select(q, k, layout, block_size, p, **kw)
+        recorded.append((q.clone(), k.clone(), kw["v"].clone(), kw["layer"], kw["step"], out))
+        return out
+
+    dyn.cls = types.SimpleNamespace(name=cls.name, select=recording)
+    video = subject.run()
+    sv.remove(subject.model)
+    assert recorded and dyn.selections == len(recorded)
+    ran = [as_patterns(x) for x in dyn.history if x is not None]
+    assert ran and all(len(x) == len(ran[0]) for x in ran)  # one pattern per head at every sparse call
+
+    replayed = iter([out for *_, out in recorded])
+    sv.apply(subject.model, method=method, block_size=BS, backend="reference", **params)
+    _dynamic(subject.model).cls = types.SimpleNamespace(name=cls.name, select=lambda *a, **kw: next(replayed))
+    again = subject.run()
+    sv.remove(subject.model)
+    assert next(replayed, None) is None  # every recorded selection was used, in order
+    torch.testing.assert_close(again, video, atol=2e-5, rtol=2e-5)
+    assert (video - subject.dense).abs().max() > 1e-4  # the selections changed the output
+
+    q, k, v, layer, step, first = recorded[0]
+    p = dyn.params
+    if method == "topk":
+        from test_methods_topk import reference as topk_rule
+
+        counts, indices = first
+        expected = topk_rule(q, k, subject.layout, BS, p)
+        got = [[indices[h, i, : counts[h, i]].tolist() for i in range(counts.shape[1])] for h in range(counts.shape[0])]
+        assert got == expected
+    elif method == "svg":
+        from test_methods_svg import choice_rule
+
+        pair = masks(subject.layout, BS, p)
+        assert [pair.index(c) for c in first] == choice_rule(q, k, v, subject.layout, BS, p, layer, step)
+    else:
+        pytest.fail(f"no plain reference of {method}'s rule in this test: add one")
