@@ -48,16 +48,20 @@ case "${1:-}" in
     ;;
   dynamic)
     # issue 17's dynamic methods beside the studies above (same weights, seeds and size): svg (the
-    # study's svg rows are this method now) and topk, at several densities, dense warm-ups and reuse_every
+    # study's svg rows are this method now) and topk, at several densities, dense warm-ups and reuse_every;
+    # first the selection's cost per layer at the full-size shapes (bench/selection_cost.py, ~1 min)
+    timeout 120 "$PY" bench/selection_cost.py --out "$OUT/selection-cost.json" 2>&1 | tee "$OUT/selection-log.txt"
     GRID='{"sparse_vdit": [], "uniform_densities": [], "budget_sensitivity": [], "budget": [],
-           "svg": [[0.2, 0], [0.2, 0.25]],
-           "methods": [{"method": "svg", "params": {"sparsity": 0.2, "reuse_every": 5}},
-                       {"method": "topk", "params": {"tau": 0.9}},
-                       {"method": "topk", "params": {"tau": null, "fraction": 0.1}},
+           "svg": [],
+           "methods": [{"method": "svg", "params": {"sparsity": 0.2}},
                        {"method": "topk", "params": {"tau": null, "fraction": 0.2}},
+                       {"method": "topk", "params": {"tau": 0.9}},
+                       {"method": "svg", "params": {"sparsity": 0.2, "reuse_every": 5}},
                        {"method": "topk", "params": {"tau": null, "fraction": 0.2, "reuse_every": 5}},
+                       {"method": "topk", "params": {"tau": null, "fraction": 0.1}},
+                       {"method": "svg", "params": {"sparsity": 0.2}, "dense_fraction": 0.25},
                        {"method": "topk", "params": {"tau": null, "fraction": 0.2}, "dense_fraction": 0.25}]}'
-    timeout "${LIMIT:-560}" "$PY" -m sparsevdit fidelity --device $DEVICE $SIZE \
+    timeout "$(( ${LIMIT:-560} - 130 ))" "$PY" -m sparsevdit fidelity --device $DEVICE $SIZE \
       --calib-seeds "$CALIB" --eval-seeds "$EVAL" \
       --grid "$GRID" --out "$OUT/fidelity-h200-16k-dynamic.json" \
       --plot "$OUT/fidelity-h200-16k-dynamic.png" 2>&1 | tee "$OUT/fidelity-dynamic-log.txt"

@@ -307,18 +307,24 @@ def record_backends():
     from ..kernels import api
 
     counts: Counter = Counter()
-    original = api.select_backend
+    original, original_sel = api.select_backend, api.selection_backend
 
     def recording(name, call):
         backend = original(name, call)
         counts[backend.name] += call.heads
         return backend
 
-    api.select_backend = recording
+    def recording_selection(name, call, selection):  # a dynamic selection run on the device index
+        backend = original_sel(name, call, selection)
+        if backend is not None:
+            counts[backend.name] += call.heads
+        return backend
+
+    api.select_backend, api.selection_backend = recording, recording_selection
     try:
         yield counts
     finally:
-        api.select_backend = original
+        api.select_backend, api.selection_backend = original, original_sel
 
 
 def _sync(device: torch.device) -> None:

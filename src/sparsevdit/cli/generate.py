@@ -116,30 +116,10 @@ def _generate_bundled(plan, *, prompt, frames, height, width, steps, guidance, s
 # --------------------------------------------------------------------------------------------------
 # diffusers pipelines
 # --------------------------------------------------------------------------------------------------
-def _looks_like_path(name: str) -> bool:
-    return name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name
-
-
 def _load_pipeline(name: str, dtype):
-    try:
-        from diffusers import DiffusionPipeline
-    except ImportError:
-        _fail("running a diffusers model needs the diffusers package: pip install diffusers")
-    path = Path(name).expanduser()
-    if not path.exists() and _looks_like_path(name):
-        _fail(f"no diffusers pipeline at {path}: the folder does not exist (download the weights there first)")
-    if path.exists() and not (path / "model_index.json").exists():
-        _fail(f"{path} is not a diffusers pipeline folder: it has no model_index.json")
-    source = str(path) if path.exists() else name
-    try:
-        return DiffusionPipeline.from_pretrained(source, torch_dtype=dtype)
-    except Exception as exc:  # noqa: BLE001 - loading fails in many ways; all end in the same advice
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        where = f"the folder {path}" if path.exists() else f"{name!r} (not a folder on disk; the Hugging Face Hub download failed)"
-        _fail(
-            f"could not load a diffusers pipeline from {where}: {first}\n"
-            f"Put the weights on disk (e.g. `huggingface-cli download {name} --local-dir DIR`) and pass --model DIR."
-        )
+    from .pipelines import load_pipeline
+
+    return load_pipeline(name, dtype, option="--pipeline")
 
 
 def _pixel_defaults(pipe, layout) -> dict:
@@ -193,6 +173,12 @@ def _generate_diffusers(plan, *, name, prompt, negative_prompt, frames, height, 
         from ..integrations import apply
 
         apply(pipe, block_size=block_size, backend=backend, ultravico=ultravico)
+    if name.startswith("tiny:"):  # a toy pipeline's own call arguments (its text length, template)
+        from ..integrations.tiny_pipelines import TINY_CALL, TINY_SIZES
+
+        family = name.split(":", 1)[1]
+        kwargs.setdefault("max_sequence_length", TINY_SIZES[family]["max_sequence_length"])
+        kwargs.update(TINY_CALL.get(family, {}))
     given = {"num_frames": frames, "height": height, "width": width, "num_inference_steps": steps,
              "guidance_scale": guidance, "negative_prompt": negative_prompt}
     kwargs.update({k: v for k, v in given.items() if v is not None})
@@ -232,7 +218,7 @@ def register(app: typer.Typer) -> None:
 
 
 def generate(
-    model: str = typer.Option("bundled", "--model", "-m", help="'bundled' (our small VideoDiT), a diffusers pipeline folder, or a Hugging Face Hub id"),
+    model: str = typer.Option("bundled", "--pipeline", "--model", "-m", help="'bundled' (our small VideoDiT), tiny:wan | tiny:cogvideox | tiny:hunyuan (toy-size real pipelines, random weights), a diffusers pipeline folder, or a Hugging Face Hub id"),
     plan: Optional[Path] = typer.Option(None, "--plan", help="plan file (from `sparsevdit search`); without it attention stays dense"),
     prompt: Optional[str] = typer.Option(None, "--prompt", help="text prompt; for the bundled model a scene class name or index (`sparsevdit classes`)"),
     negative_prompt: Optional[str] = typer.Option(None, "--negative-prompt", help="negative prompt (diffusers pipelines)"),

@@ -1,4 +1,5 @@
-"""``sparsevdit profile``, ``search``, ``cost`` and ``fidelity``: searching plans for the bundled model."""
+"""``sparsevdit profile``, ``search``, ``cost`` and ``fidelity``: searching plans for the bundled model or a
+diffusers pipeline (``--pipeline``, through the search runners)."""
 
 from __future__ import annotations
 
@@ -68,6 +69,52 @@ StepsOpt = Annotated[Optional[int], typer.Option(callback=at_least(1), help="den
 GuidanceOpt = Annotated[Optional[float], typer.Option(callback=finite(0), help="classifier-free guidance scale (>= 0)")]
 BlockSizeOpt = Annotated[Optional[int], typer.Option("--block-size", callback=at_least(1), help="attention block size")]
 BackendOpt = Annotated[str, typer.Option(callback=check_backend, help="attention backend for the sparse sampling runs")]
+PipelineOpt = Annotated[str, typer.Option(
+    "--pipeline", help="the model to search on: bundled (our VideoDiT), tiny:wan | tiny:cogvideox | tiny:hunyuan (real "
+                       "diffusers pipelines at toy size, random weights, offline), or a diffusers pipeline folder / Hub id")]
+PromptsOpt = Annotated[Optional[Path], typer.Option("--prompts", help="pipelines: calibration prompts, a text file with one per line")]
+PromptOpt = Annotated[Optional[str], typer.Option("--prompt", help="pipelines: one more calibration prompt")]
+NegativeOpt = Annotated[Optional[str], typer.Option("--negative-prompt", help="pipelines: the negative prompt of every run")]
+
+
+class _Prepared:
+    """A --pipeline's calibration run checked, the model not loaded yet (``load()``): the bundled model's
+    calibration and depth are known before any model work, a pipeline's only once it is loaded."""
+
+    def __init__(self, load, calib=None, depth=None):
+        self._load, self.calib, self.depth = load, calib, depth
+
+    def load(self, calib=None):
+        return self._load(calib)
+
+
+def _prepare(pipeline: str, weights, device: str, seeds, classes, frames, height, width, steps, guidance, block_size,
+             backend, prompts_file=None, prompt=None, negative_prompt=None) -> _Prepared:
+    """The search runner of --pipeline with its calibration run (bundled: the model folder of --weights)."""
+    from ..search.runners import as_runner
+    from .pipelines import is_bundled, pipeline_runner, read_prompts
+
+    if is_bundled(pipeline):
+        for option, value in (("--prompts", prompts_file), ("--prompt", prompt), ("--negative-prompt", negative_prompt)):
+            if value is not None:
+                bad(option, str(value), "an option of diffusers pipelines (--pipeline): the bundled model takes --classes")
+        cfg = model_config(weights)
+        calib = _calib(cfg, resolve_device(device), seeds, classes, frames, height, width, steps, guidance, block_size, backend)
+        return _Prepared(lambda c=None: as_runner(_model(weights, device)[0], c or calib), calib, cfg.depth)
+    if weights is not None:
+        bad("--weights", str(weights), "an option of the bundled model: a pipeline's weights are its --pipeline folder")
+    if classes is not None:
+        bad("--classes", classes, "an option of the bundled model: pipelines take --prompts")
+    seed_list = int_list(seeds, "--seeds", low=0)
+    texts = read_prompts(prompts_file, prompt)
+
+    def load(calib=None):
+        runner = pipeline_runner(pipeline, device=resolve_device(device), prompts=texts, negative_prompt=negative_prompt,
+                                 seeds=seed_list, frames=frames, height=height, width=width, steps=steps,
+                                 guidance=guidance, block_size=block_size, backend=backend)
+        return runner if calib is None else as_runner(runner.pipe, calib)
+
+    return _Prepared(load)
 
 
 def _calib(cfg, device: str, seeds, classes, frames, height, width, steps, guidance, block_size, backend):
@@ -165,15 +212,19 @@ def profile_cmd(
     guidance: GuidanceOpt = None,
     block_size: BlockSizeOpt = None,
     rows_per_block: int = typer.Option(8, callback=at_least(0), help="query rows measured per query block (0: every row)"),
+    pipeline: PipelineOpt = "bundled",
+    prompts: PromptsOpt = None,
+    prompt: PromptOpt = None,
+    negative_prompt: NegativeOpt = None,
 ) -> None:
-    """Run the bundled model's sampler with dense attention and record, per (step, layer, head), block-pooled
-    attention mass and every candidate pattern's output error against dense (memory-bounded)."""
+    """Sample the model with dense attention and record, per (step, layer, head), block-pooled attention mass
+    and every candidate pattern's output error against dense (memory-bounded): the bundled model, or a
+    diffusers pipeline (--pipeline) on its calibration prompts."""
     from ..search import run_profile
 
-    cfg = model_config(weights)
-    calib = _calib(cfg, resolve_device(device), seeds, classes, frames, height, width, steps, guidance, block_size, "auto")
-    model, _ = _model(weights, device)
-    prof = run_profile(model, calib, rows_per_block=rows_per_block or None, console=console)
+    runner = _prepare(pipeline, weights, device, seeds, classes, frames, height, width, steps, guidance, block_size, "auto",
+                      prompts, prompt, negative_prompt).load()
+    prof = run_profile(runner, rows_per_block=rows_per_block or None, console=console)
     prof.save(out)
     best = prof.rel_err.mean(0)  # [L, H, C]
     console.print(f"{len(prof.candidates)} candidates, {prof.steps} steps x {prof.num_layers} layers x {prof.num_heads} heads "
@@ -218,8 +269,13 @@ def search_cmd(
     block_size: BlockSizeOpt = None,
     rows_per_block: Optional[int] = typer.Option(None, callback=at_least(0), help="query rows measured per block (budget default 8, sparse-vdit default all; 0: all)"),
     backend: BackendOpt = "auto",
+    pipeline: PipelineOpt = "bundled",
+    prompts: PromptsOpt = None,
+    prompt: PromptOpt = None,
+    negative_prompt: NegativeOpt = None,
 ) -> None:
-    """Search a SparsityPlan for the bundled model: `sparse-vdit` (the paper's rule) or `budget` (ours)."""
+    """Search a SparsityPlan: `sparse-vdit` (the paper's rule) or `budget` (ours), for the bundled model or a
+    diffusers pipeline (--pipeline) on its calibration prompts."""
     from ..search import CostModel, Profile, run_search
 
     if algorithm != "budget":
@@ -231,32 +287,50 @@ def search_cmd(
         for option, set_ in given.items():
             if set_:
                 bad(option, "given", f"an option of --algorithm budget only (this search is {algorithm}): drop it or use budget")
-    cfg = model_config(weights)
-    calib = _calib(cfg, resolve_device(device), seeds, classes, frames, height, width, steps, guidance, block_size, backend)
-    layers = int_list(dense_layers, "--dense-layers", low=0, high=cfg.depth - 1, what=f"the model's {cfg.depth} layers")
     prof = Profile.load(profile) if (algorithm == "budget" and profile is not None) else None
+    prep = _prepare(pipeline, weights, device, seeds, classes, frames, height, width, steps, guidance, block_size, backend,
+                    prompts, prompt, negative_prompt)
     if prof is not None:
-        calib = prof.calib
-        console.print(f"profile {profile}: calibration {calib.to_dict()}")
-    if dense_warmup_steps >= calib.steps:
-        bad("--dense-warmup-steps", dense_warmup_steps, f"fewer than the {calib.steps} denoising steps (all dense is no plan)")
-    model, _ = _model(weights, device)
-    cost_model = CostModel.from_spec(cost, num_tokens=calib.layout(model).num_tokens)
+        measured_with = prof.settings.get("runner", "bundled")
+        if prep.depth is not None and measured_with != "bundled":  # checked before the bundled model loads
+            bad("--profile", str(profile), f"a profile of the bundled model; it was measured with the {measured_with} runner "
+                                           "(pass its --pipeline)")
+        console.print(f"profile {profile}: calibration {prof.calib.to_dict()}")
+
+    def check(depth: int, calib) -> list:
+        layers = int_list(dense_layers, "--dense-layers", low=0, high=depth - 1, what=f"the model's {depth} layers")
+        if dense_warmup_steps >= calib.steps:
+            bad("--dense-warmup-steps", dense_warmup_steps, f"fewer than the {calib.steps} denoising steps (all dense is no plan)")
+        return list(layers or ())
+
+    if prep.depth is not None:  # the bundled model: every check before any model work
+        layers = check(prep.depth, prof.calib if prof is not None else prep.calib)
+    runner = prep.load(prof.calib if prof is not None else None)
+    if prof is not None and prof.settings.get("runner", "bundled") != runner.name:
+        bad("--profile", str(profile), f"a profile of this --pipeline ({runner.name}); it was measured with the "
+                                       f"{prof.settings.get('runner', 'bundled')} runner")
+    if prep.depth is None:
+        layers = check(runner.signature().num_layers, runner.calib)
+    calib = runner.calib
+    cost_model = CostModel.from_spec(cost, num_tokens=runner.layout().num_tokens)
     rows = None if rows_per_block == 0 else rows_per_block
     if algorithm == "budget":
         if target_psnr is None and max_rel_error is None and max_time is None:
             max_time = 0.5
         options = dict(target_psnr=target_psnr, max_rel_error=max_rel_error, max_time=max_time,
                        step_ranges=step_ranges or None, dense_warmup_steps=dense_warmup_steps,
-                       layer_sensitivity=layer_sensitivity, step_sensitivity=step_sensitivity, profile=prof, dense_layers=list(layers or ()),
+                       layer_sensitivity=layer_sensitivity, step_sensitivity=step_sensitivity, profile=prof, dense_layers=layers,
                        rows_per_block=8 if rows_per_block is None else rows)
     else:
         options = dict(lam=lam, epsilon=epsilon, mode_density=mode_density, rows_per_block=rows)
-    plan = run_search(algorithm, model, calib, cost=cost_model, console=console, **options)
+    plan = run_search(algorithm, runner, None, cost=cost_model, console=console, **options)
     plan.save(out)
     print_plan_summary(plan, calib.steps, cost_model)
-    console.print(f"wrote {out}; try it: sparsevdit demo --plan {out} --frames {calib.frames} --height {calib.height} "
-                  f"--width {calib.width} --steps {calib.steps}")
+    if runner.name == "bundled":
+        console.print(f"wrote {out}; try it: sparsevdit demo --plan {out} --frames {calib.frames} --height {calib.height} "
+                      f"--width {calib.width} --steps {calib.steps}")
+    else:
+        console.print(f"wrote {out}; try it: sparsevdit generate --pipeline {pipeline} --plan {out} --steps {calib.steps}")
 
 
 def cost_cmd(

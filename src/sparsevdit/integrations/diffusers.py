@@ -87,6 +87,7 @@ __all__ = [
 _STATE_ATTR = "_sparsevdit_state"
 # What a layer's patterns are while a dynamic method runs: chosen in ``attend`` from that call's q and k.
 DYNAMIC = type("DynamicPatterns", (), {"__repr__": lambda self: "DYNAMIC"})()
+CAPTURE = type("Capture", (), {"__repr__": lambda self: "CAPTURE"})()  # the state's capture callback decides
 
 
 # ---------------------------------------------------------------------------------------------
@@ -204,6 +205,9 @@ class _State:
     hook: Any = None
     pinned: int | None = None
     history: list = field(default_factory=list)
+    # capture(layer, step, q, k, v) -> patterns | None (dense): every self-attention call goes through it
+    # (the searches' runners measure and choose there; search/runners/pipeline.py)
+    capture: Any = None
     _mask_cache: tuple | None = field(default=None, repr=False)
 
     @property
@@ -211,6 +215,8 @@ class _State:
         return self.step if self.pinned is None else self.pinned
 
     def patterns_for(self, layer: int) -> list[BlockPattern] | None:
+        if self.capture is not None:
+            return CAPTURE  # attend hands q, k, v to the capture callback
         dynamic = getattr(self.methods, "dynamic", None)
         if dynamic is not None and not dynamic.runs_dense(layer, self.current):
             return DYNAMIC  # attend selects the masks from this call's q and k
@@ -415,6 +421,14 @@ class SparseProcessorBase:
     def attend(self, q, k, v, patterns, *, n: int, key_valid: torch.Tensor | None = None) -> torch.Tensor:
         """Sparse attention over [B, H, N, D] with this layer's patterns (and a key-padding mask)."""
         layout = self.state.check_tokens(n, f"layer {self.layer}")
+        if patterns is CAPTURE:
+            capture = self.state.capture
+            patterns = capture(self.layer, self.state.current, q, k, v)
+            if patterns is None:  # dense, as the model's own processor computes it
+                mask = None if key_valid is None else key_valid[:, None, None, :]
+                return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+            return sparse_attention_key_masked(q, k, v, patterns, layout=layout, key_valid=key_valid,
+                                               backend=getattr(capture, "backend", self.state.backend))
         if patterns is DYNAMIC:
             patterns = self.state.methods.dynamic.patterns_for(self.layer, self.state.current, q, k, layout, v=v)
         return sparse_attention_key_masked(q, k, v, patterns, layout=layout, key_valid=key_valid, backend=self.state.backend,

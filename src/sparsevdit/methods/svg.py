@@ -87,28 +87,36 @@ def masks(layout: TokenLayout, block_size: int, p: SVGParams) -> tuple[P.BlockPa
             P.build("union", layout, block_size=block_size, patterns=temporal))
 
 
+@lru_cache(maxsize=64)
+def _block_of_token(pattern: P.BlockPattern, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(int64 [N]: the block of each frame-major token in the pattern's order, bool block mask), on
+    ``device`` once per pattern (no host-to-device copy per selection)."""
+    inv = pattern.layout.inverse_permutation(pattern.ordering)  # token -> position in the pattern's order
+    return (inv // pattern.block_size).to(device), pattern.block_mask.to(device)
+
+
 def _kept_keys(pattern: P.BlockPattern, rows: torch.Tensor, device) -> torch.Tensor:
     """bool [rows, N]: the frame-major key tokens each of the (frame-major) query ``rows`` keeps."""
-    lay, bs = pattern.layout, pattern.block_size
-    inv = lay.inverse_permutation(pattern.ordering).to(device)  # token -> position in the pattern's order
-    mask = pattern.block_mask.to(device)
-    return mask[inv[rows] // bs][:, inv // bs]
+    block, mask = _block_of_token(pattern, torch.device(device))
+    return mask[block[rows]][:, block]
 
 
 def choose(q, k, v, layout: TokenLayout, block_size: int, p: SVGParams, *, layer: int = 0, step: int = 0,
            scale: float | None = None) -> list[int]:
-    """Per head 0 (spatial) or 1 (temporal): the mask whose output on the probe rows is nearer dense."""
+    """Per head 0 (spatial) or 1 (temporal): the mask whose output on the probe rows is nearer dense.
+    The probe's products run in k's dtype (no float32 copy of k and v; float32 on a CPU), the softmax
+    and the errors in float32."""
     b, h, n, d = q.shape
     scale = 1.0 / math.sqrt(d) if scale is None else scale
     g = torch.Generator().manual_seed(p.seed * 1_000_003 + layer * 1009 + step)
     rows = torch.sort(torch.randperm(n, generator=g)[: min(p.probe_rows, n)]).values.to(q.device)
-    s = torch.einsum("bhrd,bhnd->bhrn", q[:, :, rows].float(), k.float()) * scale  # [B, H, r, N]
-    vf = v.float()
-    dense = torch.softmax(s, -1) @ vf
+    s = torch.matmul(q[:, :, rows].to(k.dtype), k.transpose(-1, -2)).float() * scale  # [B, H, r, N]
+    dense = torch.matmul(torch.softmax(s, -1).to(v.dtype), v).float()
     errs = []
     for pattern in masks(layout, block_size, p):
         keep = _kept_keys(pattern, rows, q.device)
-        out = torch.softmax(s.masked_fill(~keep, float("-inf")), -1).nan_to_num(0.0) @ vf
+        probs = torch.softmax(s.masked_fill(~keep, float("-inf")), -1).nan_to_num(0.0)
+        out = torch.matmul(probs.to(v.dtype), v).float()
         errs.append(((out - dense) ** 2).mean((0, 2, 3)))  # [H]
     return (errs[1] < errs[0]).long().tolist()
 

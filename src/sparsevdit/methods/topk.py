@@ -20,6 +20,7 @@ Registered as the dynamic method ``topk``: ``methods.dynamic`` runs it once per 
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import ClassVar
@@ -65,37 +66,56 @@ class TopKParams(DynamicParams):
 
 
 def pooled(x: torch.Tensor, block_size: int) -> torch.Tensor:
-    """[B, H, N, D] -> [H, blocks, D]: the mean over the batch and each block's real tokens (float32)."""
+    """[B, H, N, D] -> [H, blocks, D]: the mean over the batch and each block's real tokens (float32).
+    Summed in float32 straight from x's dtype and strides: no float32 copy of x, no padding."""
     b, h, n, d = x.shape
-    nb = num_blocks(n, block_size)
-    pad = nb * block_size - n
-    summed = torch.nn.functional.pad(x.float(), (0, 0, 0, pad)).view(b, h, nb, block_size, d).sum((0, 3))
-    sizes = torch.full((nb,), float(block_size), device=x.device)
-    sizes[-1] = block_size - pad
-    return summed / (b * sizes)[None, :, None]
+    full = n // block_size
+    parts = []
+    if full:
+        parts.append(x[:, :, : full * block_size].unflatten(2, (full, block_size)).sum(dim=(0, 3), dtype=torch.float32)
+                     / (b * block_size))
+    rest = n - full * block_size
+    if rest:
+        parts.append(x[:, :, full * block_size:].sum(dim=(0, 2), dtype=torch.float32)[:, None] / (b * rest))
+    return parts[0] if len(parts) == 1 else torch.cat(parts, 1)
+
+
+@functools.lru_cache(maxsize=64)
+def _forced(layout: TokenLayout, block_size: int, keep_text: bool, sink_frames: int, device: torch.device):
+    """(bool [k_blocks] kept by every query block, bool [q_blocks] of text query blocks) on ``device``,
+    made once per layout (no host-to-device copy per selection)."""
+    nb = num_blocks(layout.num_tokens, block_size)
+    text = torch.zeros(nb * block_size, dtype=torch.bool)
+    if layout.num_text:
+        lo, hi = layout.text_range
+        text[lo:hi] = True
+    cols = text.clone() if keep_text else torch.zeros_like(text)
+    if sink_frames:
+        vs = layout.video_start
+        cols[vs:vs + min(sink_frames, layout.frames) * layout.tokens_per_frame] = True
+    return cols.view(nb, block_size).any(1).to(device), text.view(nb, block_size).any(1).to(device)
 
 
 def forced_key_blocks(layout: TokenLayout, block_size: int, p: TopKParams, device) -> torch.Tensor:
     """bool [k_blocks]: key blocks every query block keeps (text, sink frames)."""
-    nb = num_blocks(layout.num_tokens, block_size)
-    tok = torch.zeros(nb * block_size, dtype=torch.bool)
-    if p.keep_text and layout.num_text:
-        lo, hi = layout.text_range
-        tok[lo:hi] = True
-    if p.sink_frames:
-        vs = layout.video_start
-        tok[vs:vs + min(p.sink_frames, layout.frames) * layout.tokens_per_frame] = True
-    return tok.view(nb, block_size).any(1).to(device)
+    return _forced(layout, block_size, p.keep_text, p.sink_frames, torch.device(device))[0]
 
 
 def text_query_blocks(layout: TokenLayout, block_size: int, device) -> torch.Tensor:
     """bool [q_blocks]: query blocks holding a text token (they keep every key block)."""
-    nb = num_blocks(layout.num_tokens, block_size)
-    tok = torch.zeros(nb * block_size, dtype=torch.bool)
-    if layout.num_text:
-        lo, hi = layout.text_range
-        tok[lo:hi] = True
-    return tok.view(nb, block_size).any(1).to(device)
+    return _forced(layout, block_size, True, 0, torch.device(device))[1]
+
+
+def ascending_lists(kept: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """bool [H, q_blocks, k_blocks] -> (counts int32 [H, q_blocks], indices int32 [H, q_blocks, k_blocks]): each
+    row's kept key blocks ascending, -1 padded, by a prefix sum and one scatter (no sort)."""
+    h, nq, nk = kept.shape
+    slot = torch.cumsum(kept, -1, dtype=torch.int32) - 1  # where a kept block goes in its row's list
+    slot = torch.where(kept, slot, nk)  # the others to a spill column
+    ids = torch.arange(nk, device=kept.device, dtype=torch.int32).expand(h, nq, nk)
+    out = torch.full((h, nq, nk + 1), -1, dtype=torch.int32, device=kept.device)
+    out.scatter_(-1, slot.long(), ids)
+    return kept.sum(-1, dtype=torch.int32), out[..., :nk]
 
 
 def select(q: torch.Tensor, k: torch.Tensor, layout: TokenLayout, block_size: int, params: TopKParams,
@@ -107,22 +127,17 @@ def select(q: torch.Tensor, k: torch.Tensor, layout: TokenLayout, block_size: in
     qp, kp = pooled(q, block_size), pooled(k, block_size)
     probs = torch.softmax(torch.einsum("hid,hjd->hij", qp, kp) * scale, dim=-1)  # [H, nq, nk]
     nk = probs.shape[-1]
-    order = torch.argsort(probs, dim=-1, descending=True, stable=True)
-    ranked = torch.gather(probs, -1, order)
     if params.tau is not None:
-        before = torch.cumsum(ranked, -1) - ranked  # mass of the better blocks
-        keep_ranked = before < params.tau  # ... so the block that crosses tau is kept too
+        ranked, order = torch.sort(probs, dim=-1, descending=True, stable=True)
+        keep_ranked = torch.cumsum(ranked, -1) - ranked < params.tau  # ... so the block that crosses tau is kept too
+        kept = torch.zeros_like(keep_ranked).scatter_(-1, order, keep_ranked)
     else:
-        keep_ranked = torch.arange(nk, device=q.device) < math.ceil(params.fraction * nk)
-        keep_ranked = keep_ranked.expand_as(ranked)
-    kept = torch.zeros_like(keep_ranked).scatter(-1, order, keep_ranked)
-    kept |= forced_key_blocks(layout, block_size, params, q.device)[None, None, :]
-    kept |= text_query_blocks(layout, block_size, q.device)[None, :, None]
-    ids = torch.arange(nk, device=q.device, dtype=torch.int32)
-    ascending = torch.sort(torch.where(kept, ids, nk), dim=-1).values  # kept ids first, ascending
-    counts = kept.sum(-1).to(torch.int32)
-    indices = torch.where(ascending < nk, ascending, -1).to(torch.int32)
-    return counts, indices
+        best = torch.topk(probs, math.ceil(params.fraction * nk), dim=-1, sorted=False).indices
+        kept = torch.zeros(probs.shape, dtype=torch.bool, device=q.device).scatter_(-1, best, True)
+    forced, text_rows = _forced(layout, block_size, params.keep_text, params.sink_frames, q.device)
+    kept |= forced[None, None, :]
+    kept |= text_rows[None, :, None]
+    return ascending_lists(kept)
 
 
 @register_method

@@ -1,7 +1,8 @@
 """Offline sparse-pattern search: profile a model, predict kernel time, choose a pattern per head.
 
 Algorithms are registered by name (``available_algorithms()``, ``@register_algorithm("name")``);
-each is ``fn(model, calib, *, cost, console=None, progress=True, **options) -> SparsityPlan``:
+each is ``fn(model, calib, *, cost, console=None, progress=True, **options) -> SparsityPlan``, where
+``model, calib`` is a search runner (``runners``; calib None) or a model with its calibration:
 
 - ``sparse-vdit``: the Sparse-vDiT paper's greedy sequential rule (``sparse_vdit.py``).
 - ``budget``: cheapest pattern per head under an error budget, from a profile (``budget.py``).
@@ -81,15 +82,15 @@ def _budget(model, calib, *, cost, console=None, progress=True, target_psnr: flo
             dense_warmup_steps: int = 0, dense_layers=(), layer_sensitivity: bool = False,
             step_sensitivity: bool = False, profile: Profile | None = None, rows_per_block: int | None = 8, bisection_steps: int = 7,
             cache: dict | None = None) -> SparsityPlan:
+    from .runners import as_runner
+
+    runner = as_runner(model, calib if profile is None else profile.calib)
     settings = BudgetSettings(target_psnr=target_psnr, max_rel_error=max_rel_error, max_time=max_time,
                               step_ranges=step_ranges, dense_warmup_steps=dense_warmup_steps,
                               dense_layers=tuple(dense_layers), layer_sensitivity=layer_sensitivity,
-                              step_sensitivity=step_sensitivity, bisection_steps=bisection_steps, backend=calib.backend)
+                              step_sensitivity=step_sensitivity, bisection_steps=bisection_steps, backend=runner.backend)
     if profile is None:
-        profile = run_profile(model, calib, rows_per_block=rows_per_block, console=console, progress=progress)
-    else:
-        from ..integrations.bundled import model_signature
-
-        if profile.model != model_signature(model).to_dict():
-            raise ValueError(f"the profile was measured on {profile.model}, not on this model ({model_signature(model).to_dict()})")
-    return budget_search(profile, cost, settings, model=model, console=console, cache=cache)
+        profile = run_profile(runner, rows_per_block=rows_per_block, console=console, progress=progress)
+    elif profile.model != runner.signature().to_dict():
+        raise ValueError(f"the profile was measured on {profile.model}, not on this model ({runner.signature().to_dict()})")
+    return budget_search(profile, cost, settings, model=runner, console=console, cache=cache)

@@ -55,7 +55,6 @@ import torch
 
 from ..metrics import video_psnr_ssim
 from ..plan import LayerEntry, ModelSignature, SparsityPlan
-from .common import sample_video
 from .cost import CostModel
 from .profile import Profile
 from ..atomic_files import finite_or_none as _finite
@@ -243,11 +242,18 @@ def _group_sensitivity(profile: Profile, cost: CostModel, settings: BudgetSettin
         if pred <= 0:
             out[name] = None
             continue
-        video = sample_video(model, profile.calib, plan=plan_from_picks(profile, mine), backend=settings.backend)
+        video = _runner(model, profile).sample(plan=plan_from_picks(profile, mine), backend=settings.backend)
         out[name] = float((video - profile.dense_video).pow(2).mean()) / pred
         if log:
             log(f"  {name}: sensitivity {out[name]:.3g}")
     return out
+
+
+def _runner(model, profile: Profile):
+    """The runner that samples ``profile``'s calibration run (a runner, or a model with the profile's calibration)."""
+    from .runners import as_runner
+
+    return as_runner(model, profile.calib)
 
 
 def _normalised(values: list, active: list[int]) -> torch.Tensor:
@@ -330,7 +336,7 @@ def budget_search(profile: Profile, cost: CostModel, settings: BudgetSettings, *
                 if not plan.entries:
                     cache[key] = math.inf
                 else:
-                    video = sample_video(model, profile.calib, plan=plan, backend=settings.backend)
+                    video = _runner(model, profile).sample(plan=plan, backend=settings.backend)
                     cache[key] = video_psnr_ssim(video, profile.dense_video)["psnr"]
             probes.append({"mu": m, "relative_time": alloc.relative_time(alloc.picks(m)), "psnr": _finite(cache[key])})
             if log:

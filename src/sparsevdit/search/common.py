@@ -165,6 +165,23 @@ class LayerStats:
         return self.recall / max(self.rows, 1)
 
 
+def measure_layer_memory(layout: TokenLayout, block_size: int, heads: int, head_dim: int, candidates: list[MaskSpec], *,
+                         batch: int = 1, device: str = "cuda", chunk_elements: int | None = None,
+                         values: bool = True) -> int:
+    """Peak temporary bytes of one ``measure_layer`` call (an upper estimate): float32 K and V in each
+    token order it needs, the candidates' block masks, and one chunk of logits with its per-block
+    partial sums. Nothing scales with the number of layers or steps."""
+    if chunk_elements is None:
+        chunk_elements = 2**26 if device.startswith("cuda") else 2**23
+    nb = num_blocks(layout.num_tokens, block_size)
+    padded = nb * block_size
+    orders = len(set(ORDERINGS) | {c.ordering for c in candidates if c.kind == "mask"})
+    kv = orders * (2 if values else 1) * batch * heads * padded * head_dim * 4
+    masks = sum(1 for c in candidates if c.kind == "mask") * heads * nb * nb
+    chunk = 4 * chunk_elements * 4  # logits, their exp, the block sums and outputs of one chunk (float32)
+    return kv + masks + chunk
+
+
 def measure_layer(q, k, v, layout: TokenLayout, block_size: int, rows: torch.Tensor, candidates: list[MaskSpec], *,
                   values: bool = True, block_map: bool = False, chunk_elements: int | None = None,
                   scale: float | None = None) -> LayerStats:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass, field
+from typing import Any
 from pathlib import Path
 
 import torch
@@ -32,7 +33,7 @@ from ..layout import TokenLayout
 from ..plan import HeadSpec
 from ..torch_files import load_plain
 from .candidates import Candidate, build, default_candidates
-from .common import ORDERINGS, CalibrationConfig, MaskSpec, capturing, measure_layer, sample_rows, sample_video
+from .common import ORDERINGS, CalibrationConfig, MaskSpec, measure_layer, measure_layer_memory, sample_rows
 
 PROFILE_FORMAT = "sparsevdit-profile"
 PROFILE_VERSION = 1
@@ -48,7 +49,7 @@ class Profile:
     model: dict  # ModelSignature.to_dict()
     layout: TokenLayout
     block_size: int
-    calib: CalibrationConfig
+    calib: Any  # CalibrationConfig (bundled) or runners.pipeline.PipelineCalibration
     candidates: list[Candidate]
     stripe_blocks: dict  # ordering -> int64 [L, H, k_max]: each head's key blocks by measured mass, most first
     density: torch.Tensor  # [L, H, C]
@@ -111,13 +112,22 @@ class Profile:
             raise ProfileError(f"{path}: profile version {data.get('version')!r}, this sparsevdit reads {PROFILE_VERSION}")
         try:
             return cls(
-                data["model"], TokenLayout(**data["layout"]), data["block_size"], CalibrationConfig.from_dict(data["calib"]),
+                data["model"], TokenLayout(**data["layout"]), data["block_size"], calibration_from_dict(data["calib"]),
                 [Candidate.from_dict(c) for c in data["candidates"]], data["stripe_blocks"], data["density"],
                 data["rel_err"], data["mse"], data["recall"], data["out_rms"], data["column_mass"], data["block_map"],
                 data["dense_video"], data.get("settings", {}), data.get("attn_gain"),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ProfileError(f"{path}: a damaged sparsevdit profile ({type(exc).__name__}: {exc}); expected {_EXPECTED}") from None
+
+
+def calibration_from_dict(d: dict):
+    """The calibration a profile or plan recorded: a pipeline's (``kind: pipeline``) or the bundled model's."""
+    if isinstance(d, dict) and d.get("kind") == "pipeline":
+        from .runners.pipeline import PipelineCalibration
+
+        return PipelineCalibration.from_dict(d)
+    return CalibrationConfig.from_dict(d)
 
 
 def _progress(console, enabled: bool):
@@ -127,25 +137,40 @@ def _progress(console, enabled: bool):
                     TimeElapsedColumn(), console=console, disable=not enabled, transient=False)
 
 
-def run_profile(model, calib: CalibrationConfig, *, candidates: list[Candidate] | None = None,
+def run_profile(model, calib=None, *, candidates: list[Candidate] | None = None,
                 rows_per_block: int | None = 8, row_seed: int = 0, block_map_max_blocks: int = 128,
                 chunk_elements: int | None = None, console=None, progress: bool = True) -> Profile:
-    """Profile ``model`` on ``calib``'s seeds with dense attention (see the module docstring)."""
-    from ..integrations.bundled import model_signature
+    """Profile a model on its calibration inputs with dense attention (see the module docstring).
 
-    layout = calib.layout(model)
-    bs = calib.block_size
+    ``model``: a search runner (``search.runners``), or a model with its calibration (the bundled VideoDiT
+    with a ``CalibrationConfig``, a diffusers pipeline with a ``PipelineCalibration``). Statistics are
+    sums over every self-attention call of a (step, layer): one for the bundled model (its seeds are one
+    batch), one per prompt, seed and guidance pass for a pipeline."""
+    from .runners import as_runner
+
+    runner = as_runner(model, calib)
+    calib = runner.calib
+    layout = runner.layout()
+    sig = runner.signature()
+    bs = runner.block_size
     nb = P.num_blocks(layout.num_tokens, bs)
     cands = candidates if candidates is not None else default_candidates(layout, bs)
-    L, H, S = model.cfg.depth, model.cfg.heads, calib.steps
+    L, H, S = sig.num_layers, sig.num_heads, runner.steps
     rows = sample_rows(layout, bs, rows_per_block, row_seed)
     want_map = nb <= block_map_max_blocks
+    total = getattr(runner, "progress_total", S)
+    need = measure_layer_memory(layout, bs, H, sig.head_dim, [MaskSpec("mask")] * len(cands),
+                                batch=getattr(runner, "batch", 1), device=str(runner.device), chunk_elements=chunk_elements)
+    if console is not None:
+        console.print(f"profiling {sig.class_name} on {layout}: about {need / 2**30:.1f} GiB of {runner.device} memory "
+                      "per attention call beside the model (statistics only are kept across layers and steps)")
+    if runner.device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(runner.device)
+        if free < need:
+            raise RuntimeError(f"profiling needs about {need / 2**30:.1f} GiB of GPU memory beside the model, "
+                               f"{free / 2**30:.1f} GiB are free: free GPU memory first (offload the text encoder and VAE, "
+                               "fewer seeds per batch for the bundled model)")
     t0 = time.perf_counter()
-
-    state = {"step": 0}
-
-    def on_step(i):
-        state["step"] = i
 
     # pass 1: key-block mass only, to choose each head's stripes
     per_head = [c for c in cands if c.per_head]
@@ -153,17 +178,15 @@ def run_profile(model, calib: CalibrationConfig, *, candidates: list[Candidate] 
     if per_head:
         mass1 = {o: torch.zeros(L, H, nb, dtype=torch.float64) for o in ORDERINGS}
 
-        def make_mass_hook(layer, attn):
-            def hook(q, k, v):
-                st = measure_layer(q, k, v, layout, bs, rows, [], values=False, chunk_elements=chunk_elements)
-                for o in ORDERINGS:
-                    mass1[o][layer] += st.column_mass[o] / st.rows
-            return hook
+        def mass_only(layer, step, q, k, v):
+            st = measure_layer(q, k, v, layout, bs, rows, [], values=False, chunk_elements=chunk_elements)
+            for o in ORDERINGS:
+                mass1[o][layer] += st.column_mass[o] / st.rows
+            return None
 
         with _progress(console, progress) as bar:
-            task = bar.add_task("profile 1/2: key-block attention mass", total=S)
-            with capturing(model, make_mass_hook):
-                sample_video(model, calib, on_step=on_step, progress=lambda: bar.advance(task))
+            task = bar.add_task("profile 1/2: key-block attention mass", total=total)
+            runner.sample(capture=mass_only, progress=lambda: bar.advance(task))
         k_max = max(c.stripes for c in per_head)
         for o in ORDERINGS:
             stripe_blocks[o] = torch.topk(mass1[o], min(k_max, nb), dim=-1).indices
@@ -182,56 +205,57 @@ def run_profile(model, calib: CalibrationConfig, *, candidates: list[Candidate] 
         layer_masks.append(specs)
 
     C = len(cands)
-    rel, mse, rec = (torch.zeros(S, L, H, C) for _ in range(3))
-    out_rms = torch.zeros(S, L, H)
-    colmass = {o: torch.zeros(S, L, H, nb) for o in ORDERINGS}
+    # sums over the calls of each (step, layer); the ratios at the end
+    sq, rec = (torch.zeros(S, L, H, C, dtype=torch.float64) for _ in range(2))
+    norm2 = torch.zeros(S, L, H, dtype=torch.float64)
+    count, nrows = torch.zeros(S, L, dtype=torch.float64), torch.zeros(S, L, dtype=torch.float64)
+    colsum = {o: torch.zeros(S, L, H, nb, dtype=torch.float64) for o in ORDERINGS}
     bmap = torch.zeros(L, H, nb, nb, dtype=torch.float64) if want_map else None
     brows = torch.zeros(nb, dtype=torch.float64) if want_map else None
 
-    def make_hook(layer, attn):
-        def hook(q, k, v):
-            s = state["step"]
-            st = measure_layer(q, k, v, layout, bs, rows, layer_masks[layer], block_map=want_map,
-                               chunk_elements=chunk_elements)
-            rel[s, layer], mse[s, layer], rec[s, layer] = st.rel_err.float(), st.mse.float(), st.mean_recall.float()
-            out_rms[s, layer] = (st.norm2 / max(st.count, 1)).sqrt().float()
-            for o in ORDERINGS:
-                colmass[o][s, layer] = (st.column_mass[o] / st.rows).float()
-            if want_map:
-                bmap[layer] += st.block_map
-                if layer == 0:
-                    brows.add_(st.block_rows)
-        return hook
+    def measure(layer, s, q, k, v):
+        if s >= S:
+            raise RuntimeError(f"the model ran a denoising step {s} but the calibration has {S} steps: "
+                               "the step counter and the sampler disagree")
+        st = measure_layer(q, k, v, layout, bs, rows, layer_masks[layer], block_map=want_map, chunk_elements=chunk_elements)
+        sq[s, layer] += st.sq_err
+        rec[s, layer] += st.recall
+        norm2[s, layer] += st.norm2
+        count[s, layer] += st.count
+        nrows[s, layer] += st.rows
+        for o in ORDERINGS:
+            colsum[o][s, layer] += st.column_mass[o]
+        if want_map:
+            bmap[layer] += st.block_map
+            if layer == 0:
+                brows.add_(st.block_rows)
+        return None
 
     label = "profile 2/2: candidate errors" if per_head else "profile: candidate errors"
     gain = torch.ones(S, L)
-    handles = [blk.register_forward_pre_hook(_gain_hook(gain, state, layer))
-               for layer, blk in enumerate(getattr(model, "blocks", [])) if hasattr(blk, "modulation")]
-    try:
-        with _progress(console, progress) as bar:
-            task = bar.add_task(label, total=S)
-            with capturing(model, make_hook):
-                video = sample_video(model, calib, on_step=on_step, progress=lambda: bar.advance(task))
-    finally:
-        for hd in handles:
-            hd.remove()
+    with runner.recording_gain(gain), _progress(console, progress) as bar:
+        task = bar.add_task(label, total=total)
+        video = runner.sample(capture=measure, progress=lambda: bar.advance(task))
+    seen = nrows > 0
+    if not bool(seen.all()):
+        missing = [(int(s), int(l)) for s, l in (~seen).nonzero()[:5]]
+        raise RuntimeError(f"no self-attention call was seen at (step, layer) {missing}: the profile would be incomplete")
+    rel = (sq / norm2.clamp_min(1e-30)[..., None]).sqrt().float()
+    mse = (sq / count[..., None, None]).float()
+    recall = (rec / nrows[..., None, None]).float()
+    out_rms = (norm2 / count[..., None]).sqrt().float()
+    colmass = {o: (colsum[o] / nrows[..., None, None]).float() for o in ORDERINGS}
     block_map = (bmap / brows.clamp_min(1)[None, None, :, None]).float() if want_map else None
     return Profile(
-        model_signature(model).to_dict(), layout, bs, calib, cands, stripe_blocks, density, rel, mse, rec, out_rms,
+        sig.to_dict(), layout, bs, calib, cands, stripe_blocks, density, rel, mse, recall, out_rms,
         colmass, block_map, video,
         {"rows_per_block": rows_per_block, "row_seed": row_seed, "rows_measured": int(rows.numel()),
-         "seconds": time.perf_counter() - t0, "device": str(next(model.parameters()).device),
-         "dtype": str(next(model.parameters()).dtype)},
+         "seconds": time.perf_counter() - t0, "device": str(runner.device), "runner": runner.name,
+         "dtype": str(_dtype(runner))},
         gain,
     )
 
 
-def _gain_hook(gain: torch.Tensor, state: dict, layer: int):
-    """Record the mean squared adaLN gate of a block's attention branch (the bundled VideoDiT's
-    ``Block.forward(x, temb, ...)``: ``x + gate1 * attn(...)``, gate1 the third of six modulation chunks):
-    an attention error reaches the residual stream multiplied by it."""
-    def hook(block, args):
-        temb = args[1]
-        gate = block.modulation(temb).chunk(6, -1)[2]
-        gain[state["step"], layer] = float(gate.float().pow(2).mean())
-    return hook
+def _dtype(runner) -> torch.dtype:
+    model = getattr(runner, "model", None) or runner.pipe.transformer
+    return next(model.parameters()).dtype

@@ -38,7 +38,7 @@ from ..layout import TokenLayout
 from ..metrics import video_psnr_ssim
 from ..plan import HeadSpec, LayerEntry, SparsityPlan
 from .candidates import band_width
-from .common import CalibrationConfig, MaskSpec, capturing, measure_layer, sample_rows, sample_video
+from .common import MaskSpec, measure_layer, sample_rows
 from .cost import CostModel, family_of
 from ..atomic_files import finite_or_none as _finite
 
@@ -91,32 +91,38 @@ def merge_steps(choices: list[list[tuple]], specs: dict[str, HeadSpec], steps: i
     return entries
 
 
-def sparse_vdit_search(model, calib: CalibrationConfig, settings: SparseVDiTSettings = SparseVDiTSettings(), *,
+def sparse_vdit_search(model, calib=None, settings: SparseVDiTSettings = SparseVDiTSettings(), *,
                        cost: CostModel | None = None, dense_video: torch.Tensor | None = None, console=None,
                        progress: bool = True) -> SparsityPlan:
-    """Run the search; returns the plan (metadata: choices, expected density/speedup, calibration PSNR)."""
-    from ..integrations.bundled import model_signature
-    from .profile import _progress
+    """Run the search; returns the plan (metadata: choices, expected density/speedup, calibration PSNR).
 
+    ``model``: a search runner, or a model with its calibration (``search.runners.as_runner``). Where
+    a (step, layer) is called more than once (a pipeline's prompts and seeds, one call each), the first
+    call chooses and the later ones run that choice."""
+    from .profile import _progress
+    from .runners import as_runner
+
+    runner = as_runner(model, calib)
+    calib = runner.calib
     cost = cost or CostModel.flops()
-    layout = calib.layout(model)
-    bs = calib.block_size
+    layout = runner.layout()
+    sig = runner.signature()
+    bs = runner.block_size
     specs = mode_specs(layout, bs, settings.mode_density)
     pats = {m: P.build(s.pattern, layout, block_size=bs, **s.params) for m, s in specs.items()}
     mode_cost = torch.tensor([cost.head_time(family_of(s.pattern, s.params), pats[m].density) if m != "dense" else 1.0
                               for m, s in specs.items()])
     masks = [MaskSpec.of(pats[m]) for m in MODES]
     rows = sample_rows(layout, bs, settings.rows_per_block)
-    L, H, S = model.cfg.depth, model.cfg.heads, calib.steps
+    L, H, S = sig.num_layers, sig.num_heads, runner.steps
     choices = [[None] * L for _ in range(S)]
     losses = torch.zeros(S, L, H, len(MODES))
-    state = {"step": 0}
 
-    def make_hook(layer, attn):
-        def hook(q, k, v):
+    def choose(layer, step, q, k, v):
+        if choices[step][layer] is None:
             st = measure_layer(q, k, v, layout, bs, rows, masks)
             loss = st.mse.float() + settings.lam * mode_cost[None, :]
-            losses[state["step"], layer] = loss
+            losses[step, layer] = loss
             picked = []
             for h in range(H):
                 sparse = loss[h, 1:]
@@ -124,25 +130,21 @@ def sparse_vdit_search(model, calib: CalibrationConfig, settings: SparseVDiTSett
                     picked.append("dense")
                 else:
                     picked.append(MODES[1 + int(torch.argmin(sparse))])
-            choices[state["step"]][layer] = tuple(picked)
-            if all(m == "dense" for m in picked):
-                attn.patterns = None
-            else:
-                attn.patterns, attn.backend = [pats[m] for m in picked], calib.backend
-        return hook
-
-    def on_step(i):
-        state["step"] = i
+            choices[step][layer] = tuple(picked)
+        picked = choices[step][layer]
+        return None if all(m == "dense" for m in picked) else [pats[m] for m in picked]
 
     t0 = time.perf_counter()
     with _progress(console, progress) as bar:
-        task = bar.add_task("sparse-vdit: sequential greedy search", total=S)
-        with capturing(model, make_hook):
-            video = sample_video(model, calib, on_step=on_step, progress=lambda: bar.advance(task))
+        task = bar.add_task("sparse-vdit: sequential greedy search", total=getattr(runner, "progress_total", S))
+        video = runner.sample(capture=choose, progress=lambda: bar.advance(task))
     seconds = time.perf_counter() - t0
-    plan = SparsityPlan(model_signature(model), layout, bs, merge_steps(choices, specs, S))
+    missing = [(s, l) for s in range(S) for l in range(L) if choices[s][l] is None]
+    if missing:
+        raise RuntimeError(f"no self-attention call was seen at (step, layer) {missing[:5]}: the search is incomplete")
+    plan = SparsityPlan(sig, layout, bs, merge_steps(choices, specs, S))
     if dense_video is None:
-        dense_video = sample_video(model, calib)
+        dense_video = runner.sample()
     quality = video_psnr_ssim(video, dense_video)
     pred = cost.plan_time(plan, S)
     counts = Counter(m for per_step in choices for per_layer in per_step for m in per_layer)

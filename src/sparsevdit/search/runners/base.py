@@ -1,0 +1,110 @@
+"""The runner interface and its registry (see ``runners/__init__.py``)."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Callable
+
+import torch
+
+from ...layout import TokenLayout
+from ...plan import ModelSignature
+
+# capture(layer, step, q, k, v) -> the patterns this call runs (one per head), or None: dense
+Capture = Callable[[int, int, torch.Tensor, torch.Tensor, torch.Tensor], Any]
+
+
+class RunnerError(ValueError):
+    """A model or calibration a runner cannot take; the message names what and how to fix it."""
+
+
+class Runner:
+    """One model and its calibration inputs. Subclasses set ``name`` and implement the methods below."""
+
+    name = "?"
+    calib: Any  # has .steps, .block_size, .backend, .to_dict()
+
+    @classmethod
+    def accepts(cls, model: Any) -> bool:
+        """Whether this runner family takes ``model`` (``as_runner`` asks every registered runner)."""
+        raise NotImplementedError
+
+    def layout(self) -> TokenLayout:
+        raise NotImplementedError
+
+    def signature(self) -> ModelSignature:
+        raise NotImplementedError
+
+    @property
+    def steps(self) -> int:
+        return self.calib.steps
+
+    @property
+    def block_size(self) -> int:
+        return self.calib.block_size
+
+    @property
+    def backend(self) -> str:
+        return self.calib.backend
+
+    @property
+    def device(self) -> torch.device:
+        raise NotImplementedError
+
+    @property
+    def batch(self) -> int:
+        """Batch of one self-attention call (memory estimates)."""
+        return 1
+
+    def sample(self, *, plan=None, backend: str | None = None, capture: Capture | None = None,
+               progress: Callable[[], None] | None = None) -> torch.Tensor:
+        """The calibration run's output with ``plan`` applied, or with ``capture`` on every self-attention
+        call (at most one of them); ``progress()`` after every denoising step."""
+        raise NotImplementedError
+
+    def recording_gain(self, gain: torch.Tensor):
+        """A context in which ``gain[step, layer]`` is set to the mean squared gate on each block's
+        attention branch (an attention error reaches the residual stream scaled by it); models without
+        such a gate leave it at 1."""
+        return contextlib.nullcontext()
+
+    def describe(self) -> dict:
+        return {"runner": self.name, "calibration": self.calib.to_dict()}
+
+
+_RUNNERS: dict[str, type[Runner]] = {}
+
+
+def register_runner(cls: type[Runner]) -> type[Runner]:
+    if cls.name in _RUNNERS:
+        raise ValueError(f"a runner named {cls.name!r} is registered already")
+    _RUNNERS[cls.name] = cls
+    return cls
+
+
+def available_runners() -> list[str]:
+    _load()
+    return sorted(_RUNNERS)
+
+
+def runner_class(name: str) -> type[Runner]:
+    _load()
+    if name not in _RUNNERS:
+        raise RunnerError(f"no runner {name!r}; registered: {', '.join(sorted(_RUNNERS))}")
+    return _RUNNERS[name]
+
+
+def _load() -> None:
+    from . import bundled, cogvideox, hunyuan, wan  # noqa: F401  (each registers its runner)
+
+
+def as_runner(model_or_runner: Any, calib: Any = None) -> Runner:
+    """The runner of a model with its calibration (a Runner is returned as it is)."""
+    if isinstance(model_or_runner, Runner):
+        return model_or_runner
+    _load()
+    for cls in _RUNNERS.values():
+        if cls.accepts(model_or_runner):
+            return cls(model_or_runner, calib)
+    raise RunnerError(f"no runner takes a {type(model_or_runner).__name__}: searches run on the bundled VideoDiT and "
+                      f"on diffusers Wan, CogVideoX and HunyuanVideo pipelines ({', '.join(sorted(_RUNNERS))})")
