@@ -168,3 +168,21 @@ def test_profile_file_round_trips_a_pipeline_calibration(tmp_path):
     back = Profile.load(tmp_path / "p.pt")
     assert back.calib == runner.calib and back.layout == runner.layout() and back.settings["runner"] == "hunyuan"
     assert json.dumps(back.calib.to_dict())  # plain data
+
+
+def test_the_registry_names_every_family_and_refuses_other_objects():
+    from sparsevdit.search.runners import available_runners, runner_class
+
+    assert available_runners() == ["bundled", "cogvideox", "hunyuan", "wan"]
+    with pytest.raises(RunnerError, match="no runner takes a object"):
+        as_runner(object())
+    with pytest.raises(RunnerError, match="registered: bundled, cogvideox, hunyuan, wan"):
+        runner_class("ltx")
+
+
+@pytest.mark.parametrize("name", ["tiny", "tiny-hunyuan"])
+def test_profile_step_bench_measures_every_layer_on_cpu(name):
+    from sparsevdit.bench import profile_step
+
+    (row,) = profile_step.run([name], "cpu", 4, log=lambda *a: None)
+    assert row["layers_measured"] == row["layers"] and row["profiled_ms"] > 0 and row["announced_gib"] > 0

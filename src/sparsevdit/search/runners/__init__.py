@@ -19,6 +19,32 @@ for any integrated model:
 
 from __future__ import annotations
 
-from .base import Runner, RunnerError, as_runner, available_runners, register_runner, runner_class
+from typing import Any
+
+from . import bundled, cogvideox, hunyuan, wan  # noqa: F401  (each registers its runner)
+from .base import Runner, RunnerError, register_runner, registered
 
 __all__ = ["Runner", "RunnerError", "as_runner", "available_runners", "register_runner", "runner_class"]
+
+
+def available_runners() -> list[str]:
+    return sorted(registered())
+
+
+def runner_class(name: str) -> type[Runner]:
+    runners = registered()
+    if name not in runners:
+        raise RunnerError(f"no runner {name!r}; registered: {', '.join(sorted(runners))}")
+    return runners[name]
+
+
+def as_runner(model_or_runner: Any, calib: Any = None) -> Runner:
+    """The runner of a model with its calibration (a Runner is returned as it is)."""
+    if isinstance(model_or_runner, Runner):
+        return model_or_runner
+    runners = registered()
+    for cls in runners.values():
+        if cls.accepts(model_or_runner):
+            return cls(model_or_runner, calib)
+    raise RunnerError(f"no runner takes a {type(model_or_runner).__name__}: searches run on the bundled VideoDiT and "
+                      f"on diffusers Wan, CogVideoX and HunyuanVideo pipelines ({', '.join(sorted(runners))})")

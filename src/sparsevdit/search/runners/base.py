@@ -75,36 +75,13 @@ class Runner:
 _RUNNERS: dict[str, type[Runner]] = {}
 
 
+def registered() -> dict[str, type[Runner]]:
+    """The registered runner classes by name (``runners/__init__.py`` imports every family first)."""
+    return dict(_RUNNERS)
+
+
 def register_runner(cls: type[Runner]) -> type[Runner]:
     if cls.name in _RUNNERS:
         raise ValueError(f"a runner named {cls.name!r} is registered already")
     _RUNNERS[cls.name] = cls
     return cls
-
-
-def available_runners() -> list[str]:
-    _load()
-    return sorted(_RUNNERS)
-
-
-def runner_class(name: str) -> type[Runner]:
-    _load()
-    if name not in _RUNNERS:
-        raise RunnerError(f"no runner {name!r}; registered: {', '.join(sorted(_RUNNERS))}")
-    return _RUNNERS[name]
-
-
-def _load() -> None:
-    from . import bundled, cogvideox, hunyuan, wan  # noqa: F401  (each registers its runner)
-
-
-def as_runner(model_or_runner: Any, calib: Any = None) -> Runner:
-    """The runner of a model with its calibration (a Runner is returned as it is)."""
-    if isinstance(model_or_runner, Runner):
-        return model_or_runner
-    _load()
-    for cls in _RUNNERS.values():
-        if cls.accepts(model_or_runner):
-            return cls(model_or_runner, calib)
-    raise RunnerError(f"no runner takes a {type(model_or_runner).__name__}: searches run on the bundled VideoDiT and "
-                      f"on diffusers Wan, CogVideoX and HunyuanVideo pipelines ({', '.join(sorted(_RUNNERS))})")

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any
 
 import torch
 
@@ -236,12 +235,3 @@ class PipelineRunner(Runner):
 
     def describe(self) -> dict:
         return {**super().describe(), "pipeline": type(self.pipe).__name__}
-
-
-def pipeline_runner(pipe: Any, calib: PipelineCalibration | None = None) -> PipelineRunner:
-    from .base import as_runner
-
-    runner = as_runner(pipe, calib or PipelineCalibration())
-    if not isinstance(runner, PipelineRunner):
-        raise RunnerError(f"{type(pipe).__name__} is not a diffusers pipeline a runner takes")
-    return runner
