@@ -420,6 +420,11 @@ class SparseProcessorBase:
 
     def attend(self, q, k, v, patterns, *, n: int, key_valid: torch.Tensor | None = None) -> torch.Tensor:
         """Sparse attention over [B, H, N, D] with this layer's patterns (and a key-padding mask)."""
+        from .context_parallel import is_context_parallel, ulysses_attend
+
+        if is_context_parallel(self._parallel_config):  # this rank holds N / P tokens: Ulysses sees them all
+            return ulysses_attend(self, q, k, v, patterns, key_valid=key_valid, attention=sparse_attention_key_masked,
+                                  dynamic=patterns is DYNAMIC, capture=patterns is CAPTURE)
         layout = self.state.check_tokens(n, f"layer {self.layer}")
         if patterns is CAPTURE:
             capture = self.state.capture
