@@ -323,3 +323,15 @@ def test_every_models_dynamic_selections_replay_through_reference_and_follow_the
         assert [pair.index(c) for c in first] == choice_rule(q, k, v, subject.layout, BS, p, layer, step)
     else:
         pytest.fail(f"no plain reference of {method}'s rule in this test: add one")
+
+
+def test_topk_regions_apply_on_every_model(subject):
+    """topk with DraftAttention regions of one block (tile-major order) on the integrated models: auto
+    equals reference, and the output is sparse."""
+    outs = {}
+    for backend in ("reference", "auto"):
+        sv.apply(subject.model, method="topk", block_size=BS, backend=backend, tau=None, fraction=0.3, region=[1, 4, 4])
+        outs[backend] = subject.run()
+        sv.remove(subject.model)
+    torch.testing.assert_close(outs["auto"], outs["reference"], atol=2e-5, rtol=2e-5)
+    assert (outs["reference"] - subject.dense).abs().max() > 1e-4

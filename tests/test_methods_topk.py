@@ -87,3 +87,40 @@ def test_selection_runs_on_the_backends_as_patterns():
 def test_bad_params_are_refused(bad, match):
     with pytest.raises(MethodError, match=match):
         TopKParams(**bad)
+
+
+@pytest.mark.parametrize("layout, region", [(sv.TokenLayout(4, 8, 8), (1, 4, 4)),
+                                            (sv.TokenLayout(3, 6, 10, 5, "prefix"), (2, 2, 4)),
+                                            (sv.TokenLayout(5, 4, 6, 7, "suffix"), (1, 4, 4))])
+def test_region_pooling_is_the_rule_on_the_tile_major_order(layout, region):
+    """DraftAttention-style regions: the same rule over blocks of the tile-major order, where a (t, h, w)
+    region (clipped at the grid's edge) is one block; the selection says its order and runs as patterns."""
+    from sparsevdit.layout import tile_major_name
+    from sparsevdit.methods.topk import TopK
+
+    bs = region[0] * region[1] * region[2]
+    p = TopKParams(tau=None, fraction=0.3, region=list(region))
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 2, layout.num_tokens, 8, generator=g) * 3 for _ in range(3))
+    sel = TopK.select(q, k, layout, bs, p)
+    ordering = tile_major_name(*region)
+    assert sel.ordering == ordering
+    perm = layout.permutation(ordering)
+    expected = reference(q[:, :, perm], k[:, :, perm], layout, bs, TopKParams(tau=None, fraction=0.3))
+    got = [[sel.indices[h, i, : sel.counts[h, i]].tolist() for i in range(sel.counts.shape[1])] for h in range(2)]
+    assert got == expected
+    pats = sel.to_patterns()
+    assert {pt.ordering for pt in pats} == {ordering}
+    torch.testing.assert_close(sv.sparse_attention(q, k, v, sel, layout=layout, backend="auto"),
+                               sv.sparse_attention(q, k, v, pats, layout=layout, backend="reference"), atol=1e-5, rtol=1e-5)
+
+
+def test_a_region_must_be_one_block():
+    from sparsevdit.methods.topk import TopK
+
+    layout = sv.TokenLayout(4, 8, 8)
+    q = torch.randn(1, 2, layout.num_tokens, 8)
+    with pytest.raises(MethodError, match="must equal the block size 32"):
+        TopK.select(q, q, layout, 32, TopKParams(region=(1, 4, 4)))
+    with pytest.raises(MethodError, match="three positive integers"):
+        TopKParams(region=(1, 4))

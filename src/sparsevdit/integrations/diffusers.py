@@ -503,6 +503,8 @@ def sparse_attention_key_masked(
     key_valid = key_valid.to(device=q.device, dtype=torch.bool).expand(batch, n)
     if isinstance(patterns, BlockPattern):
         patterns = [patterns] * heads
+    elif isinstance(patterns, BlockSelection) and patterns.ordering != "frame_major":
+        patterns = patterns.to_patterns()  # the masked merge below handles any ordering of BlockPatterns
     elif not isinstance(patterns, BlockSelection):
         patterns = list(patterns)
         if len(patterns) != heads:

@@ -118,6 +118,8 @@ def selection_backend(name: str, call: AttentionCall, selection) -> Backend | No
     every head, with no patterns. A named backend without that path takes the patterns; one that has it
     but cannot run this input says why."""
     names = available_backends() if name == "auto" else [get_backend(name).name]
+    if selection.ordering != "frame_major":  # the device path reads q, k, v in the model's order
+        return None
     for bname in names:
         backend = _BACKENDS[bname]
         if not hasattr(backend, "run_selection"):

@@ -77,7 +77,9 @@ class DynamicPatterns:
         with timer:
             chosen = self.cls.select(q, k, layout, self.block_size, p, v=v, layer=layer, step=step)
         self.selections += 1
-        if isinstance(chosen, tuple):  # (counts, indices): the kernels' index form, kept on the device
+        if isinstance(chosen, BlockSelection):  # already one (an index in another token order)
+            pats = chosen
+        elif isinstance(chosen, tuple):  # (counts, indices): the kernels' index form, kept on the device
             pats = BlockSelection(layout, self.block_size, *chosen, name=self.cls.name, params=p.to_dict())
         else:  # one BlockPattern per head (a choice among prebuilt masks, e.g. svg's)
             pats = list(chosen)

@@ -27,8 +27,9 @@ from typing import ClassVar
 
 import torch
 
-from ..layout import TokenLayout
+from ..layout import TokenLayout, tile_major_name
 from ..patterns.base import BlockPattern, num_blocks
+from ..patterns.selection import BlockSelection
 from .base import Method, MethodError, check_int, register_method
 from .dynamic import DynamicParams, patterns_from_index  # noqa: F401  (re-exported)
 
@@ -41,6 +42,8 @@ class TopKParams(DynamicParams):
     fraction: keep this fraction of the key blocks per query block, in (0, 1] (only without tau).
     keep_text: key blocks holding text tokens are always kept.
     sink_frames: key blocks of the first N frames are always kept.
+    region: DraftAttention-style pooling over (t, h, w) token regions of t * h * w = block_size tokens: the
+        tokens are reordered tile-major so that a region is one block (None: blocks of the frame-major order).
     """
 
     method: ClassVar[str] = "topk"
@@ -49,6 +52,7 @@ class TopKParams(DynamicParams):
     fraction: float | None = None
     keep_text: bool = True
     sink_frames: int = 0
+    region: tuple[int, int, int] | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -63,6 +67,20 @@ class TopKParams(DynamicParams):
         if not isinstance(self.keep_text, bool):
             raise MethodError(f"method 'topk': keep_text must be True or False, got {self.keep_text!r}")
         check_int(self.method, "sink_frames", self.sink_frames)
+        if self.region is not None:
+            from .sliding_tile import _triple
+
+            object.__setattr__(self, "region", _triple(self.method, "region", self.region))
+
+    def ordering(self, block_size: int) -> str:
+        """The token order the blocks are counted in: frame-major, or tile-major by ``region``."""
+        if self.region is None:
+            return "frame_major"
+        t, h, w = self.region
+        if t * h * w != block_size:
+            raise MethodError(f"method 'topk': region {list(self.region)} holds {t * h * w} tokens; a region is one block, "
+                              f"so t * h * w must equal the block size {block_size}")
+        return tile_major_name(t, h, w)
 
 
 def pooled(x: torch.Tensor, block_size: int) -> torch.Tensor:
@@ -81,11 +99,13 @@ def pooled(x: torch.Tensor, block_size: int) -> torch.Tensor:
 
 
 @functools.lru_cache(maxsize=64)
-def _forced(layout: TokenLayout, block_size: int, keep_text: bool, sink_frames: int, device: torch.device):
+def _forced(layout: TokenLayout, block_size: int, keep_text: bool, sink_frames: int, device: torch.device,
+            ordering: str = "frame_major"):
     """(bool [k_blocks] kept by every query block, bool [q_blocks] of text query blocks) on ``device``,
-    made once per layout (no host-to-device copy per selection)."""
-    nb = num_blocks(layout.num_tokens, block_size)
-    text = torch.zeros(nb * block_size, dtype=torch.bool)
+    blocks counted in ``ordering``, made once per layout (no host-to-device copy per selection)."""
+    n = layout.num_tokens
+    nb = num_blocks(n, block_size)
+    text = torch.zeros(n, dtype=torch.bool)
     if layout.num_text:
         lo, hi = layout.text_range
         text[lo:hi] = True
@@ -93,7 +113,18 @@ def _forced(layout: TokenLayout, block_size: int, keep_text: bool, sink_frames: 
     if sink_frames:
         vs = layout.video_start
         cols[vs:vs + min(sink_frames, layout.frames) * layout.tokens_per_frame] = True
-    return cols.view(nb, block_size).any(1).to(device), text.view(nb, block_size).any(1).to(device)
+    perm = layout.permutation(ordering)  # position j of the ordering holds token perm[j]
+    pad = nb * block_size - n
+
+    def per_block(tok):
+        return torch.nn.functional.pad(tok[perm], (0, pad)).view(nb, block_size).any(1).to(device)
+
+    return per_block(cols), per_block(text)
+
+
+@functools.lru_cache(maxsize=16)
+def _permutation(layout: TokenLayout, ordering: str, device: torch.device) -> torch.Tensor:
+    return layout.permutation(ordering).to(device)
 
 
 def forced_key_blocks(layout: TokenLayout, block_size: int, p: TopKParams, device) -> torch.Tensor:
@@ -124,6 +155,10 @@ def select(q: torch.Tensor, k: torch.Tensor, layout: TokenLayout, block_size: in
     if q.shape[2] != layout.num_tokens:
         raise ValueError(f"q has {q.shape[2]} tokens but the layout {layout} has {layout.num_tokens}")
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    ordering = params.ordering(block_size)
+    if ordering != "frame_major":  # a region is one block of the tile-major order
+        perm = _permutation(layout, ordering, q.device)
+        q, k = q.index_select(2, perm), k.index_select(2, perm)
     qp, kp = pooled(q, block_size), pooled(k, block_size)
     probs = torch.softmax(torch.einsum("hid,hjd->hij", qp, kp) * scale, dim=-1)  # [H, nq, nk]
     nk = probs.shape[-1]
@@ -134,7 +169,7 @@ def select(q: torch.Tensor, k: torch.Tensor, layout: TokenLayout, block_size: in
     else:
         best = torch.topk(probs, math.ceil(params.fraction * nk), dim=-1, sorted=False).indices
         kept = torch.zeros(probs.shape, dtype=torch.bool, device=q.device).scatter_(-1, best, True)
-    forced, text_rows = _forced(layout, block_size, params.keep_text, params.sink_frames, q.device)
+    forced, text_rows = _forced(layout, block_size, params.keep_text, params.sink_frames, q.device, ordering)
     kept |= forced[None, None, :]
     kept |= text_rows[None, :, None]
     return ascending_lists(kept)
@@ -148,7 +183,11 @@ class TopK(Method):
 
     @staticmethod
     def select(q, k, layout: TokenLayout, block_size: int, params: TopKParams, *, v=None, layer: int = 0, step: int = 0):
-        return select(q, k, layout, block_size, params)
+        ordering = params.ordering(block_size)
+        if ordering == "frame_major":
+            return select(q, k, layout, block_size, params)  # the kernels' index form
+        return BlockSelection(layout, block_size, *select(q, k, layout, block_size, params), name="topk",
+                              params=params.to_dict(), ordering=ordering)
 
     @classmethod
     def full_params(cls, layout: TokenLayout) -> dict:

@@ -3,7 +3,9 @@
 What a dynamic method (``topk``) selects inside the attention call. Our Triton kernel runs it as it comes
 (``sparse_attention`` hands it over: no host copy, no regrouping, so a CUDA graph of a denoising step
 stays possible); every other backend runs ``to_patterns()``, ordinary BlockPatterns built by one host
-copy. Frame-major order only (the model's own).
+copy. Blocks count tokens in ``ordering``: the device path runs frame-major selections (the model's
+own order); another order (``topk``'s ``region``) runs as BlockPatterns, which ``sparse_attention``
+permutes.
 """
 
 from __future__ import annotations
@@ -27,9 +29,8 @@ class BlockSelection:
     indices: torch.Tensor
     name: str = "selection"
     params: dict = field(default_factory=dict)
+    ordering: str = "frame_major"  # the token order the blocks are counted in (our kernel's device path: frame-major)
     _patterns: list = field(default_factory=list, repr=False)  # to_patterns' cache
-
-    ordering = "frame_major"
 
     def __post_init__(self) -> None:
         nb = num_blocks(self.layout.num_tokens, self.block_size)
