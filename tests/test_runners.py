@@ -186,3 +186,30 @@ def test_profile_step_bench_measures_every_layer_on_cpu(name):
 
     (row,) = profile_step.run([name], "cpu", 4, log=lambda *a: None)
     assert row["layers_measured"] == row["layers"] and row["profiled_ms"] > 0 and row["announced_gib"] > 0
+
+
+def test_latents_can_be_what_is_compared(tmp_path):
+    runner = as_runner(tiny_pipelines.build("wan"), calibration("wan", steps=2, output="latents"))
+    out = runner.sample()
+    assert out.shape[1] == 16 and out.shape[2] == 5  # the transformer's 16 latent channels, 5 latent frames
+    assert torch.equal(out, runner.sample())  # the same noise
+    with pytest.raises(RunnerError, match="output must be one of video, latents"):
+        calibration("wan", output="pixels")
+    prof = tmp_path / "p.pt"
+    _cli(["profile", "--pipeline", "tiny:wan", "--device", "cpu", "--steps", "2", "--compare", "latents", "--out", str(prof)])
+    from sparsevdit.search import Profile
+
+    assert Profile.load(prof).calib.output == "latents"
+
+
+def test_pipeline_options_are_checked_before_any_model_work():
+    from typer.testing import CliRunner
+
+    from sparsevdit.cli import app
+
+    for args, needle in ((["profile", "--compare", "latents"], "--compare"),
+                         (["profile", "--prompt", "a cat"], "an option of diffusers pipelines"),
+                         (["search", "--pipeline", "tiny:ltx"], "tiny:wan"),
+                         (["profile", "--pipeline", "tiny:wan", "--compare", "pixels"], "video or latents")):
+        res = CliRunner().invoke(app, args)
+        assert res.exit_code == 2 and needle in " ".join(res.output.split()), (args, res.output)

@@ -81,7 +81,7 @@ def read_prompts(prompts_file: Optional[Path], prompt: Optional[str]) -> tuple[s
 
 
 def pipeline_runner(name: str, *, device: str, prompts, negative_prompt, seeds, frames, height, width, steps,
-                    guidance, block_size, backend):
+                    guidance, block_size, backend, compare: str = "video"):
     """The search runner of ``--pipeline NAME`` with its calibration run, every option checked."""
     import torch
 
@@ -117,7 +117,7 @@ def pipeline_runner(name: str, *, device: str, prompts, negative_prompt, seeds, 
             frames=frames or defaults.get("frames"), height=height or defaults.get("height"),
             width=width or height or defaults.get("width"), steps=steps or defaults.get("steps", 50),
             guidance=guidance, block_size=block_size or defaults.get("block_size", 128), backend=backend,
-            max_sequence_length=defaults.get("max_sequence_length"), call=defaults.get("call", {}))
+            max_sequence_length=defaults.get("max_sequence_length"), call=defaults.get("call", {}), output=compare)
         return as_runner(pipe, calib)
     except RunnerError as exc:
         fail(str(exc))

@@ -75,6 +75,8 @@ PipelineOpt = Annotated[str, typer.Option(
 PromptsOpt = Annotated[Optional[Path], typer.Option("--prompts", help="pipelines: calibration prompts, a text file with one per line")]
 PromptOpt = Annotated[Optional[str], typer.Option("--prompt", help="pipelines: one more calibration prompt")]
 NegativeOpt = Annotated[Optional[str], typer.Option("--negative-prompt", help="pipelines: the negative prompt of every run")]
+CompareOpt = Annotated[str, typer.Option("--compare", help="pipelines: what dense and sparse runs are compared on: video "
+                                                           "(decoded, default) or latents (when the VAE does not fit)")]
 
 
 class _Prepared:
@@ -89,12 +91,16 @@ class _Prepared:
 
 
 def _prepare(pipeline: str, weights, device: str, seeds, classes, frames, height, width, steps, guidance, block_size,
-             backend, prompts_file=None, prompt=None, negative_prompt=None) -> _Prepared:
+             backend, prompts_file=None, prompt=None, negative_prompt=None, compare: str = "video") -> _Prepared:
     """The search runner of --pipeline with its calibration run (bundled: the model folder of --weights)."""
     from ..search.runners import as_runner
     from .pipelines import is_bundled, pipeline_runner, read_prompts
 
+    if compare not in ("video", "latents"):
+        bad("--compare", compare, "video or latents")
     if is_bundled(pipeline):
+        if compare != "video":
+            bad("--compare", compare, "video for the bundled model (it has no latents apart from its video)")
         for option, value in (("--prompts", prompts_file), ("--prompt", prompt), ("--negative-prompt", negative_prompt)):
             if value is not None:
                 bad(option, str(value), "an option of diffusers pipelines (--pipeline): the bundled model takes --classes")
@@ -111,7 +117,7 @@ def _prepare(pipeline: str, weights, device: str, seeds, classes, frames, height
     def load(calib=None):
         runner = pipeline_runner(pipeline, device=resolve_device(device), prompts=texts, negative_prompt=negative_prompt,
                                  seeds=seed_list, frames=frames, height=height, width=width, steps=steps,
-                                 guidance=guidance, block_size=block_size, backend=backend)
+                                 guidance=guidance, block_size=block_size, backend=backend, compare=compare)
         return runner if calib is None else as_runner(runner.pipe, calib)
 
     return _Prepared(load)
@@ -216,6 +222,7 @@ def profile_cmd(
     prompts: PromptsOpt = None,
     prompt: PromptOpt = None,
     negative_prompt: NegativeOpt = None,
+    compare: CompareOpt = "video",
 ) -> None:
     """Sample the model with dense attention and record, per (step, layer, head), block-pooled attention mass
     and every candidate pattern's output error against dense (memory-bounded): the bundled model, or a
@@ -223,7 +230,7 @@ def profile_cmd(
     from ..search import run_profile
 
     runner = _prepare(pipeline, weights, device, seeds, classes, frames, height, width, steps, guidance, block_size, "auto",
-                      prompts, prompt, negative_prompt).load()
+                      prompts, prompt, negative_prompt, compare).load()
     prof = run_profile(runner, rows_per_block=rows_per_block or None, console=console)
     prof.save(out)
     best = prof.rel_err.mean(0)  # [L, H, C]
@@ -273,6 +280,7 @@ def search_cmd(
     prompts: PromptsOpt = None,
     prompt: PromptOpt = None,
     negative_prompt: NegativeOpt = None,
+    compare: CompareOpt = "video",
 ) -> None:
     """Search a SparsityPlan: `sparse-vdit` (the paper's rule) or `budget` (ours), for the bundled model or a
     diffusers pipeline (--pipeline) on its calibration prompts."""
@@ -289,7 +297,7 @@ def search_cmd(
                 bad(option, "given", f"an option of --algorithm budget only (this search is {algorithm}): drop it or use budget")
     prof = Profile.load(profile) if (algorithm == "budget" and profile is not None) else None
     prep = _prepare(pipeline, weights, device, seeds, classes, frames, height, width, steps, guidance, block_size, backend,
-                    prompts, prompt, negative_prompt)
+                    prompts, prompt, negative_prompt, compare)
     if prof is not None:
         measured_with = prof.settings.get("runner", "bundled")
         if prep.depth is not None and measured_with != "bundled":  # checked before the bundled model loads

@@ -4,7 +4,9 @@ A calibration run (``PipelineCalibration``) is prompts x seeds, each one call of
 memory stays that of one generation at full size), every call with the same negative prompt, size,
 steps and guidance; the noise of seed s is ``torch.Generator("cpu").manual_seed(s)``, so a dense and
 a sparse run start from the same latents on any device. The compared output is the decoded video in
-[-1, 1] (``[runs, 3, T, H, W]``). A denoising step is the pipeline's: the processors' step counter
+[-1, 1] (``[runs, 3, T, H, W]``), or with ``output="latents"`` (a VAE that does not fit beside the
+model) the final latents divided by ``LATENT_SCALE`` = 3, so that a PSNR over the range 2 spans +-3
+standard deviations of unit-variance latents (a convention: a latent PSNR is not a video PSNR). A denoising step is the pipeline's: the processors' step counter
 restarts with each call (``reset_step``), and the two forwards of classifier-free guidance at one
 timestep are one step (see ``integrations/diffusers.py``); with several calls per (step, layer) the
 profile sums its statistics over them.
@@ -26,6 +28,10 @@ from ...plan import ModelSignature
 from .base import Runner, RunnerError
 
 
+OUTPUTS = ("video", "latents")
+LATENT_SCALE = 3.0  # latents / 3: +-3 standard deviations of unit-variance latents span the PSNR range of 2
+
+
 @dataclass
 class PipelineCalibration:
     """What a search samples with a diffusers pipeline. ``guidance`` None: the pipeline's default;
@@ -44,6 +50,7 @@ class PipelineCalibration:
     backend: str = "auto"
     max_sequence_length: int | None = None
     call: dict = field(default_factory=dict)
+    output: str = "video"  # what dense and sparse are compared on: the decoded video, or the final latents
     kind = "pipeline"
 
     def __post_init__(self):
@@ -67,6 +74,8 @@ class PipelineCalibration:
             raise RunnerError(f"max_sequence_length must be an integer >= 1 or None, got {self.max_sequence_length!r}")
         if not isinstance(self.call, dict):
             raise RunnerError(f"call must be a dict of pipeline arguments, got {self.call!r}")
+        if self.output not in OUTPUTS:
+            raise RunnerError(f"output must be one of {', '.join(OUTPUTS)}, got {self.output!r}")
 
     @property
     def runs(self) -> int:
@@ -142,7 +151,7 @@ class PipelineRunner(Runner):
         """Arguments of every call besides prompt and generator."""
         c = self.calib
         kw = {"num_frames": c.frames, "height": c.height, "width": c.width, "num_inference_steps": c.steps,
-              "output_type": "pt"}
+              "output_type": "latent" if c.output == "latents" else "pt"}
         if c.negative_prompt is not None:
             kw["negative_prompt"] = c.negative_prompt
         if c.guidance is not None:
@@ -230,6 +239,8 @@ class PipelineRunner(Runner):
             frames = self.pipe(prompt=prompt, generator=generator, **kwargs).frames
         if not isinstance(frames, torch.Tensor):
             frames = torch.as_tensor(frames)
+        if self.calib.output == "latents":  # the pipeline's final latents, as it returns them, scaled
+            return (frames.float().cpu() / LATENT_SCALE).contiguous()
         # [B, T, 3, H, W] in [0, 1] -> [B, 3, T, H, W] in [-1, 1], as the bundled sampler's videos
         return (frames.float().cpu().permute(0, 2, 1, 3, 4) * 2 - 1).contiguous()
 
