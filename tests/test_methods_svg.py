@@ -77,7 +77,13 @@ def choice_rule(q, k, v, layout, bs, p, layer, step):
     """Per head: 1 when the temporal mask's output on the sampled rows is nearer dense (MSE), else 0."""
     b, h, n, d = q.shape
     g = torch.Generator().manual_seed(p.seed * 1_000_003 + layer * 1009 + step)
-    rows = sorted(torch.randperm(n, generator=g)[: min(p.probe_rows, n)].tolist())
+    r = min(p.probe_rows, n)
+    u = torch.rand(r, generator=g, dtype=torch.float64).tolist()
+    rows = []  # one row drawn uniformly in each of r equal strata
+    for i in range(r):
+        lo, hi = math.floor(i * n / r), math.floor((i + 1) * n / r)
+        rows.append(lo + math.floor(u[i] * (hi - lo)))
+    assert rows == sorted(set(rows))
     kept = []
     for pattern in masks(layout, bs, p):  # the block masks, back in the model's token order
         inv = layout.inverse_permutation(pattern.ordering)
@@ -111,6 +117,13 @@ def test_select_takes_the_mask_the_rule_chooses(layout, family):
     shared[layout.video_start:layout.video_start + layout.frames * layout.tokens_per_frame] = pos.repeat(layout.frames, 1)
     q[:, :3] += shared
     k[:, :3] += shared
+    # and spatial heads within their frame (tokens of one frame share a vector)
+    frame = torch.randn(layout.frames, 8) * 3
+    local = torch.zeros(n, 8)
+    local[layout.video_start:layout.video_start + layout.frames * layout.tokens_per_frame] = (
+        frame.repeat_interleave(layout.tokens_per_frame, 0))
+    q[:, 3:] += local
+    k[:, 3:] += local
     chosen = SVG.select(q, k, layout, bs, p, v=v, layer=2, step=5)
     expected = choice_rule(q, k, v, layout, bs, p, 2, 5)
     pair = masks(layout, bs, p)

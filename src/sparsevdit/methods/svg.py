@@ -9,10 +9,11 @@ sink); text rows and columns dense. The spatial mask is the band in frame-major 
 mask the same band in position-major order (the same place in every frame). A block pair is kept when
 any of its token pairs is.
 
-Choice: at each selection step ``probe_rows`` query rows are drawn (seeded by ``seed``, the layer and
-the step); each head's output on them under each mask is compared with its dense output (mean squared
-error) and the head takes the mask with the lower error. The probe costs ``probe_rows / N`` of a dense
-head. The choice is read on the host (one small copy per layer and selection step).
+Choice: at each selection step ``probe_rows`` query rows are drawn (one per equal stratum of the
+sequence, seeded by ``seed``, the layer and the step); each head's output on them under each mask is
+compared with its dense output (mean squared error) and the head takes the mask with the lower error.
+The probe costs ``probe_rows / N`` of a dense head's products and one read of k and of v. The choice is
+read on the host (one small copy per layer and selection step).
 """
 
 from __future__ import annotations
@@ -101,24 +102,45 @@ def _kept_keys(pattern: P.BlockPattern, rows: torch.Tensor, device) -> torch.Ten
     return mask[block[rows]][:, block]
 
 
+def probe_rows(n: int, p: SVGParams, layer: int, step: int) -> torch.Tensor:
+    """The sampled query rows (int64, ascending, on the CPU): one uniformly drawn row in each of
+    ``min(probe_rows, n)`` equal strata of the sequence, seeded by (seed, layer, step). Stratified rather
+    than a permutation: it spreads the probe over every frame and costs 64 draws, not a shuffle of N."""
+    r = min(p.probe_rows, n)
+    g = torch.Generator().manual_seed(p.seed * 1_000_003 + layer * 1009 + step)
+    edges = torch.arange(r + 1, dtype=torch.float64) * (n / r)
+    lo = edges[:-1].floor()
+    width = edges[1:].floor() - lo  # >= 1 as r <= n
+    return (lo + (torch.rand(r, generator=g, dtype=torch.float64) * width).floor()).long()
+
+
 def choose(q, k, v, layout: TokenLayout, block_size: int, p: SVGParams, *, layer: int = 0, step: int = 0,
            scale: float | None = None) -> list[int]:
     """Per head 0 (spatial) or 1 (temporal): the mask whose output on the probe rows is nearer dense.
-    The probe's products run in k's dtype (no float32 copy of k and v; float32 on a CPU), the softmax
-    and the errors in float32."""
+
+    One pass of products for the three outputs: the probe's scores are exponentiated once against the
+    row's dense maximum, the two masked copies are that tensor times each mask, and one matmul against v
+    gives the dense and both masked numerators (v is read once). Products and the exponentials are
+    stored in k's dtype (as the dense softmax the model runs); sums, outputs and errors are float32.
+    A mask that keeps under e^-80 of a row's dense mass (its exponentials underflow) scores that row's
+    output as zero, i.e. as far from dense as the row itself.
+    """
     b, h, n, d = q.shape
     scale = 1.0 / math.sqrt(d) if scale is None else scale
-    g = torch.Generator().manual_seed(p.seed * 1_000_003 + layer * 1009 + step)
-    rows = torch.sort(torch.randperm(n, generator=g)[: min(p.probe_rows, n)]).values.to(q.device)
-    s = torch.matmul(q[:, :, rows].to(k.dtype), k.transpose(-1, -2)).float() * scale  # [B, H, r, N]
-    dense = torch.matmul(torch.softmax(s, -1).to(v.dtype), v).float()
-    errs = []
-    for pattern in masks(layout, block_size, p):
-        keep = _kept_keys(pattern, rows, q.device)
-        probs = torch.softmax(s.masked_fill(~keep, float("-inf")), -1).nan_to_num(0.0)
-        out = torch.matmul(probs.to(v.dtype), v).float()
-        errs.append(((out - dense) ** 2).mean((0, 2, 3)))  # [H]
-    return (errs[1] < errs[0]).long().tolist()
+    rows = probe_rows(n, p, layer, step).to(q.device)
+    r = rows.numel()
+    s = torch.matmul(q[:, :, rows].to(k.dtype) * scale, k.transpose(-1, -2))  # [B, H, r, N]
+    exps = torch.empty((b, h, 3, r, n), dtype=s.dtype, device=s.device)
+    torch.sub(s, s.amax(-1, keepdim=True), out=exps[:, :, 0])
+    del s
+    exps[:, :, 0].exp_()
+    for i, pattern in enumerate(masks(layout, block_size, p), start=1):
+        torch.mul(exps[:, :, 0], _kept_keys(pattern, rows, q.device), out=exps[:, :, i])
+    sums = exps.sum(-1, dtype=torch.float32)  # [B, H, 3, r]
+    numer = torch.matmul(exps.view(b, h, 3 * r, n), v.to(exps.dtype)).view(b, h, 3, r, d).float()
+    out = (numer / sums[..., None]).nan_to_num(0.0, posinf=0.0, neginf=0.0)
+    errs = ((out[:, :, 1:] - out[:, :, :1]) ** 2).mean((0, 3, 4))  # [H, 2]
+    return (errs[:, 1] < errs[:, 0]).long().tolist()
 
 
 @register_method
