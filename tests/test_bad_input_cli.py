@@ -107,6 +107,10 @@ CASES = [
     (["search", "--max-time", "nan"], ["--max-time", "nan", "finite"]),
     (["search", "--target-psnr", "nan"], ["--target-psnr", "nan", "finite", "0<x"]),
     (["search", "--max-rel-error", "-1"], ["--max-rel-error", "-1", "0<x"]),
+    (["search", "--psnr-seeds", "3,4"], ["--psnr-seeds", "'3,4'", "give --target-psnr too"]),
+    (["search", "--target-psnr", "25", "--psnr-seeds", "3,3"], ["--psnr-seeds", "'3,3'", "distinct seeds"]),
+    (["search", "--target-psnr", "25", "--psnr-seeds", "-3"], ["--psnr-seeds", "-3", "0<=x"]),
+    (["search", "--algorithm", "sparse-vdit", "--psnr-seeds", "3"], ["--psnr-seeds", "an option of --algorithm budget only"]),
     (["search", "--mode-density", "2"], ["--mode-density", "2", "0<x<=1"]),
     (["search", "--lambda", "-1"], ["--lambda", "-1", "0<=x"]),
     (["search", "--epsilon", "0"], ["--epsilon", "0", "0<x"]),
@@ -403,6 +407,9 @@ def test_write_video_leaves_no_temp_file_when_it_fails(tmp_path, monkeypatch):
 @pytest.mark.parametrize("make", [
     lambda: BudgetSettings(max_time=float("nan")),
     lambda: BudgetSettings(target_psnr=-1.0),
+    lambda: BudgetSettings(max_time=0.5, psnr_seeds=(1, 2)),  # seeds of a target that is not there
+    lambda: BudgetSettings(target_psnr=25.0, psnr_seeds=(1, 1)),
+    lambda: BudgetSettings(target_psnr=25.0, psnr_seeds=(-1,)),
     lambda: BudgetSettings(max_time=0.5, dense_warmup_steps=-2),
     lambda: SparseVDiTSettings(lam=float("nan")),
     lambda: SparseVDiTSettings(mode_density=2.0),

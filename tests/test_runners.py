@@ -127,6 +127,20 @@ def test_profile_search_generate_on_a_tiny_pipeline(family, tmp_path):
     assert video.exists() and video.stat().st_size > 0, out
 
 
+def test_target_psnr_on_other_seeds_of_a_pipeline(tmp_path):
+    runner = as_runner(tiny_pipelines.build("wan"), calibration("wan", steps=2))
+    other = runner.with_seeds((5, 6))
+    assert type(other) is type(runner) and other.calib.seeds == (5, 6)
+    assert other.calib.prompts == runner.calib.prompts and other.calib.steps == 2
+    prof, plan_path = tmp_path / "p.pt", tmp_path / "plan.json"
+    common = ["--pipeline", "tiny:wan", "--device", "cpu", "--steps", "2"]
+    _cli(["profile", *common, "--out", str(prof)])
+    _cli(["search", "--algorithm", "budget", "--target-psnr", "30", "--psnr-seeds", "5,6", "--profile", str(prof),
+          "--pipeline", "tiny:wan", "--device", "cpu", "--out", str(plan_path)])
+    md = SparsityPlan.load(plan_path).metadata
+    assert md["settings"]["psnr_seeds"] == [5, 6] and md["bisection"]
+
+
 def test_a_plan_of_one_pipeline_is_refused_by_another(tmp_path):
     from sparsevdit.search import CostModel, run_search
 

@@ -2,6 +2,7 @@
 
 import json
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -266,6 +267,28 @@ def test_budget_target_psnr(sharp_model, profile):
     assert low.metadata["expected_relative_time"] <= md["expected_relative_time"] + 1e-9
 
 
+def test_budget_target_psnr_on_other_seeds(sharp_model, profile):
+    """psnr_seeds: the target is measured on those seeds' videos (dense sampled once), not the profile's."""
+    seeds = (7, 8, 9)
+    cache: dict = {}
+    settings = BudgetSettings(target_psnr=25.0, bisection_steps=3, psnr_seeds=seeds)
+    plan = budget_search(profile, CostModel.flops(), settings, model=sharp_model, cache=cache)
+    md = plan.metadata
+    assert md["settings"]["psnr_seeds"] == list(seeds)
+    other = replace(CALIB, seeds=seeds, classes=tuple(s % TINY.num_classes for s in seeds))
+    dense = sample_video(sharp_model, other)
+    psnr = video_psnr_ssim(sample_video(sharp_model, other, plan=plan), dense)["psnr"]
+    assert md["calibration_psnr"] is not None and psnr == pytest.approx(md["calibration_psnr"])
+    assert psnr >= 25.0
+    # the same search on the calibration seeds reuses nothing of it (other seeds, other videos)
+    plain = budget_search(profile, CostModel.flops(), BudgetSettings(target_psnr=25.0, bisection_steps=3),
+                          model=sharp_model, cache=cache)
+    assert plain.metadata["settings"]["psnr_seeds"] == []
+    if plain.metadata["calibration_psnr"] is not None:
+        on_calib = video_psnr_ssim(sample_video(sharp_model, CALIB, plan=plain), profile.dense_video)["psnr"]
+        assert on_calib == pytest.approx(plain.metadata["calibration_psnr"])
+
+
 def test_budget_layer_sensitivity(sharp_model, profile):
     plan = budget_search(profile, CostModel.flops(), BudgetSettings(max_time=0.3, layer_sensitivity=True), model=sharp_model)
     sens = plan.metadata["layer_sensitivity"]
@@ -393,6 +416,14 @@ def test_fidelity_grid_is_checked():
                        ({"methods": [{"method": "radial", "dense_fraction": 2}]}, "dense_fraction")):
         with pytest.raises((ValueError, TypeError), match=match):
             check_grid(bad)
+
+
+def test_fidelity_refuses_psnr_seeds_that_are_held_out(model):
+    from sparsevdit.search.fidelity import run_fidelity
+
+    with pytest.raises(ValueError, match=r"psnr_seeds \[3\] are held-out seeds too"):
+        run_fidelity(model, out=None, plot=None, frames=4, eval_seeds=(2, 3),
+                     grid={"budget": [{"target_psnr": 20.0, "psnr_seeds": [3, 50]}]})
 
 
 def test_fidelity_methods_rows_equal_sampling_with_the_method_applied(model, tmp_path):

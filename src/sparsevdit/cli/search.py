@@ -252,7 +252,8 @@ def search_cmd(
     algorithm: str = typer.Option("budget", "--algorithm", "-a", callback=check_algorithm, help="sparse-vdit | budget"),
     out: Path = typer.Option(Path("out/plan.json"), "--out", "-o", callback=check_out_file, help="plan file to write"),
     profile: Optional[Path] = typer.Option(None, help="budget: a profile from `sparsevdit profile` (default: profile first)"),
-    target_psnr: Optional[float] = typer.Option(None, callback=finite(0, min_open=True), help="budget: PSNR (dB, > 0) of the final video vs dense on the calibration seeds"),
+    target_psnr: Optional[float] = typer.Option(None, callback=finite(0, min_open=True), help="budget: PSNR (dB, > 0) of the final video vs dense on the calibration seeds (or --psnr-seeds)"),
+    psnr_seeds: Optional[str] = typer.Option(None, help="budget --target-psnr: measure the PSNR on these seeds instead (comma list; more seeds than the profile's, or others, make the target hold better on new seeds; bundled: seed s draws class s % classes)"),
     max_rel_error: Optional[float] = typer.Option(None, callback=finite(0, min_open=True), help="budget: relative error (> 0) allowed per layer (attention output, all heads)"),
     max_time: Optional[float] = typer.Option(None, callback=finite(0, 1, min_open=True), help="budget: predicted attention time relative to dense, in (0, 1] (default 0.5 when no other budget)"),
     step_ranges: int = typer.Option(0, callback=at_least(0), help="budget: choose separately in this many step ranges (0: every step)"),
@@ -291,10 +292,16 @@ def search_cmd(
                  "--max-time": max_time is not None, "--step-ranges": bool(step_ranges),
                  "--dense-warmup-steps": bool(dense_warmup_steps), "--dense-layers": dense_layers is not None,
                  "--layer-sensitivity": layer_sensitivity, "--step-sensitivity": step_sensitivity,
-                 "--profile": profile is not None}
+                 "--profile": profile is not None, "--psnr-seeds": psnr_seeds is not None}
         for option, set_ in given.items():
             if set_:
                 bad(option, "given", f"an option of --algorithm budget only (this search is {algorithm}): drop it or use budget")
+    check_seeds = int_list(psnr_seeds, "--psnr-seeds", low=0)
+    if check_seeds is not None:
+        if target_psnr is None:
+            bad("--psnr-seeds", psnr_seeds, "the seeds --target-psnr is measured on: give --target-psnr too, or drop it")
+        if len(set(check_seeds)) != len(check_seeds):
+            bad("--psnr-seeds", psnr_seeds, "distinct seeds (one is repeated)")
     prof = Profile.load(profile) if (algorithm == "budget" and profile is not None) else None
     prep = _prepare(pipeline, weights, device, seeds, classes, frames, height, width, steps, guidance, block_size, backend,
                     prompts, prompt, negative_prompt, compare)
@@ -328,7 +335,7 @@ def search_cmd(
         options = dict(target_psnr=target_psnr, max_rel_error=max_rel_error, max_time=max_time,
                        step_ranges=step_ranges or None, dense_warmup_steps=dense_warmup_steps,
                        layer_sensitivity=layer_sensitivity, step_sensitivity=step_sensitivity, profile=prof, dense_layers=layers,
-                       rows_per_block=8 if rows_per_block is None else rows)
+                       rows_per_block=8 if rows_per_block is None else rows, psnr_seeds=tuple(check_seeds or ()))
     else:
         options = dict(lam=lam, epsilon=epsilon, mode_density=mode_density, rows_per_block=rows)
     plan = run_search(algorithm, runner, None, cost=cost_model, console=console, **options)

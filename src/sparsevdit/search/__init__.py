@@ -81,14 +81,15 @@ def _budget(model, calib, *, cost, console=None, progress=True, target_psnr: flo
             max_rel_error: float | None = None, max_time: float | None = None, step_ranges: int | None = None,
             dense_warmup_steps: int = 0, dense_layers=(), layer_sensitivity: bool = False,
             step_sensitivity: bool = False, profile: Profile | None = None, rows_per_block: int | None = 8, bisection_steps: int = 7,
-            cache: dict | None = None) -> SparsityPlan:
+            psnr_seeds=(), cache: dict | None = None) -> SparsityPlan:
     from .runners import as_runner
 
     runner = as_runner(model, calib if profile is None else profile.calib)
     settings = BudgetSettings(target_psnr=target_psnr, max_rel_error=max_rel_error, max_time=max_time,
                               step_ranges=step_ranges, dense_warmup_steps=dense_warmup_steps,
                               dense_layers=tuple(dense_layers), layer_sensitivity=layer_sensitivity,
-                              step_sensitivity=step_sensitivity, bisection_steps=bisection_steps, backend=runner.backend)
+                              step_sensitivity=step_sensitivity, bisection_steps=bisection_steps,
+                              psnr_seeds=tuple(psnr_seeds), backend=runner.backend)
     if profile is None:
         profile = run_profile(runner, rows_per_block=rows_per_block, console=console, progress=progress)
     elif profile.model != runner.signature().to_dict():

@@ -154,6 +154,11 @@ def run_fidelity(model, *, out: Path | None, plot: Path | None, frames: int = 16
         return result, time.perf_counter() - t
 
     grid = {**(QUICK if quick else FULL), **check_grid(grid or {})}
+    for opts in grid["budget"]:
+        seen = sorted(set(opts.get("psnr_seeds", ())) & set(eval_seeds))
+        if seen:
+            raise ValueError(f"grid 'budget': psnr_seeds {seen} are held-out seeds too (eval seeds {list(eval_seeds)}): "
+                             "a search must never see the seeds it is judged on; pick others")
     t_start = time.perf_counter()
     nc = model.cfg.num_classes
     calib = CalibrationConfig(seeds=tuple(calib_seeds), classes=tuple(s % nc for s in calib_seeds), frames=frames,

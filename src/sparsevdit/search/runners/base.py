@@ -62,6 +62,11 @@ class Runner:
         call (at most one of them); ``progress()`` after every denoising step."""
         raise NotImplementedError
 
+    def with_seeds(self, seeds: tuple) -> "Runner":
+        """The same model and calibration run on other noise seeds (the bundled model: seed s draws class
+        s % classes); what ``budget --psnr-seeds`` checks its target on."""
+        raise NotImplementedError
+
     def recording_gain(self, gain: torch.Tensor):
         """A context in which ``gain[step, layer]`` is set to the mean squared gate on each block's
         attention branch (an attention error reaches the residual stream scaled by it); models without

@@ -4,6 +4,7 @@ sampled in one batch by the model's own sampler; q, k, v come from each attentio
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 
 import torch
 
@@ -48,6 +49,11 @@ class BundledRunner(Runner):
     @property
     def batch(self) -> int:
         return 2 * len(self.calib.seeds)  # every seed, conditional and unconditional
+
+    def with_seeds(self, seeds: tuple) -> "BundledRunner":
+        seeds = tuple(seeds)
+        classes = tuple(s % self.model.cfg.num_classes for s in seeds)
+        return BundledRunner(self.model, dataclasses.replace(self.calib, seeds=seeds, classes=classes))
 
     def _on_step(self, i: int) -> None:
         self._step = i

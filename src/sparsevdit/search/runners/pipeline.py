@@ -19,7 +19,7 @@ which hands the post-RoPE q, k, v to the callback and runs what it returns (dens
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 
@@ -117,6 +117,9 @@ class PipelineRunner(Runner):
     @classmethod
     def accepts(cls, model) -> bool:
         return type(getattr(model, "transformer", None)).__name__ == cls.transformer_class
+
+    def with_seeds(self, seeds: tuple) -> "PipelineRunner":
+        return type(self)(self.pipe, replace(self.calib, seeds=tuple(seeds)))
 
     # family specifics ----------------------------------------------------------------------------
     def check_size(self) -> None:
